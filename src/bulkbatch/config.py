@@ -1,0 +1,75 @@
+"""Settings: where Courier is, how fast to talk to it, and the key.
+
+This is the only module that reads ``os.environ``. The key comes from
+``COURIER_API_KEY`` (or is passed in) and is never part of ``repr``, ``str``,
+a log line, or anything written to a run directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bulkbatch.errors import UsageError
+
+__all__ = ["DEFAULT_BASE_URL", "MAX_BATCH_SIZE", "Settings"]
+
+DEFAULT_BASE_URL = "https://api.courier.com"
+MAX_BATCH_SIZE = 1000
+"""Courier answers 502 above roughly this many users in one ingest call."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How bulkbatch talks to Courier.
+
+    :param base_url: the API root; ``COURIER_BASE_URL`` or ``https://api.courier.com``
+    :param api_key: the bearer token; ``COURIER_API_KEY``. Never shown in ``repr``
+    :param rate: the most requests per second to send (token bucket); ``None`` means
+        unknown: start at ``start_rate`` and adapt to 429s (AIMD)
+    :param concurrency: the most requests in flight at once
+    :param batch_size: users per ingest call (at most 1000)
+    :param timeout: seconds to wait for one HTTP response
+    :param max_attempts: tries per request before giving up (retryable errors only)
+    :param max_backoff: the cap, in seconds, of one wait between tries
+    :param poll_interval: seconds between job status polls
+    """
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+    rate: float | None = None
+    start_rate: float = 50.0
+    concurrency: int = 8
+    batch_size: int = MAX_BATCH_SIZE
+    timeout: float = 30.0
+    max_attempts: int = 8
+    max_backoff: float = 30.0
+    poll_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise UsageError(
+                f"--batch-size {self.batch_size} is out of range; "
+                f"use a value from 1 to {MAX_BATCH_SIZE} (Courier fails larger ingest calls)."
+            )
+        if self.rate is not None and self.rate <= 0:
+            raise UsageError(f"--rate {self.rate} must be above 0 requests per second.")
+        if self.concurrency < 1:
+            raise UsageError(f"--concurrency {self.concurrency} must be at least 1.")
+        if self.max_attempts < 1:
+            raise UsageError(f"--max-attempts {self.max_attempts} must be at least 1.")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings from ``COURIER_BASE_URL`` / ``COURIER_API_KEY``; ``overrides`` win when not None."""
+        values: dict[str, Any] = {
+            "base_url": os.environ.get("COURIER_BASE_URL") or DEFAULT_BASE_URL,
+            "api_key": os.environ.get("COURIER_API_KEY") or None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

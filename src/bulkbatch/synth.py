@@ -239,7 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.out:
         parser.error("give OUT, or --sample OUT")
-    fmt = args.format or ("csv" if str(args.out).endswith(".csv") else "parquet")
+    fmt: Literal["parquet", "csv"] = (
+        "csv" if (args.format or Path(args.out).suffix.lstrip(".")) == "csv" else "parquet"
+    )
     generate(
         args.out,
         args.rows,

@@ -1,0 +1,201 @@
+"""The one writer of a run database while HTTP work is in flight.
+
+Batch workers and pagers never touch DuckDB themselves: they send records into a memory
+object stream, and one :class:`LedgerWriter` task commits them. It drains whatever is
+waiting and commits it in one transaction (group commit), so a 1M-user run that makes
+10,000 page requests does not make 10,000 tiny transactions, yet a record is durable
+before the writer reports it done.
+
+A batch is written here only after Courier acknowledged it; a page is written together
+with the cursor that follows it, in the same transaction, so paging resumes exactly
+after the last stored page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio
+import duckdb
+import pyarrow as pa
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from bulkbatch.errors import StateError
+
+__all__ = ["BatchAck", "LedgerWriter", "PageRecord"]
+
+
+@dataclass(frozen=True)
+class BatchAck:
+    """Courier acknowledged one ingest call."""
+
+    batch_no: int
+    job_no: int
+    job_id: str
+    users: int
+    total: int | None
+    duplicate_errors: int
+    other_errors: list[tuple[str | None, str]] = field(default_factory=list)
+    """(recipient, error text) for per-user errors other than ``Duplicate user``."""
+
+
+@dataclass(frozen=True)
+class PageRecord:
+    """One page of ``GET /bulk/{job}/users`` and the cursor after it."""
+
+    job_no: int
+    page_no: int
+    recipients: list[str | None]
+    message_ids: list[str | None]
+    statuses: list[str | None]
+    next_cursor: str | None
+    done: bool
+
+
+Record = BatchAck | PageRecord
+
+
+class LedgerWriter:
+    """Commits :class:`BatchAck` and :class:`PageRecord` values from many tasks, in order.
+
+    Usage::
+
+        async with LedgerWriter(con) as ledger:
+            await ledger.put(ack)
+    """
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        on_commit: Callable[[list[Record]], None] | None = None,
+        buffer: int = 64,
+    ) -> None:
+        self._cursor = con.cursor()
+        self._on_commit = on_commit
+        send, recv = anyio.create_memory_object_stream[Record](buffer)
+        self._send: MemoryObjectSendStream[Record] = send
+        self._recv: MemoryObjectReceiveStream[Record] = recv
+        self._queued = 0
+        self._committed = 0
+        self._progress = anyio.Event()
+        self._failed: BaseException | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> LedgerWriter:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._run)
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        self._send.close()
+        assert self._tg is not None
+        # Commit what was acknowledged even when the caller is failing: those batches
+        # really were accepted by Courier, and recording them saves a resend on resume.
+        with anyio.CancelScope(shield=True):
+            return await self._tg.__aexit__(*exc)  # type: ignore[arg-type]
+
+    async def put(self, record: Record) -> None:
+        """Queue ``record``; it is committed soon, in arrival order."""
+        self._queued += 1
+        await self._send.send(record)
+
+    async def flush(self) -> None:
+        """Return once every record queued before this call is committed."""
+        target = self._queued
+        while self._committed < target:
+            if self._failed is not None:
+                raise StateError(
+                    f"Could not record progress in the run database: {self._failed}"
+                ) from self._failed
+            await self._progress.wait()
+
+    async def _run(self) -> None:
+        try:
+            await self._drain()
+        except BaseException as exc:
+            self._failed = exc
+            self._progress.set()
+            raise
+
+    async def _drain(self) -> None:
+        async with self._recv:
+            async for first in self._recv:
+                group: list[Record] = [first]
+                while len(group) < 500:
+                    try:
+                        group.append(self._recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await anyio.to_thread.run_sync(self._commit, group)
+                self._committed += len(group)
+                self._progress.set()
+                self._progress = anyio.Event()
+                if self._on_commit is not None:
+                    self._on_commit(group)
+
+    def _commit(self, group: list[Record]) -> None:
+        cur = self._cursor
+        now = datetime.now(UTC).replace(tzinfo=None)
+        acks = [r for r in group if isinstance(r, BatchAck)]
+        pages = [r for r in group if isinstance(r, PageRecord)]
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            if acks:
+                cur.executemany(
+                    "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            a.batch_no,
+                            a.job_no,
+                            a.job_id,
+                            a.users,
+                            a.total,
+                            a.duplicate_errors,
+                            len(a.other_errors),
+                            now,
+                        )
+                        for a in acks
+                    ],
+                )
+                errors = [(a.batch_no, r, e) for a in acks for r, e in a.other_errors]
+                if errors:
+                    cur.executemany(
+                        "DELETE FROM ingest_errors WHERE batch_no = ?",
+                        [(b,) for b in {a.batch_no for a in acks}],
+                    )
+                    cur.executemany("INSERT INTO ingest_errors VALUES (?, ?, ?)", errors)
+            if pages:
+                rows = pa.table(
+                    {
+                        "job_no": pa.array(
+                            [p.job_no for p in pages for _ in p.recipients], pa.int32()
+                        ),
+                        "page_no": pa.array(
+                            [p.page_no for p in pages for _ in p.recipients], pa.int32()
+                        ),
+                        "recipient": pa.array(
+                            [r for p in pages for r in p.recipients], pa.string()
+                        ),
+                        "message_id": pa.array(
+                            [m for p in pages for m in p.message_ids], pa.string()
+                        ),
+                        "status": pa.array([s for p in pages for s in p.statuses], pa.string()),
+                    }
+                )
+                cur.register("_page_rows", rows)
+                cur.execute("INSERT INTO user_pages SELECT * FROM _page_rows")
+                cur.unregister("_page_rows")
+                last: dict[int, PageRecord] = {}
+                for p in pages:
+                    last[p.job_no] = p
+                cur.executemany(
+                    "INSERT OR REPLACE INTO paging VALUES (?, ?, ?, ?)",
+                    [(p.job_no, p.page_no + 1, p.next_cursor, p.done) for p in last.values()],
+                )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise

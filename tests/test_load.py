@@ -1,0 +1,267 @@
+"""The load stage: formats, sources, order, and the exact error messages."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from bulkbatch.errors import InputError, UsageError
+from bulkbatch.load import LoadOptions, load_frame, load_inputs
+
+
+@pytest.fixture
+def con() -> duckdb.DuckDBPyConnection:
+    c = duckdb.connect()
+    yield c
+    c.close()
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str = "SELECT * FROM inputs ORDER BY row_number"):
+    return con.execute(sql).fetchall()
+
+
+def test_csv_keeps_text_ids_and_sniffs_delimiter(con, tmp_path):
+    f = write(tmp_path / "a.csv", "user_id;email;phone_number\n00123;A@x.com;+15551234567\n")
+    info = load_inputs(con, LoadOptions((str(f),)))
+    assert info.rows == 1
+    assert info.columns == ("user_id", "email", "phone_number")
+    assert info.files == (str(f.resolve()),)
+    assert rows(con) == [(1, str(f.resolve()), "00123", "A@x.com", "+15551234567")]
+    cols = [r[0] for r in con.execute("DESCRIBE inputs").fetchall()]
+    assert cols[:2] == ["row_number", "source"]
+
+
+def test_csv_overrides_and_latin1(con, tmp_path):
+    f = write(tmp_path / "l.csv", "name|user_id\nJos\xe9|u1\n".encode("latin-1"))
+    with pytest.raises(InputError) as e:
+        load_inputs(con, LoadOptions((str(f),)))
+    assert str(e.value) == (
+        f"Cannot read {f.resolve()} (line 2): Invalid unicode (byte sequence mismatch) detected. "
+        "This file is not utf-8 encoded. Pass --encoding with the file's encoding "
+        "(e.g. --encoding latin-1), or save it as UTF-8."
+    )
+    load_inputs(con, LoadOptions((str(f),), encoding="latin-1", delimiter="|", header=True))
+    assert rows(con, "SELECT name, user_id FROM inputs") == [("José", "u1")]
+
+
+def test_unknown_encoding(con, tmp_path):
+    f = write(tmp_path / "a.csv", "user_id\nu1\n")
+    with pytest.raises(UsageError) as e:
+        load_inputs(con, LoadOptions((str(f),), encoding="cp1252"))
+    assert str(e.value) == (
+        "Unsupported --encoding cp1252: use utf-8, utf-16 or latin-1 "
+        "(or convert the file to UTF-8 first)."
+    )
+
+
+def test_bom_is_tolerated(con, tmp_path):
+    f = write(tmp_path / "b.csv", b"\xef\xbb\xbfuser_id,email\nu1,a@x.com\n")
+    info = load_inputs(con, LoadOptions((str(f),)))
+    assert info.columns == ("user_id", "email")
+
+
+def test_gzip_csv(con, tmp_path):
+    f = tmp_path / "a.csv.gz"
+    f.write_bytes(gzip.compress(b"user_id\nu1\nu2\n"))
+    assert load_inputs(con, LoadOptions((str(f),))).rows == 2
+
+
+def test_ndjson_keeps_types(con, tmp_path):
+    f = write(tmp_path / "a.ndjson", '{"user_id": "u1", "data": {"x": 1}}\n{"user_id": "u2"}\n')
+    info = load_inputs(con, LoadOptions((str(f),)))
+    assert info.rows == 2
+    assert rows(con, "SELECT row_number, data.x FROM inputs") == [(1, 1), (2, None)]
+
+
+def test_parquet_struct_column(con, tmp_path):
+    f = tmp_path / "a.parquet"
+    con.execute(
+        f"COPY (SELECT 'u' || i AS user_id, {{'n': i}} AS data FROM range(3) r(i)) TO '{f}'"
+    )
+    info = load_inputs(con, LoadOptions((str(f),)))
+    assert info.columns == ("user_id", "data")
+    assert rows(con, "SELECT row_number, user_id, data.n FROM inputs") == [
+        (1, "u0", 0),
+        (2, "u1", 1),
+        (3, "u2", 2),
+    ]
+
+
+def test_folder_glob_and_several_inputs_keep_order(con, tmp_path):
+    write(tmp_path / "d" / "b.csv", "user_id\nb1\nb2\n")
+    write(tmp_path / "d" / "a.csv", "user_id\na1\n")
+    write(tmp_path / "d" / "notes.md", "ignored")
+    write(tmp_path / "z.ndjson", '{"user_id": "z1", "extra": 5}\n')
+    info = load_inputs(con, LoadOptions((str(tmp_path / "z.ndjson"), str(tmp_path / "d"))))
+    assert [Path(f).name for f in info.files] == ["z.ndjson", "a.csv", "b.csv"]
+    assert rows(con, "SELECT row_number, user_id, extra FROM inputs") == [
+        (1, "z1", 5),
+        (2, "a1", None),
+        (3, "b1", None),
+        (4, "b2", None),
+    ]
+    info = load_inputs(con, LoadOptions((str(tmp_path / "d" / "*.csv"),)))
+    assert rows(con, "SELECT user_id FROM inputs ORDER BY row_number") == [
+        ("a1",),
+        ("b1",),
+        ("b2",),
+    ]
+
+
+def test_order_kept_on_multi_file_multi_thread_load(con, tmp_path):
+    con.execute("SET threads = 2")
+    for k in range(3):
+        con.execute(
+            f"COPY (SELECT i AS v FROM range({k * 100_000}, {(k + 1) * 100_000}) r(i)) "
+            f"TO '{tmp_path / f'p{k}.parquet'}' (ROW_GROUP_SIZE 10000)"
+        )
+        con.execute(
+            f"COPY (SELECT i AS v FROM range({k * 100_000}, {(k + 1) * 100_000}) r(i)) "
+            f"TO '{tmp_path / f'c{k}.csv'}'"
+        )
+    for pattern in ("p*.parquet", "c*.csv"):
+        info = load_inputs(con, LoadOptions((str(tmp_path / pattern),)))
+        assert info.rows == 300_000
+        bad = con.execute(
+            "SELECT count(*) FROM inputs WHERE v::BIGINT + 1 <> row_number "
+            "OR rowid + 1 <> row_number"
+        ).fetchall()
+        assert bad == [(0,)], pattern
+
+
+def test_reserved_column_names_are_renamed(con, tmp_path):
+    f = write(tmp_path / "a.csv", "user_id,source,row_number\nu1,ads,7\n")
+    info = load_inputs(con, LoadOptions((str(f),)))
+    assert info.columns == ("user_id", "input_source", "input_row_number")
+
+
+def test_fingerprint_changes_with_the_file(con, tmp_path):
+    f = write(tmp_path / "a.csv", "user_id\nu1\n")
+    first = load_inputs(con, LoadOptions((str(f),))).fingerprint
+    assert load_inputs(con, LoadOptions((str(f),))).fingerprint == first
+    write(f, "user_id\nu1\nu2\n")
+    assert load_inputs(con, LoadOptions((str(f),))).fingerprint != first
+
+
+def test_missing_file(con):
+    with pytest.raises(InputError) as e:
+        load_inputs(con, LoadOptions(("data/nope.csv",)))
+    assert str(e.value) == (
+        "Input not found: data/nope.csv. "
+        "Check the path, or quote a glob so the shell does not expand it."
+    )
+
+
+def test_glob_matching_nothing(con, tmp_path):
+    with pytest.raises(InputError) as e:
+        load_inputs(con, LoadOptions((f"{tmp_path}/*.parquet",)))
+    assert str(e.value) == (
+        f"No files match {tmp_path}/*.parquet. Check the pattern and the folder it points at."
+    )
+
+
+def test_empty_folder(con, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as e:
+        load_inputs(con, LoadOptions((str(tmp_path / "empty"),)))
+    assert str(e.value) == (
+        f"No input files in folder {tmp_path / 'empty'}: expected *.parquet, *.csv, *.csv.gz, "
+        "*.ndjson, *.jsonl or *.json files. Check the folder, or name the files."
+    )
+
+
+@pytest.mark.parametrize("content", ["", "user_id,email\n"])
+def test_empty_file(con, tmp_path, content):
+    f = write(tmp_path / "e.csv", content)
+    with pytest.raises(InputError) as e:
+        load_inputs(con, LoadOptions((str(f),)))
+    assert str(e.value) == (
+        f"Input is empty: {f.resolve()} has no data rows. "
+        "Check that the export finished, or point at the right file."
+    )
+
+
+def test_corrupt_parquet(con, tmp_path):
+    f = write(tmp_path / "bad.parquet", b"PAR1garbage")
+    with pytest.raises(InputError) as e:
+        load_inputs(con, LoadOptions((str(f),)))
+    assert str(e.value) == (
+        f"Cannot read {f.resolve()}: File '{f.resolve()}' too small to be a Parquet file. "
+        "Check that it is a complete Parquet file (re-export it), or pass the right --format."
+    )
+
+
+def test_malformed_ndjson_names_the_line(con, tmp_path):
+    f = write(tmp_path / "bad.ndjson", '{"user_id": "u1"}\n{"user_id": 2\n')
+    with pytest.raises(InputError) as e:
+        load_inputs(con, LoadOptions((str(f),)))
+    msg = str(e.value)
+    assert msg.startswith(f"Cannot read {f.resolve()} (line 3): Malformed JSON in file ")
+    assert msg.endswith(
+        "Check that each line is one JSON object (NDJSON), or pass the right --format."
+    )
+    assert "\n" not in msg
+
+
+def test_unknown_extension(con, tmp_path):
+    f = write(tmp_path / "a.xlsx", "x")
+    with pytest.raises(UsageError) as e:
+        load_inputs(con, LoadOptions((str(f),)))
+    assert str(e.value) == (
+        f"Cannot tell the format of {f.resolve()} from its extension: "
+        "pass --format csv, --format parquet or --format ndjson."
+    )
+    write(tmp_path / "b.dat", "user_id\nu1\n")
+    assert load_inputs(con, LoadOptions((str(tmp_path / "b.dat"),), format="csv")).rows == 1
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pl.DataFrame({"user_id": ["a", "b", "c"]}),
+        lambda: pd.DataFrame({"user_id": ["a", "b", "c"]}),
+        lambda: pa.table({"user_id": ["a", "b", "c"]}),
+        lambda: pa.table({"user_id": ["a", "b", "c"]}).to_reader(),
+    ],
+)
+def test_load_frame_keeps_order(con, make):
+    info = load_frame(con, make())
+    assert info.rows == 3
+    assert info.files == ()
+    assert rows(con, "SELECT row_number, user_id FROM inputs") == [
+        (1, "a"),
+        (2, "b"),
+        (3, "c"),
+    ]
+
+
+def test_load_frame_relation_and_fingerprint(con):
+    a = load_frame(con, con.sql("SELECT 'u' || i AS user_id FROM range(5) r(i)"))
+    b = load_frame(con, duckdb.sql("SELECT 'u' || i AS user_id FROM range(5) r(i)"))
+    assert a.rows == b.rows == 5
+    assert a.fingerprint == b.fingerprint
+    c = load_frame(con, pl.DataFrame({"user_id": ["u0", "u1", "u2", "u3", "u9"]}))
+    assert c.fingerprint != a.fingerprint
+
+
+def test_load_frame_empty(con):
+    with pytest.raises(InputError) as e:
+        load_frame(con, pl.DataFrame({"user_id": []}, schema={"user_id": pl.String}))
+    assert str(e.value) == (
+        "Input is empty: the polars.DataFrame has no rows. Pass a frame with at least one row."
+    )

@@ -14,6 +14,8 @@ from typing import ParamSpec, TypeVar
 import anyio
 import anyio.from_thread
 
+from bulkbatch.errors import unwrap
+
 __all__ = ["run_sync"]
 
 T = TypeVar("T")
@@ -24,7 +26,11 @@ def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -
     """Run ``fn(*args, **kwargs)`` and return its result, whether or not a loop is running."""
 
     async def call() -> T:
-        return await fn(*args, **kwargs)
+        try:
+            return await fn(*args, **kwargs)
+        except BaseExceptionGroup as group:
+            # Task groups wrap errors; callers (and the CLI) expect the error itself.
+            raise unwrap(group) from None
 
     try:
         asyncio.get_running_loop()

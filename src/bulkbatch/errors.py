@@ -49,6 +49,8 @@ __all__ = [
     "StateError",
     "Terminal",
     "UsageError",
+    "leaf_errors",
+    "unwrap",
 ]
 
 
@@ -185,3 +187,24 @@ class Interrupted(BulkBatchError):
     """The run was stopped before it finished (Ctrl-C, a timeout); it can be resumed."""
 
     exit_code = 1
+
+
+def leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, depth first."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
+    return [exc]
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The one error to show for ``exc``: task groups wrap failures in ExceptionGroups.
+
+    A Ctrl-C wins, then the first bulkbatch error (a terminal one before a retryable one),
+    then whatever came first.
+    """
+    leaves = leaf_errors(exc)
+    for kind in (KeyboardInterrupt, Terminal, BulkBatchError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0] if leaves else exc

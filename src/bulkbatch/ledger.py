@@ -13,9 +13,12 @@ after the last stored page.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
 
 import anyio
 import duckdb
@@ -81,21 +84,33 @@ class LedgerWriter:
         self._committed = 0
         self._progress = anyio.Event()
         self._failed: BaseException | None = None
+        self._finished = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
 
-    async def __aenter__(self) -> LedgerWriter:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._run)
-        return self
+    async def __aenter__(self) -> Self:
+        self._cm = self._open()
+        return await self._cm.__aenter__()
 
-    async def __aexit__(self, *exc: object) -> bool | None:
-        self._send.close()
-        assert self._tg is not None
-        # Commit what was acknowledged even when the caller is failing: those batches
-        # really were accepted by Courier, and recording them saves a resend on resume.
-        with anyio.CancelScope(shield=True):
-            return await self._tg.__aexit__(*exc)  # type: ignore[arg-type]
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._cm.__aexit__(exc_type, exc, tb)
+
+    @contextlib.asynccontextmanager
+    async def _open(self) -> AsyncIterator[Self]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run)
+            try:
+                yield self
+            finally:
+                self._send.close()
+                # Commit what was acknowledged even when the caller is failing: those batches
+                # really were accepted by Courier, and recording them saves a resend on resume.
+                with anyio.CancelScope(shield=True):
+                    await self._finished.wait()
 
     async def put(self, record: Record) -> None:
         """Queue ``record``; it is committed soon, in arrival order."""
@@ -119,6 +134,8 @@ class LedgerWriter:
             self._failed = exc
             self._progress.set()
             raise
+        finally:
+            self._finished.set()
 
     async def _drain(self) -> None:
         async with self._recv:
@@ -129,7 +146,8 @@ class LedgerWriter:
                         group.append(self._recv.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                await anyio.to_thread.run_sync(self._commit, group)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._commit, group)
                 self._committed += len(group)
                 self._progress.set()
                 self._progress = anyio.Event()

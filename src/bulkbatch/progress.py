@@ -37,7 +37,7 @@ class ProgressEvent:
 Progress = Callable[[ProgressEvent], None]
 
 
-def NullProgress(event: ProgressEvent) -> None:  # noqa: N802 - used like a singleton value
+def NullProgress(event: ProgressEvent) -> None:
     """Discard progress reports."""
 
 

@@ -51,7 +51,6 @@ CREATE TABLE IF NOT EXISTS batches (
     total BIGINT,
     duplicate_errors INTEGER NOT NULL,
     other_errors INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
     acked_at TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ingest_errors (
@@ -88,17 +87,19 @@ CREATE TABLE IF NOT EXISTS messages (
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise StateError(
             f"Could not write {path}: {exc.strerror or exc}. Free disk space or fix the "
             f"permissions of {path.parent}, then run 'bulkbatch resume {path.parent}'."

@@ -1,0 +1,305 @@
+"""Stage 5, results: one row per input row, in Parquet, with an accounting that adds up.
+
+``results.parquet`` columns, in order:
+
+| column | meaning |
+|---|---|
+| ``row_number`` | the input row (1-based, input order) |
+| key columns | the input columns that identify the person (mapped to user id / e-mail / phone / list), or every input column with ``include_profile`` |
+| ``outcome`` | ``ingested``, ``duplicate``, ``rejected`` or ``skipped`` (sent by an earlier run under the same ``--once-per`` key) |
+| ``reason`` | why the row was not ingested (the reject reason, ``duplicate of row N``, ``ingest error: …``) |
+| ``reason_code`` | a stable code for ``reason`` (``no_address``, ``bad_email``, ``duplicate``, ``ingest_error`` …) |
+| ``recipient`` | the Courier ``recipient`` the row was sent as (or would have been) |
+| ``job_id`` | the bulk job the row went to |
+| ``message_id`` | Courier's message id, once the job enqueued it |
+| ``status`` | the bulk user status ``PENDING`` / ``ENQUEUED`` / ``ERROR`` (null until tracked) |
+| ``delivery_status`` … ``clicked`` | with ``messages``: the message status and epoch-ms timestamps |
+
+The accounting ``input rows = ingested + duplicates + rejected (+ skipped)`` holds by
+construction only if plan, rejects and duplicates partition the input; this module checks
+that, and checks ``ingested`` against each job's ``received``. When a check fails the file
+is still written (the user needs it) and :class:`~bulkbatch.errors.AccountingError` is raised.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from bulkbatch.errors import AccountingError
+from bulkbatch.state import RunState, atomic_write_bytes
+
+__all__ = ["RESULT_COLUMNS", "ResultsInfo", "write_results"]
+
+RESULT_COLUMNS = (
+    "outcome",
+    "reason",
+    "reason_code",
+    "recipient",
+    "job_id",
+    "message_id",
+    "status",
+)
+MESSAGE_COLUMNS = ("delivery_status", "enqueued", "sent", "delivered", "opened", "clicked")
+
+
+@dataclass(frozen=True)
+class ResultsInfo:
+    """The counts of ``results.parquet`` and where it is."""
+
+    path: Path
+    summary_path: Path
+    input_rows: int
+    ingested: int
+    duplicates: int
+    rejected: int
+    skipped: int
+    statuses: dict[str, int] = field(default_factory=dict)
+    delivery: dict[str, int] = field(default_factory=dict)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    accounting_ok: bool = True
+    problems: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"<ResultsInfo {self.input_rows} rows: ingested={self.ingested} duplicates="
+            f"{self.duplicates} rejected={self.rejected} skipped={self.skipped} "
+            f"statuses={self.statuses}>"
+        )
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _table_exists(cur: duckdb.DuckDBPyConnection, name: str) -> bool:
+    row = cur.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _select_sql(cur: duckdb.DuckDBPyConnection, state: RunState, include_profile: bool) -> str:
+    input_cols = [
+        r[0]
+        for r in cur.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'inputs' "
+            "ORDER BY ordinal_position"
+        ).fetchall()
+        if r[0] not in ("row_number", "source")
+    ]
+    key_cols = list(state.plan.get("key_columns", ()))
+    chosen = input_cols if include_profile else [c for c in key_cols if c in input_cols]
+    taken = {"row_number", *RESULT_COLUMNS, *MESSAGE_COLUMNS, "job_no"}
+    select_inputs = ", ".join(
+        f"i.{_q(c)} AS {_q('input_' + c if c in taken else c)}" for c in chosen
+    )
+    has_skips = _table_exists(cur, "skipped")
+    skipped_join = "LEFT JOIN skipped s ON s.row_number = i.row_number" if has_skips else ""
+    skipped_flag = "s.row_number IS NOT NULL" if has_skips else "false"
+    skipped_reason = "s.reason" if has_skips else "NULL"
+    jobs_values = (
+        ", ".join(f"({j.job_no}, '{(j.job_id or '').replace(chr(39), '')}')" for j in state.jobs)
+        or "(NULL, NULL)"
+    )
+    return f"""
+    WITH jobs(job_no, job_id) AS (VALUES {jobs_values}),
+    ie AS (SELECT recipient, min(error) AS error FROM ingest_errors GROUP BY recipient),
+    pages AS (
+        SELECT job_no, recipient, max(message_id) AS message_id, max(status) AS status
+        FROM user_pages GROUP BY job_no, recipient
+    )
+    SELECT
+        i.row_number,
+        {select_inputs + "," if select_inputs else ""}
+        CASE
+            WHEN {skipped_flag} THEN 'skipped'
+            WHEN p.row_number IS NOT NULL AND ie.recipient IS NULL THEN 'ingested'
+            WHEN d.row_number IS NOT NULL THEN 'duplicate'
+            WHEN r.row_number IS NOT NULL OR ie.recipient IS NOT NULL THEN 'rejected'
+            ELSE NULL
+        END AS outcome,
+        CASE
+            WHEN {skipped_flag} THEN {skipped_reason}
+            WHEN r.row_number IS NOT NULL THEN r.reason
+            WHEN d.row_number IS NOT NULL THEN 'duplicate of row ' || d.kept_row_number
+            WHEN ie.recipient IS NOT NULL THEN 'ingest error: ' || ie.error
+        END AS reason,
+        CASE
+            WHEN {skipped_flag} THEN 'once_per'
+            WHEN r.row_number IS NOT NULL THEN r.reason_code
+            WHEN d.row_number IS NOT NULL THEN 'duplicate'
+            WHEN ie.recipient IS NOT NULL THEN 'ingest_error'
+        END AS reason_code,
+        coalesce(p.recipient, d.recipient) AS recipient,
+        CASE WHEN p.row_number IS NOT NULL THEN jobs.job_id END AS job_id,
+        pg.message_id,
+        CASE WHEN p.row_number IS NOT NULL AND ie.recipient IS NULL THEN pg.status END AS status,
+        m.delivery_status, m.enqueued, m.sent, m.delivered, m.opened, m.clicked,
+        (p.row_number IS NOT NULL)::INT + (r.row_number IS NOT NULL)::INT
+            + (d.row_number IS NOT NULL)::INT AS _placements
+    FROM inputs i
+    LEFT JOIN plan p ON p.row_number = i.row_number
+    LEFT JOIN rejects r ON r.row_number = i.row_number
+    LEFT JOIN duplicates d ON d.row_number = i.row_number
+    {skipped_join}
+    LEFT JOIN jobs ON jobs.job_no = p.job_no
+    LEFT JOIN ie ON ie.recipient = p.recipient
+    LEFT JOIN pages pg ON pg.recipient = p.recipient AND pg.job_no = p.job_no
+    LEFT JOIN messages m ON m.message_id = pg.message_id
+    """
+
+
+def write_results(
+    con: duckdb.DuckDBPyConnection,
+    state: RunState,
+    out: Path | None = None,
+    *,
+    include_profile: bool = False,
+    messages: bool = False,
+    strict: bool = True,
+) -> ResultsInfo:
+    """Write ``results.parquet`` and ``summary.json`` for the run; check the accounting.
+
+    :param out: where to write the Parquet file (default ``<run dir>/results.parquet``)
+    :param include_profile: keep every input column, not only the key columns
+    :param messages: keep the delivery columns (filled when messages were fetched)
+    :param strict: raise :class:`AccountingError` when the counts do not add up
+    """
+    started = time.monotonic()
+    cur = con.cursor()
+    out = out or state.run_dir / "results.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cur.execute(
+        f"CREATE OR REPLACE TEMP TABLE _results AS {_select_sql(cur, state, include_profile)}"
+    )
+    drop = ["_placements"] + ([] if messages else list(MESSAGE_COLUMNS))
+    keep = [r[0] for r in cur.execute("DESCRIBE _results").fetchall() if r[0] not in drop]
+    tmp = out.with_name(f".{out.name}.tmp")
+    cur.execute(
+        f"COPY (SELECT {', '.join(_q(c) for c in keep)} FROM _results ORDER BY row_number) "
+        f"TO '{str(tmp).replace(chr(39), chr(39) * 2)}' (FORMAT parquet, COMPRESSION zstd)"
+    )
+    tmp.replace(out)
+
+    def counts(sql: str) -> dict[str, int]:
+        return {str(k): int(v) for k, v in cur.execute(sql).fetchall() if k is not None}
+
+    outcome = counts("SELECT outcome, count(*) FROM _results GROUP BY 1")
+    statuses = counts("SELECT status, count(*) FROM _results WHERE outcome = 'ingested' GROUP BY 1")
+    delivery = (
+        counts(
+            "SELECT delivery_status, count(*) FROM _results WHERE outcome = 'ingested' GROUP BY 1"
+        )
+        if messages
+        else {}
+    )
+    by_reason = counts(
+        "SELECT reason_code, count(*) FROM _results WHERE outcome = 'rejected' GROUP BY 1"
+    )
+    row = cur.execute(
+        "SELECT count(*), count(*) FILTER (WHERE _placements <> 1), "
+        "count(*) FILTER (WHERE outcome IS NULL) FROM _results"
+    ).fetchone()
+    assert row is not None
+    total, misplaced, unaccounted = (int(x) for x in row)
+    cur.execute("DROP TABLE _results")
+
+    ingested = outcome.get("ingested", 0)
+    info_counts = {
+        "input_rows": total,
+        "ingested": ingested,
+        "duplicates": outcome.get("duplicate", 0),
+        "rejected": outcome.get("rejected", 0),
+        "skipped": outcome.get("skipped", 0),
+    }
+    problems: list[str] = []
+    parts = (
+        info_counts["ingested"]
+        + info_counts["duplicates"]
+        + info_counts["rejected"]
+        + info_counts["skipped"]
+    )
+    if misplaced or unaccounted or parts != total:
+        problems.append(
+            f"{misplaced + unaccounted} input rows are not in exactly one of plan, rejects and "
+            f"duplicates ({total} rows, {parts} accounted for)"
+        )
+    if state.done("send") and all(j.received is not None for j in state.jobs):
+        received = sum(int(j.received or 0) for j in state.jobs)
+        if received != ingested:
+            problems.append(
+                f"{ingested} rows are ingested but Courier reports {received} users received"
+            )
+    if any(j.paged for j in state.jobs):
+        unpaged = ingested - sum(v for k, v in statuses.items() if k != "None")
+        if unpaged and all(j.paged for j in state.jobs):
+            problems.append(f"{unpaged} ingested rows have no per-user status from Courier")
+
+    info = ResultsInfo(
+        path=out,
+        summary_path=state.run_dir / "summary.json",
+        statuses=statuses,
+        delivery=delivery,
+        rejected_by_reason=by_reason,
+        accounting_ok=not problems,
+        problems=tuple(problems),
+        seconds=time.monotonic() - started,
+        **info_counts,
+    )
+    write_summary(state, info)
+    if problems and strict:
+        raise AccountingError(
+            "The accounting of run "
+            f"{state.run_id} does not add up: {'; '.join(problems)}. results.parquet was "
+            f"written to {out} for inspection, but do not trust it; report this as a bug."
+        )
+    return info
+
+
+def summary_dict(state: RunState, info: ResultsInfo) -> dict[str, Any]:
+    """The content of ``summary.json``."""
+    elapsed = sum(state.timings.values())
+    return {
+        "run_id": state.run_id,
+        "run_dir": str(state.run_dir),
+        "results": str(info.path),
+        "counts": {
+            "input_rows": info.input_rows,
+            "ingested": info.ingested,
+            "duplicates": info.duplicates,
+            "rejected": info.rejected,
+            "skipped": info.skipped,
+        },
+        "accounting_ok": info.accounting_ok,
+        "problems": list(info.problems),
+        "statuses": info.statuses,
+        "delivery": info.delivery,
+        "rejected_by_reason": info.rejected_by_reason,
+        "jobs": [
+            {
+                "job_id": j.job_id,
+                "status": j.status,
+                "users": j.users,
+                "received": j.received,
+                "enqueued": j.enqueued,
+                "failures": j.failures,
+            }
+            for j in state.jobs
+        ],
+        "timings": state.timings,
+        "elapsed_seconds": round(elapsed, 3),
+        "client": state.progress.get("client", {}),
+    }
+
+
+def write_summary(state: RunState, info: ResultsInfo) -> None:
+    atomic_write_bytes(
+        info.summary_path, orjson.dumps(summary_dict(state, info), option=orjson.OPT_INDENT_2)
+    )

@@ -1,0 +1,257 @@
+"""Stage 3, send: create each bulk job once, ingest every planned batch once, run once.
+
+How "exactly once" holds, step by step:
+
+* **create** — ``POST /bulk`` carries the key ``bulkbatch:<run>:create:<job_no>``; the job id
+  is written to ``state.json`` the moment it comes back. A crash before that write replays
+  the same key on resume and gets the same job id back.
+* **ingest** — each batch is one ``POST /bulk/{job}`` whose body is built in DuckDB from the
+  plan (``string_agg`` of the users' JSON, a chunk of batches at a time, so memory stays
+  bounded) and whose key is ``bulkbatch:<run>:<job>:batch:<n>``. Every user carries a
+  stable ``recipient``, Courier's dedupe key, so a batch re-sent after a lost answer gets
+  "Duplicate user" for the users it already has: those count as ingested, not failed.
+  A batch enters the ledger only after a 2xx, through the one :class:`LedgerWriter`.
+* **verify** — before a job is run, ``GET /bulk/{job}`` must report ``received`` equal to the
+  planned users minus the per-user ingest errors. If not, the job is *not* run and the
+  run fails loudly (:class:`~bulkbatch.errors.AccountingError`).
+* **run** — ``POST /bulk/{job}/run`` with key ``bulkbatch:<run>:<job>:run``; a 400
+  ``BulkJobDuplicateInvocationError`` on a resumed run means it already ran.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import anyio
+import duckdb
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from bulkbatch.courier import CourierClient
+from bulkbatch.errors import AccountingError, JobAlreadyRun
+from bulkbatch.ledger import BatchAck, LedgerWriter
+from bulkbatch.progress import NullProgress, Progress, ProgressEvent
+from bulkbatch.state import JobState, RunState
+
+__all__ = ["SendInfo", "create_job", "ingest_job", "run_job", "verify_job"]
+
+DUPLICATE_USER = "Duplicate user"
+CHUNK_BATCHES = 16
+"""Batches read from DuckDB per query: bounds the memory of bodies waiting to be sent."""
+
+
+@dataclass(frozen=True)
+class SendInfo:
+    """What the send stage did for a run."""
+
+    jobs: tuple[str, ...]
+    batches: int
+    batches_sent: int
+    batches_already_acked: int
+    users_planned: int
+    duplicate_errors: int
+    other_errors: int
+    seconds: float
+
+    def __repr__(self) -> str:
+        return (
+            f"<SendInfo jobs={len(self.jobs)} batches={self.batches} sent_now="
+            f"{self.batches_sent} already={self.batches_already_acked} "
+            f"ingest_errors={self.other_errors} {self.seconds:.1f}s>"
+        )
+
+
+@dataclass(frozen=True)
+class _Body:
+    batch_no: int
+    users: int
+    body: bytes
+
+
+def _key(state: RunState, *parts: object) -> str:
+    return ":".join(["bulkbatch", state.run_id, *(str(p) for p in parts)])
+
+
+async def create_job(client: CourierClient, state: RunState, job: JobState) -> str:
+    """Create ``job`` once: reuse the id in state, else ``POST /bulk`` under a fixed key."""
+    if job.job_id is None:
+        job.job_id = await client.create_job(
+            state.message, idempotency_key=_key(state, "create", job.job_no)
+        )
+        state.save()
+    return job.job_id
+
+
+def acked_batches(con: duckdb.DuckDBPyConnection, job: JobState) -> set[int]:
+    rows = (
+        con.cursor()
+        .execute("SELECT batch_no FROM batches WHERE job_no = ?", [job.job_no])
+        .fetchall()
+    )
+    return {int(r[0]) for r in rows}
+
+
+def _read_bodies(con: duckdb.DuckDBPyConnection, lo: int, hi: int, skip: set[int]) -> list[_Body]:
+    """Batches ``lo..hi`` as ready-to-send request bodies, built by DuckDB."""
+    rows = (
+        con.cursor()
+        .execute(
+            """
+            SELECT batch_no, count(*) AS users,
+                   '{"users":[' || string_agg(user_json, ',' ORDER BY row_number) || ']}' AS body
+            FROM plan WHERE batch_no BETWEEN ? AND ?
+            GROUP BY batch_no ORDER BY batch_no
+            """,
+            [lo, hi],
+        )
+        .fetchall()
+    )
+    return [_Body(int(b), int(n), body.encode()) for b, n, body in rows if int(b) not in skip]
+
+
+def _chunks(first: int, last: int, size: int) -> Iterator[tuple[int, int]]:
+    lo = first
+    while lo <= last:
+        yield lo, min(lo + size - 1, last)
+        lo += size
+
+
+async def ingest_job(
+    con: duckdb.DuckDBPyConnection,
+    client: CourierClient,
+    state: RunState,
+    job: JobState,
+    ledger: LedgerWriter,
+    *,
+    concurrency: int,
+    on_ack: Callable[[BatchAck], None] | None = None,
+) -> int:
+    """Send every batch of ``job`` that the ledger does not hold. Returns batches sent."""
+    job_id = await create_job(client, state, job)
+    done = await anyio.to_thread.run_sync(acked_batches, con, job)
+    if len(done) >= job.batches:
+        return 0
+    send_bodies, recv_bodies = anyio.create_memory_object_stream[_Body](concurrency * 2)
+    sent = 0
+
+    async def produce(out: MemoryObjectSendStream[_Body]) -> None:
+        async with out:
+            for lo, hi in _chunks(job.first_batch, job.last_batch, CHUNK_BATCHES):
+                if all(b in done for b in range(lo, hi + 1)):
+                    continue
+                for body in await anyio.to_thread.run_sync(_read_bodies, con, lo, hi, done):
+                    await out.send(body)
+
+    async def work(inbox: MemoryObjectReceiveStream[_Body]) -> None:
+        nonlocal sent
+        async with inbox:
+            async for item in inbox:
+                result = await client.add_users(
+                    job_id,
+                    item.body,
+                    idempotency_key=_key(state, job_id, "batch", item.batch_no),
+                )
+                dup = 0
+                other: list[tuple[str | None, str]] = []
+                for err in result.errors:
+                    text = str(err.get("error", "")) if isinstance(err, dict) else str(err)
+                    user = err.get("user") if isinstance(err, dict) else None
+                    recipient = user.get("recipient") if isinstance(user, dict) else None
+                    if text == DUPLICATE_USER:
+                        dup += 1
+                    else:
+                        other.append((recipient, text or "ingest error"))
+                ack = BatchAck(
+                    batch_no=item.batch_no,
+                    job_no=job.job_no,
+                    job_id=job_id,
+                    users=item.users,
+                    total=result.total,
+                    duplicate_errors=dup,
+                    other_errors=other,
+                )
+                await ledger.put(ack)
+                sent += 1
+                if on_ack is not None:
+                    on_ack(ack)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce, send_bodies)
+        async with recv_bodies:
+            for _ in range(concurrency):
+                tg.start_soon(work, recv_bodies.clone())
+    return sent
+
+
+async def verify_job(
+    con: duckdb.DuckDBPyConnection, client: CourierClient, state: RunState, job: JobState
+) -> None:
+    """Check ``received`` against the plan before the job may run (never run a wrong job)."""
+    assert job.job_id is not None
+    cur = con.cursor()
+    acked, errors = cur.execute(
+        "SELECT count(*), coalesce(sum(other_errors), 0) FROM batches WHERE job_no = ?",
+        [job.job_no],
+    ).fetchone() or (0, 0)
+    if int(acked) != job.batches:
+        raise AccountingError(
+            f"Job {job.job_id}: only {acked} of {job.batches} batches are acknowledged; "
+            f"run 'bulkbatch resume {state.run_dir}' to send the rest."
+        )
+    remote = await client.retrieve_job(job.job_id)
+    expected = job.users - int(errors)
+    job.received = remote.received
+    job.status = remote.status
+    if remote.received != expected:
+        raise AccountingError(
+            f"Job {job.job_id} reports {remote.received} users received but the plan sent "
+            f"{job.users} with {errors} rejected at ingest, so {expected} were expected. The "
+            "job was NOT run. Check that nothing else ingests into this job, then inspect it "
+            f"with 'bulkbatch status {state.run_dir}'."
+        )
+    job.ingested = True
+    state.save()
+
+
+async def run_job(client: CourierClient, state: RunState, job: JobState) -> bool:
+    """Run the job once. Returns False when it had already run (a resumed run)."""
+    assert job.job_id is not None
+    if job.run:
+        return False
+    try:
+        await client.run_job(job.job_id, idempotency_key=_key(state, job.job_id, "run"))
+        ran_now = True
+    except JobAlreadyRun:
+        ran_now = False
+    job.run = True
+    state.save()
+    return ran_now
+
+
+def ingest_progress(
+    state: RunState, progress: Progress = NullProgress, client: CourierClient | None = None
+) -> Callable[[BatchAck], None]:
+    """An ``on_ack`` callback reporting users acknowledged so far across the run."""
+    total = sum(j.users for j in state.jobs)
+    done = int(state.progress.get("users_acked", 0))
+    started = time.monotonic()
+    last_save = started
+
+    def on_ack(ack: BatchAck) -> None:
+        nonlocal done, last_save
+        done += ack.users
+        state.progress["users_acked"] = done
+        now = time.monotonic()
+        extra: dict[str, object] = {"elapsed": now - started}
+        if client is not None:
+            extra["rate"] = client.limiter.current_rate
+            extra["retries"] = client.stats.retries
+            extra["throttled"] = client.stats.throttled
+        progress(ProgressEvent("ingest", done, total, "users", extra=extra))
+        if now - last_save > 2.0:
+            # A snapshot for 'bulkbatch status' in another process; the ledger is the truth.
+            last_save = now
+            state.save()
+
+    return on_ack

@@ -1,0 +1,124 @@
+"""End to end over real HTTP: the ``bulkbatch`` CLI process against an emulator process.
+
+The expected outcome of every row is computed here, independently of the plan code,
+from the CSV itself; the results file must match it row by row.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+from tests.support import API_KEY, SAMPLE, EmulatorProcess, bulkbatch
+
+pytestmark = pytest.mark.e2e
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MESSAGE_ID = re.compile(r"^1-[0-9a-f]{8}-[0-9a-f]{24}$")
+
+
+def expected_outcomes(path: Path) -> list[dict[str, Any]]:
+    """What should happen to each row, from the documented rules alone."""
+    out: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        for n, row in enumerate(csv.DictReader(f), start=1):
+            uid = (row["user_id"] or "").strip()
+            email = (row["email"] or "").strip().lower()
+            phone = re.sub(r"[^0-9+]", "", row["phone_number"] or "")
+            if not (uid or email or phone):
+                out.append({"row_number": n, "outcome": "rejected", "reason_code": "no_address"})
+                continue
+            if email and not EMAIL.match(email):
+                out.append({"row_number": n, "outcome": "rejected", "reason_code": "bad_email"})
+                continue
+            recipient = uid or (f"email:{email}" if email else f"phone:{phone}")
+            if recipient in seen:
+                out.append(
+                    {
+                        "row_number": n,
+                        "outcome": "duplicate",
+                        "reason_code": "duplicate",
+                        "recipient": recipient,
+                        "reason": f"duplicate of row {seen[recipient]}",
+                    }
+                )
+                continue
+            seen[recipient] = n
+            out.append({"row_number": n, "outcome": "ingested", "recipient": recipient})
+    return out
+
+
+def test_send_sample_row_by_row(tmp_path: Path) -> None:
+    expected = expected_outcomes(SAMPLE)
+    run_dir = tmp_path / "run"
+    with EmulatorProcess() as emu:
+        proc = bulkbatch(
+            "--quiet",
+            "send",
+            str(SAMPLE),
+            "--event",
+            "welcome",
+            "--data",
+            '{"company": "Acme"}',
+            "--run-dir",
+            str(run_dir),
+            "--poll-interval",
+            "0.1",
+            "--allow-failures",
+            "--json",
+            env=emu.env(),
+        )
+        assert proc.returncode == 0, proc.stderr
+        stats = emu.stats()
+
+    summary = orjson.loads(proc.stdout)
+    results = pq.read_table(run_dir / "results.parquet").to_pylist()
+    assert len(results) == len(expected) == 2000
+    job_id = summary["jobs"][0]["job_id"]
+    for got, want in zip(results, expected, strict=True):
+        assert got["row_number"] == want["row_number"]
+        assert got["outcome"] == want["outcome"], (got, want)
+        if want["outcome"] == "ingested":
+            assert got["recipient"] == want["recipient"]
+            assert got["job_id"] == job_id
+            assert got["status"] == "ENQUEUED"
+            assert MESSAGE_ID.match(got["message_id"]), got
+            assert got["reason"] is None
+        else:
+            assert got["reason_code"] == want["reason_code"], (got, want)
+            assert got["message_id"] is None
+            if want["outcome"] == "duplicate":
+                assert got["reason"] == want["reason"]
+    # the key columns come back, and no other personal data by default
+    assert {"user_id", "email", "phone_number"} <= set(results[0])
+    assert "data.first_name" not in results[0]
+
+    ingested = sum(1 for e in expected if e["outcome"] == "ingested")
+    counts = summary["counts"]
+    assert counts["ingested"] == ingested
+    assert counts["input_rows"] == counts["ingested"] + counts["duplicates"] + counts["rejected"]
+    assert summary["accounting_ok"] is True
+    # the server saw exactly one job, run once, with every planned user exactly once
+    assert stats["jobs_created"] == 1
+    assert stats["runs"] == 1
+    assert stats["users_accepted"] == ingested
+    assert stats["max_accepted_per_recipient"] == 1
+    # the key never lands in the run directory
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            assert API_KEY.encode() not in f.read_bytes(), f
+
+
+def test_send_without_key_names_the_fix(tmp_path: Path) -> None:
+    proc = bulkbatch("send", str(SAMPLE), "--event", "welcome", "--run-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "Error: No Courier API key: set COURIER_API_KEY (or pass --api-key), or add "
+        "--emulator to rehearse on the local emulator."
+    )

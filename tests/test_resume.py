@@ -1,0 +1,140 @@
+"""A killed ``bulkbatch send`` resumes into the same job with nobody ingested twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+from tests.support import EmulatorProcess, bulkbatch, wait_for
+
+from bulkbatch.synth import generate
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+COMPARED = ("row_number", "outcome", "reason_code", "recipient", "status")
+
+
+def _send_args(audience: Path, run_dir: Path) -> list[str]:
+    return [
+        "--quiet",
+        "send",
+        str(audience),
+        "--event",
+        "welcome",
+        "--run-dir",
+        str(run_dir),
+        "--batch-size",
+        "250",
+        "--concurrency",
+        "2",
+        "--rate",
+        "40",
+        "--poll-interval",
+        "0.1",
+        "--allow-failures",
+        "--json",
+    ]
+
+
+def _rows(run_dir: Path) -> list[tuple[object, ...]]:
+    table = pq.read_table(run_dir / "results.parquet", columns=list(COMPARED))
+    return list(zip(*(table.column(c).to_pylist() for c in COMPARED), strict=True))
+
+
+@pytest.fixture(scope="module")
+def audience(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("aud") / "audience.csv"
+    generate(path, 30_000, fmt="csv", duplicate_rate=0.02, seed=11)
+    return path
+
+
+def test_sigkill_mid_ingest_then_resume_matches_clean_run(audience: Path, tmp_path: Path) -> None:
+    # the clean run, on its own emulator
+    with EmulatorProcess() as clean_emu:
+        clean = bulkbatch(*_send_args(audience, tmp_path / "clean"), env=clean_emu.env())
+        assert clean.returncode == 0, clean.stderr
+    clean_summary = orjson.loads(clean.stdout)
+
+    run_dir = tmp_path / "killed"
+    with EmulatorProcess() as emu:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bulkbatch", *_send_args(audience, run_dir)],
+            env=emu.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            # kill it once a good part, but not all, of the audience is in
+            wait_for(lambda: emu.stats()["users_accepted"] >= 8_000, timeout=60)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            assert proc.stderr is not None
+            proc.stderr.close()
+        before = emu.stats()
+        assert 8_000 <= before["users_accepted"] < clean_summary["counts"]["ingested"]
+        assert before["runs"] == 0
+
+        resumed = bulkbatch(
+            "--quiet", "resume", str(run_dir), "--json", "--allow-failures", env=emu.env()
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        stats = emu.stats()
+
+    summary = orjson.loads(resumed.stdout)
+    assert summary["counts"] == clean_summary["counts"]
+    assert summary["accounting_ok"] is True
+    assert _rows(run_dir) == _rows(tmp_path / "clean")
+    # one job, run once, every unique user accepted exactly once
+    assert stats["jobs_created"] == 1
+    assert stats["runs"] == 1
+    assert stats["users_accepted"] == summary["counts"]["ingested"]
+    assert stats["max_accepted_per_recipient"] == 1
+    state = orjson.loads((run_dir / "state.json").read_bytes())
+    assert [j["job_id"] for j in state["jobs"]] == [summary["jobs"][0]["job_id"]]
+
+
+def test_resume_of_finished_run_changes_nothing(audience: Path, tmp_path: Path) -> None:
+    with EmulatorProcess() as emu:
+        first = bulkbatch(*_send_args(audience, tmp_path / "r"), env=emu.env())
+        assert first.returncode == 0, first.stderr
+        again = bulkbatch(
+            "--quiet", "resume", str(tmp_path / "r"), "--json", "--allow-failures", env=emu.env()
+        )
+        assert again.returncode == 0, again.stderr
+        stats = emu.stats()
+    assert orjson.loads(again.stdout)["counts"] == orjson.loads(first.stdout)["counts"]
+    assert stats["jobs_created"] == 1 and stats["runs"] == 1
+    assert stats["max_accepted_per_recipient"] == 1
+
+
+def test_send_into_existing_run_with_other_options_is_refused(
+    audience: Path, tmp_path: Path
+) -> None:
+    with EmulatorProcess() as emu:
+        first = bulkbatch(*_send_args(audience, tmp_path / "r"), env=emu.env())
+        assert first.returncode == 0, first.stderr
+        other = bulkbatch(
+            "send",
+            str(audience),
+            "--event",
+            "other-event",
+            "--run-dir",
+            str(tmp_path / "r"),
+            env=emu.env(),
+        )
+    assert other.returncode == 1
+    run_dir = tmp_path / "r"
+    assert other.stderr.strip() == (
+        f"Error: Run directory {run_dir} was started with other inputs or options, so it "
+        f"cannot continue with these. Run 'bulkbatch resume {run_dir}' to finish it as it "
+        "was, or pass a new --run-dir to start a separate run."
+    )

@@ -1,0 +1,168 @@
+"""The run directory: atomic state.json, the single-writer lock, the group-committed ledger."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulkbatch.errors import StateError, leaf_errors
+from bulkbatch.ledger import BatchAck, LedgerWriter, PageRecord
+from bulkbatch.state import JobState, RunState, atomic_write_bytes, ensure_ledger, open_run_db
+
+jobs = st.builds(
+    JobState,
+    job_no=st.integers(0, 50),
+    users=st.integers(0, 10**8),
+    first_batch=st.integers(0, 10**5),
+    last_batch=st.integers(-1, 10**5),
+    job_id=st.none() | st.text(min_size=1, max_size=40),
+    ingested=st.booleans(),
+    run=st.booleans(),
+    status=st.none() | st.sampled_from(["CREATED", "PROCESSING", "COMPLETED", "ERROR"]),
+    received=st.none() | st.integers(0, 10**8),
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    run_id=st.text(min_size=1, max_size=30),
+    jobs=st.lists(jobs, max_size=4),
+    plan=st.dictionaries(st.text(max_size=10), json_values, max_size=4),
+    emulator=st.booleans(),
+)
+def test_state_round_trips(
+    tmp_path_factory: pytest.TempPathFactory,
+    run_id: str,
+    jobs: list[JobState],
+    plan: dict[str, object],
+    emulator: bool,
+) -> None:
+    run_dir = tmp_path_factory.mktemp("run")
+    state = RunState(run_dir=run_dir, run_id=run_id, jobs=jobs, plan=plan, emulator=emulator)
+    state.save()
+    assert RunState.load(run_dir) == state
+
+
+def test_missing_and_foreign_run_dirs_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(StateError) as e:
+        RunState.load(tmp_path / "nope")
+    assert str(e.value) == (
+        f"Run directory not found: {tmp_path / 'nope'}. Pass the directory a 'bulkbatch send' "
+        "created (it holds state.json and run.duckdb), e.g. runs/<run-id>."
+    )
+    with pytest.raises(StateError) as e:
+        RunState.load(tmp_path)
+    assert "has no state.json" in str(e.value)
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(StateError, match="is corrupt"):
+        RunState.load(tmp_path)
+
+
+def test_atomic_write_failures_are_state_errors_and_keep_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    atomic_write_bytes(target, b"old")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(StateError, match=r"^Could not write .*not-a-dir/state.json"):
+        atomic_write_bytes(blocker / "state.json", b"new")
+    target_dir = tmp_path / "is-a-dir"
+    (target_dir / "inner").mkdir(parents=True)
+    with pytest.raises(StateError, match="Could not write"):
+        atomic_write_bytes(target_dir, b"new")
+    assert (target_dir / "inner").is_dir()
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_second_process_gets_a_clear_lock_error(tmp_path: Path) -> None:
+    con = open_run_db(tmp_path)
+    try:
+        code = (
+            "import sys; from pathlib import Path\n"
+            "from bulkbatch.state import open_run_db\n"
+            "from bulkbatch.errors import StateError\n"
+            "try:\n    open_run_db(Path(sys.argv[1]))\n"
+            "except StateError as e:\n    print(e); sys.exit(3)\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        con.close()
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.startswith(
+        f"Run directory {tmp_path} is in use by another bulkbatch process"
+    )
+    assert proc.stdout.strip().endswith(f"then run 'bulkbatch resume {tmp_path}'.")
+
+
+def test_ledger_commits_acks_and_pages_in_order(tmp_path: Path) -> None:
+    con = open_run_db(tmp_path)
+    ensure_ledger(con)
+
+    async def main() -> None:
+        async with LedgerWriter(con) as ledger:
+            for b in range(300):
+                await ledger.put(
+                    BatchAck(b, 0, "job", 10, None, 1, [("r", "bad")] if b == 7 else [])
+                )
+            await ledger.flush()
+            row = con.cursor().execute("SELECT count(*) FROM batches").fetchone()
+            assert row == (300,)
+            for p in range(5):
+                await ledger.put(
+                    PageRecord(
+                        0,
+                        p,
+                        [f"u{p}-{i}" for i in range(3)],
+                        ["m"] * 3,
+                        ["ENQUEUED"] * 3,
+                        next_cursor=None if p == 4 else f"c{p + 1}",
+                        done=p == 4,
+                    )
+                )
+
+    anyio.run(main)
+    cur = con.cursor()
+    assert cur.execute("SELECT count(*), sum(duplicate_errors) FROM batches").fetchone() == (
+        300,
+        300,
+    )
+    assert cur.execute("SELECT * FROM ingest_errors").fetchall() == [(7, "r", "bad")]
+    assert cur.execute("SELECT count(*) FROM user_pages").fetchone() == (15,)
+    assert cur.execute("SELECT pages, cursor, done FROM paging").fetchone() == (5, None, True)
+    con.close()
+
+
+def test_ledger_records_what_was_queued_when_the_caller_fails(tmp_path: Path) -> None:
+    con = open_run_db(tmp_path)
+    ensure_ledger(con)
+
+    async def main() -> None:
+        async with LedgerWriter(con) as ledger:
+            for b in range(20):
+                await ledger.put(BatchAck(b, 0, "job", 1, b + 1, 0))
+            raise RuntimeError("a worker failed")
+
+    with pytest.raises(BaseExceptionGroup) as e:
+        anyio.run(main)
+    assert [str(x) for x in leaf_errors(e.value)] == ["a worker failed"]
+    assert con.cursor().execute("SELECT count(*) FROM batches").fetchone() == (20,)
+    con.close()

@@ -97,7 +97,9 @@ def main() -> None:
         proc.wait(timeout=15)
     rate = args.users / elapsed
     storage = "file" if args.db else "memory"
-    print("| users | batch | concurrency | storage | seconds | users/s | emulator CPU s | CPU share |")
+    print(
+        "| users | batch | concurrency | storage | seconds | users/s | emulator CPU s | CPU share |"
+    )
     print("|---:|---:|---:|---|---:|---:|---:|---:|")
     print(
         f"| {args.users:,} | {args.batch} | {args.concurrency} | {storage} | {elapsed:.2f} "

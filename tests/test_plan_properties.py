@@ -1,0 +1,150 @@
+"""Hypothesis properties of the plan: partition, dedupe policy, batch sizes, merge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bulkbatch.load import load_frame
+from bulkbatch.plan import PlanOptions, build_plan
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+ids = st.one_of(st.none(), st.sampled_from(["", " ", "u1", "U1", "u2", " u3 ", "u4"]))
+emails = st.one_of(
+    st.none(), st.sampled_from(["a@x.com", "A@X.COM ", "b@y.org", "bad", "", "c@z.io"])
+)
+phones = st.one_of(st.none(), st.sampled_from(["+1 555 0100", "555-0101", "12", "", "5550100"]))
+datas = st.one_of(st.none(), st.sampled_from(['{"a": 1}', "nope", "[1]", '{"b": {"c": null}}', ""]))
+row = st.tuples(ids, emails, phones, datas)
+tables = st.lists(row, min_size=1, max_size=40)
+
+
+def _load(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+    cols = list(zip(*rows, strict=True))
+    load_frame(
+        con,
+        pa.table(
+            {
+                "user_id": pa.array(cols[0], pa.string()),
+                "email": pa.array(cols[1], pa.string()),
+                "phone_number": pa.array(cols[2], pa.string()),
+                "data": pa.array(cols[3], pa.string()),
+            }
+        ),
+    )
+
+
+@SETTINGS
+@given(
+    rows=tables,
+    dedupe=st.sampled_from(["first", "last"]),
+    batch_size=st.integers(1, 7),
+    max_job_size=st.one_of(st.none(), st.integers(1, 12)),
+    where=st.sampled_from([None, "user_id IS NOT NULL", "row_number % 3 <> 0"]),
+)
+def test_every_row_lands_once_and_batches_fit(rows, dedupe, batch_size, max_job_size, where):
+    con = duckdb.connect()
+    _load(con, rows)
+    info = build_plan(
+        con,
+        PlanOptions(
+            event="e",
+            dedupe=dedupe,
+            batch_size=batch_size,
+            max_job_size=max_job_size,
+            where=where,
+        ),
+    )
+    placed = con.execute(
+        "SELECT row_number FROM plan UNION ALL SELECT row_number FROM rejects "
+        "UNION ALL SELECT row_number FROM duplicates ORDER BY 1"
+    ).fetchall()
+    assert [r[0] for r in placed] == list(range(1, len(rows) + 1))
+    assert info.to_send + info.duplicates + info.rejected == len(rows)
+    # batches: contiguous from 0, never over the size, only a job's last batch short,
+    # never spanning jobs, stored in (batch_no, row_number) order
+    stats = con.execute(
+        "SELECT batch_no, count(*), count(DISTINCT job_no), min(job_no) "
+        "FROM plan GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert [s[0] for s in stats] == list(range(len(stats)))
+    assert all(s[1] <= batch_size and s[2] == 1 for s in stats)
+    for i, s in enumerate(stats[:-1]):
+        if stats[i + 1][3] == s[3]:
+            assert s[1] == batch_size
+    if max_job_size is not None:
+        sizes = con.execute("SELECT count(*) FROM plan GROUP BY job_no").fetchall()
+        assert all(n[0] <= max_job_size for n in sizes)
+    order = con.execute("SELECT batch_no, row_number FROM plan").fetchall()
+    assert order == sorted(order)
+    # one user per recipient in the plan
+    dup = con.execute("SELECT count(*) - count(DISTINCT recipient) FROM plan").fetchall()
+    assert dup == [(0,)]
+
+
+@SETTINGS
+@given(rows=tables, dedupe=st.sampled_from(["first", "last"]))
+def test_dedupe_keeps_exactly_one_per_key_by_policy(rows, dedupe):
+    con = duckdb.connect()
+    _load(con, rows)
+    build_plan(con, PlanOptions(event="e", dedupe=dedupe))
+    valid = con.execute(
+        "SELECT recipient, list(row_number ORDER BY row_number) FROM "
+        "(SELECT recipient, row_number FROM plan UNION ALL "
+        " SELECT recipient, row_number FROM duplicates) GROUP BY 1"
+    ).fetchall()
+    kept = dict(con.execute("SELECT recipient, row_number FROM plan").fetchall())
+    for recipient, numbers in valid:
+        expected = numbers[0] if dedupe == "first" else numbers[-1]
+        assert kept[recipient] == expected
+    pointers = con.execute(
+        "SELECT d.kept_row_number = p.row_number FROM duplicates d JOIN plan p USING (recipient)"
+    ).fetchall()
+    assert all(p[0] for p in pointers)
+
+
+json_scalars = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.booleans())
+json_objects = st.recursive(
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), json_scalars, max_size=3),
+    lambda children: st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d"]), st.one_of(json_scalars, children), max_size=3
+    ),
+    max_leaves=8,
+)
+
+
+def merge(base: Any, patch: Any) -> Any:
+    """The documented rule: RFC 7386 merge patch, per-user wins, no deletion by null."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(base) if isinstance(base, dict) else {}
+    for k, v in patch.items():
+        out[k] = merge(out.get(k), v)
+    return out
+
+
+@SETTINGS
+@given(global_data=json_objects, user_data=st.lists(json_objects, min_size=1, max_size=5))
+def test_merge_is_per_user_wins(global_data, user_data):
+    con = duckdb.connect()
+    load_frame(
+        con,
+        pa.table(
+            {
+                "user_id": [f"u{i}" for i in range(len(user_data))],
+                "data": [orjson.dumps(d).decode() for d in user_data],
+            }
+        ),
+    )
+    build_plan(con, PlanOptions(event="e", data=global_data, channel=None))
+    got = [
+        orjson.loads(r[0]).get("data", {})
+        for r in con.execute("SELECT user_json FROM plan ORDER BY row_number").fetchall()
+    ]
+    assert got == [merge(global_data, d) for d in user_data]

@@ -75,7 +75,9 @@ def measure(path: Path) -> dict[str, float]:
         out = proc.stdout.read() if proc.stdout else ""
         if proc.returncode != 0:
             raise SystemExit(f"child failed with exit code {proc.returncode}")
-        rows, to_send, dups, rejected, batches, load_s, plan_s = out.split()
+        rows, to_send, dups, rejected, batches, load_s, plan_s = (
+            out.strip().splitlines()[-1].split()
+        )
         return {
             "rows": int(rows),
             "to_send": int(to_send),

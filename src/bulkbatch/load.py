@@ -164,9 +164,11 @@ def fetch_one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
 
 
 def configure_connection(con: duckdb.DuckDBPyConnection) -> None:
-    """Keep insertion order and cap DuckDB's memory (only ever lowered) on ``con``."""
+    """Keep insertion order, turn DuckDB's progress bar off (it writes to stdout), and cap
+    DuckDB's memory (only ever lowered) on ``con``."""
     try:
         con.execute("SET preserve_insertion_order = true")
+        con.execute("SET enable_progress_bar = false")  # library code never prints
         row = fetch_one(con, "SELECT current_setting('memory_limit')")
         current = _parse_bytes(str(row[0]))
         cap = _parse_bytes(MEMORY_LIMIT) or 0

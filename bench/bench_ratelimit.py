@@ -152,7 +152,12 @@ def emulator(rate: float) -> Iterator[str]:
 
 
 async def drive(
-    url: str, server_rate: float, client_rate: float | None, duration: float, concurrency: int
+    url: str,
+    server_rate: float,
+    client_rate: float | None,
+    duration: float,
+    concurrency: int,
+    op: str = "ingest",
 ) -> Result:
     async with httpx.AsyncClient(base_url=url) as control:
         with contextlib.suppress(httpx.HTTPError):
@@ -184,7 +189,10 @@ async def drive(
                     i += 1
                     body = b'{"users":[{"recipient":"w%d-%d"}]}' % (n, i)
                     try:
-                        await client.add_users(job_id, body, idempotency_key=f"b:{n}:{i}")
+                        if op == "retrieve":
+                            await client.retrieve_job(job_id)
+                        else:
+                            await client.add_users(job_id, body, idempotency_key=f"b:{n}:{i}")
                     except BulkBatchError:
                         failures += 1
                     else:
@@ -230,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per run")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--modes", default="told,unknown", help="told, unknown, or both")
+    parser.add_argument(
+        "--op",
+        choices=["ingest", "retrieve"],
+        default="ingest",
+        help="ingest: add_users, one user a call (the job grows); retrieve: retrieve_job "
+        "(server state does not grow, for high R on a small machine)",
+    )
     parser.add_argument("--emulator-url", default=None, help="use a running emulator")
     parser.add_argument("--json", dest="json_path", default=None, help="write results here")
     args = parser.parse_args(argv)
@@ -246,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 url_cm = emulator(rate)
             with url_cm as url:
-                result = anyio.run(drive, url, rate, client_rate, args.duration, args.concurrency)
+                result = anyio.run(
+                    drive, url, rate, client_rate, args.duration, args.concurrency, args.op
+                )
             results.append(result)
             print(result.line(), flush=True)
     if args.json_path:

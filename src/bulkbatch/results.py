@@ -74,6 +74,10 @@ class ResultsInfo:
         )
 
 
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -110,11 +114,7 @@ def _select_sql(cur: duckdb.DuckDBPyConnection, state: RunState, include_profile
     )
     return f"""
     WITH jobs(job_no, job_id) AS (VALUES {jobs_values}),
-    ie AS (SELECT recipient, min(error) AS error FROM ingest_errors GROUP BY recipient),
-    pages AS (
-        SELECT job_no, recipient, max(message_id) AS message_id, max(status) AS status
-        FROM user_pages GROUP BY job_no, recipient
-    )
+    ie AS (SELECT recipient, min(error) AS error FROM ingest_errors GROUP BY recipient)
     SELECT
         i.row_number,
         {select_inputs + "," if select_inputs else ""}
@@ -151,7 +151,9 @@ def _select_sql(cur: duckdb.DuckDBPyConnection, state: RunState, include_profile
     {skipped_join}
     LEFT JOIN jobs ON jobs.job_no = p.job_no
     LEFT JOIN ie ON ie.recipient = p.recipient
-    LEFT JOIN pages pg ON pg.recipient = p.recipient AND pg.job_no = p.job_no
+    -- A page is committed with its cursor, so a user appears in user_pages once; were it
+    -- not so, the extra rows would fail the row-count check below.
+    LEFT JOIN user_pages pg ON pg.recipient = p.recipient AND pg.job_no = p.job_no
     LEFT JOIN messages m ON m.message_id = pg.message_id
     """
 
@@ -176,40 +178,60 @@ def write_results(
     cur = con.cursor()
     out = out or state.run_dir / "results.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
-    cur.execute(
-        f"CREATE OR REPLACE TEMP TABLE _results AS {_select_sql(cur, state, include_profile)}"
-    )
-    drop = ["_placements"] + ([] if messages else list(MESSAGE_COLUMNS))
-    keep = [r[0] for r in cur.execute("DESCRIBE _results").fetchall() if r[0] not in drop]
+    select = _select_sql(cur, state, include_profile)
+    columns = [r[0] for r in cur.execute(f"DESCRIBE {select}").fetchall()]
+    drop = {"_placements", *([] if messages else MESSAGE_COLUMNS)}
+    keep = ", ".join(_q(c) for c in columns if c not in drop)
     tmp = out.with_name(f".{out.name}.tmp")
+    # One streamed pass: DuckDB joins, sorts (spilling if it must) and writes; nothing
+    # is materialised in Python or in a temporary table.
     cur.execute(
-        f"COPY (SELECT {', '.join(_q(c) for c in keep)} FROM _results ORDER BY row_number) "
-        f"TO '{str(tmp).replace(chr(39), chr(39) * 2)}' (FORMAT parquet, COMPRESSION zstd)"
+        f"COPY (SELECT {keep} FROM ({select}) ORDER BY row_number) "
+        f"TO {_lit(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
     )
     tmp.replace(out)
+    written = f"read_parquet({_lit(str(out))})"
 
     def counts(sql: str) -> dict[str, int]:
         return {str(k): int(v) for k, v in cur.execute(sql).fetchall() if k is not None}
 
-    outcome = counts("SELECT outcome, count(*) FROM _results GROUP BY 1")
-    statuses = counts("SELECT status, count(*) FROM _results WHERE outcome = 'ingested' GROUP BY 1")
+    outcome = counts(f"SELECT outcome, count(*) FROM {written} GROUP BY 1")
+    statuses = counts(
+        f"SELECT coalesce(status, 'UNKNOWN'), count(*) FROM {written} "
+        "WHERE outcome = 'ingested' GROUP BY 1"
+    )
     delivery = (
         counts(
-            "SELECT delivery_status, count(*) FROM _results WHERE outcome = 'ingested' GROUP BY 1"
+            f"SELECT coalesce(delivery_status, 'UNKNOWN'), count(*) FROM {written} "
+            "WHERE outcome = 'ingested' GROUP BY 1"
         )
         if messages
         else {}
     )
     by_reason = counts(
-        "SELECT reason_code, count(*) FROM _results WHERE outcome = 'rejected' GROUP BY 1"
+        f"SELECT reason_code, count(*) FROM {written} WHERE outcome = 'rejected' GROUP BY 1"
     )
     row = cur.execute(
-        "SELECT count(*), count(*) FILTER (WHERE _placements <> 1), "
-        "count(*) FILTER (WHERE outcome IS NULL) FROM _results"
-    ).fetchone()
-    assert row is not None
-    total, misplaced, unaccounted = (int(x) for x in row)
-    cur.execute("DROP TABLE _results")
+        """
+        SELECT count(*),
+               count(*) FILTER (WHERE (p.row_number IS NOT NULL)::INT
+                   + (r.row_number IS NOT NULL)::INT + (d.row_number IS NOT NULL)::INT <> 1)
+        FROM inputs i
+        LEFT JOIN plan p ON p.row_number = i.row_number
+        LEFT JOIN rejects r ON r.row_number = i.row_number
+        LEFT JOIN duplicates d ON d.row_number = i.row_number
+        """
+    ).fetchall()[0]
+    total, misplaced = int(row[0]), int(row[1])
+    written_rows = sum(outcome.values()) + int(
+        cur.execute(f"SELECT count(*) FROM {written} WHERE outcome IS NULL").fetchall()[0][0]
+    )
+    if written_rows != total:
+        misplaced += abs(written_rows - total)
+    unaccounted = sum(
+        int(v)
+        for (v,) in cur.execute(f"SELECT count(*) FROM {written} WHERE outcome IS NULL").fetchall()
+    )
 
     ingested = outcome.get("ingested", 0)
     info_counts = {
@@ -237,10 +259,8 @@ def write_results(
             problems.append(
                 f"{ingested} rows are ingested but Courier reports {received} users received"
             )
-    if any(j.paged for j in state.jobs):
-        unpaged = ingested - sum(v for k, v in statuses.items() if k != "None")
-        if unpaged and all(j.paged for j in state.jobs):
-            problems.append(f"{unpaged} ingested rows have no per-user status from Courier")
+    if state.jobs and all(j.paged for j in state.jobs) and statuses.get("UNKNOWN"):
+        problems.append(f"{statuses['UNKNOWN']} ingested rows have no per-user status from Courier")
 
     info = ResultsInfo(
         path=out,

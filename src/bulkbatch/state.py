@@ -38,6 +38,8 @@ __all__ = [
     "open_run_db",
 ]
 
+MEMORY_LIMIT = "384MB"
+"""DuckDB's memory cap for a run database (it spills to ``<run dir>/.spill`` beyond it)."""
 STATE_FILE = "state.json"
 DB_FILE = "run.duckdb"
 STATE_VERSION = 1
@@ -245,8 +247,10 @@ def open_run_db(run_dir: Path, *, read_only: bool = False) -> duckdb.DuckDBPyCon
             f"space and retry; otherwise start a new run with a different --run-dir."
         ) from None
     if not read_only:
-        # Bounded memory whatever the audience size: DuckDB spills beyond this.
-        con.execute("SET memory_limit='1GB'")
+        # Bounded memory whatever the audience size: DuckDB spills to the run directory
+        # beyond this, so a 10M-row run stays within a few hundred MiB.
+        con.execute(f"SET memory_limit='{MEMORY_LIMIT}'")
+        con.execute(f"SET temp_directory='{str(run_dir / '.spill').replace(chr(39), chr(39) * 2)}'")
         con.execute("SET preserve_insertion_order=true")
     return con
 

@@ -1,0 +1,279 @@
+"""Shared helpers of the end-to-end benchmark (``bench/run.py``).
+
+* :func:`audience` / :func:`prefix_audience` — synthetic audiences in ``bench/data/``
+  (gitignored), generated once with :func:`bulkbatch.synth.generate` (2 % duplicates, seed 0;
+  the same files ``bench/bench_plan.py`` uses).
+* :class:`Emulator` — ``python -m bulkbatch emulator --port 0`` as its own process, with its
+  CPU seconds read from psutil before and after a measurement.
+* :func:`measure` — run one program as a subprocess; wall time and peak RSS of the whole
+  process tree, polled with psutil every 50 ms.
+* :func:`machine` — cores, memory, CPU model and library versions for the RESULTS header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Self
+
+import httpx
+import psutil
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = HERE / "data"
+READY = "bulkbatch emulator listening on "
+POLL_S = 0.05
+
+
+def audience(rows: int, *, duplicate_rate: float = 0.02) -> Path:
+    """The synthetic audience of ``rows`` rows (Parquet), generated on first use."""
+    from bulkbatch.synth import generate
+
+    suffix = "" if duplicate_rate == 0.02 else f"_dup{duplicate_rate:g}"
+    path = DATA / f"audience_{rows}{suffix}.parquet"
+    if not path.exists():
+        t = time.perf_counter()
+        tmp = path.with_suffix(".tmp.parquet")
+        generate(tmp, rows, duplicate_rate=duplicate_rate, seed=0)
+        tmp.replace(path)
+        log(f"generated {path.name} in {time.perf_counter() - t:.1f}s")
+    return path
+
+
+def prefix_audience(path: Path, rows: int) -> Path:
+    """The first ``rows`` rows of ``path`` as their own Parquet file (for extrapolation)."""
+    import duckdb
+
+    out = path.with_name(f"{path.stem}_head{rows}.parquet")
+    if not out.exists():
+        tmp = out.with_suffix(".tmp.parquet")
+        con = duckdb.connect()
+        con.execute("SET preserve_insertion_order = true")
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet('{path}') LIMIT {int(rows)}) "
+            f"TO '{tmp}' (FORMAT parquet)"
+        )
+        con.close()
+        tmp.replace(out)
+    return out
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        total += proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+    return total
+
+
+class Emulator:
+    """A fresh emulator process; ``cpu_seconds()`` is its user+system CPU so far."""
+
+    def __init__(self, *, faults: str | None = None, progression: str = "immediate") -> None:
+        self.faults = faults
+        self.progression = progression
+        self.url = ""
+        # closed in stop(); the emulator writes its ready line here
+        self._log = tempfile.NamedTemporaryFile(prefix="bench-emu-", delete=False)  # noqa: SIM115
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ps: psutil.Process | None = None
+
+    def start(self, timeout: float = 30.0) -> Emulator:
+        cmd = [
+            sys.executable,
+            "-m",
+            "bulkbatch",
+            "emulator",
+            "--port",
+            "0",
+            "--progression",
+            self.progression,
+        ]
+        if self.faults:
+            cmd += ["--faults", self.faults]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = Path(self._log.name).read_text(errors="replace")
+            m = re.search(re.escape(READY) + r"(\S+)", text)
+            if m:
+                self.url = m.group(1).rstrip("/")
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"emulator exited with {self.proc.returncode}:\n{text}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("emulator did not report ready within 30 s")
+
+    def cpu_seconds(self) -> float:
+        assert self.ps is not None
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def rss_mib(self) -> float:
+        assert self.ps is not None
+        return float(self.ps.memory_info().rss) / 2**20
+
+    def stats(self) -> dict[str, object]:
+        try:
+            r = httpx.get(f"{self.url}/_emulator/stats", timeout=30)
+            return dict(r.json())
+        except (httpx.HTTPError, ValueError):
+            return {}
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._log.name)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Measurement:
+    """One program run: wall time, peak RSS of its process tree, its output."""
+
+    wall_s: float
+    peak_rss_mib: float
+    returncode: int
+    stdout: str
+    stderr: str
+    emulator_cpu_s: float = 0.0
+    emulator_stats: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def emulator_share(self) -> float:
+        return self.emulator_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def measure(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    emulator: Emulator | None = None,
+    timeout: float | None = None,
+) -> Measurement:
+    """Run ``cmd``; poll the RSS of it and all its children every 50 ms."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
+        cpu0 = emulator.cpu_seconds() if emulator else 0.0
+        started = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=full_env, cwd=ROOT)
+        ps = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss(ps))
+            if timeout is not None and time.perf_counter() - started > timeout:
+                proc.kill()
+                proc.wait()
+                break
+            time.sleep(POLL_S)
+        wall = time.perf_counter() - started
+        cpu1 = emulator.cpu_seconds() if emulator else 0.0
+        out.seek(0)
+        err.seek(0)
+        return Measurement(
+            wall_s=wall,
+            peak_rss_mib=peak / 2**20,
+            returncode=proc.returncode,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+            emulator_cpu_s=cpu1 - cpu0,
+            emulator_stats=emulator.stats() if emulator else {},
+        )
+
+
+def _meminfo_gib() -> float:
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    return psutil.virtual_memory().total / 2**30
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, str]:
+    return {
+        "cores": str(os.cpu_count()),
+        "memory": f"{_meminfo_gib():.1f} GiB",
+        "cpu": _cpu_model(),
+        "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "python": platform.python_version(),
+        "duckdb": _version("duckdb"),
+        "httpx": _version("httpx"),
+        "pyarrow": _version("pyarrow"),
+        "trycourier": _version("trycourier"),
+        "bulkbatch": _version("bulkbatch"),
+    }
+
+
+def git_head() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,792 @@
+"""End-to-end benchmark: bulkbatch vs the naive SDK script vs the floor, against the emulator.
+
+    .venv/bin/python bench/run.py               # full: 1M and 10M rows, 3 reps, + micro-benchmarks
+    .venv/bin/python bench/run.py --quick       # 100k and 1M, 1 rep, latency at 100k (< 10 min)
+    .venv/bin/python bench/run.py --smoke --out /tmp/R.md   # 5k rows, seconds (for the tests)
+    .venv/bin/python bench/run.py --sizes 1M --scenarios none,latency50 --reps 3
+
+Programs (each its own subprocess; wall time and peak RSS of its whole process tree, psutil
+every 50 ms):
+
+* ``bulkbatch`` — ``bulkbatch --quiet send AUDIENCE --event welcome --run-dir TMP
+  --allow-failures --json --poll-interval 0.2`` (its ``--json`` report gives per-stage times);
+* ``naive`` — ``bench/naive_sdk.py``: the official ``trycourier`` SDK used as the docs show;
+* ``floor`` — ``bench/floor.py``: the same bytes through loopback HTTP with no tool logic.
+
+Every measurement gets a fresh emulator process (``--progression immediate``; the
+``latency50`` scenario adds ``--faults latency_ms=50``), whose CPU seconds are read with psutil
+before and after. The naive script above ``--naive-max-rows`` rows (default 1M; 100k with
+latency) is run once on a prefix of the audience and extrapolated per stage; the table says so.
+The report is written to ``bench/RESULTS.md`` (``--out``), overwritten each run; raw
+measurements go to ``bench/out/`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    HERE,
+    ROOT,
+    Emulator,
+    audience,
+    git_head,
+    log,
+    machine,
+    measure,
+    prefix_audience,
+    temp_dir,
+)
+
+PROGRAMS = ("bulkbatch", "naive", "floor")
+SCENARIOS: dict[str, str | None] = {"none": None, "latency50": "latency_ms=50"}
+SCENARIO_TEXT = {
+    "none": "emulator answers at once",
+    "latency50": "emulator adds 50 ms to every request (what a user over the internet sees)",
+}
+# Stages whose cost grows with the number of users (the rest is fixed per run).
+NAIVE_VARIABLE = ("read", "build", "ingest", "page", "write")
+BB_STAGES = ("load", "plan", "send", "track", "results")
+MIB_TARGET = 600
+SPEEDUP_TARGET = 10.0
+FLOOR_TARGET = 3.0
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().lower().replace("_", "").replace(",", "")
+    mult = 1
+    if t.endswith("k"):
+        mult, t = 1_000, t[:-1]
+    elif t.endswith("m"):
+        mult, t = 1_000_000, t[:-1]
+    return int(float(t) * mult)
+
+
+def human(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1_000 and n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return f"{n:,}"
+
+
+@dataclass
+class Record:
+    program: str
+    rows: int
+    scenario: str
+    rep: int
+    wall_s: float
+    peak_rss_mib: float
+    returncode: int
+    emulator_cpu_s: float
+    emulator_share: float
+    report: dict[str, Any] = field(default_factory=dict)
+    prefix_rows: int | None = None  # measured on a prefix, wall extrapolated
+    measured_wall_s: float | None = None
+    command: str = ""
+    error: str = ""
+
+    @property
+    def extrapolated(self) -> bool:
+        return self.prefix_rows is not None
+
+
+def bulkbatch_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "bulkbatch"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bulkbatch"]
+
+
+def program_cmd(program: str, path: Path, work: Path, extra: list[str]) -> list[str]:
+    if program == "bulkbatch":
+        return [
+            *bulkbatch_cmd(),
+            "--quiet",
+            "send",
+            str(path),
+            "--event",
+            "welcome",
+            "--run-dir",
+            str(work / "run"),
+            "--allow-failures",
+            "--json",
+            "--poll-interval",
+            "0.2",
+            *extra,
+        ]
+    if program == "naive":
+        return [sys.executable, str(HERE / "naive_sdk.py"), str(path), str(work / "naive.parquet")]
+    if program == "floor":
+        return [sys.executable, str(HERE / "floor.py"), str(path), "--out", str(work / "f.parquet")]
+    raise ValueError(program)
+
+
+def _parse_report(program: str, stdout: str) -> dict[str, Any]:
+    text = stdout.strip()
+    if not text:
+        return {}
+    try:
+        if program == "bulkbatch":
+            return dict(json.loads(text))
+        return dict(json.loads(text.splitlines()[-1]))
+    except ValueError:
+        return {}
+
+
+def run_one(
+    program: str,
+    rows: int,
+    scenario: str,
+    rep: int,
+    *,
+    prefix_rows: int | None,
+    bb_extra: list[str],
+    timeout: float | None,
+) -> Record:
+    path = audience(rows)
+    if prefix_rows is not None:
+        path = prefix_audience(path, prefix_rows)
+    with temp_dir("bench-run-") as work, Emulator(faults=SCENARIOS[scenario]) as emu:
+        cmd = program_cmd(program, path, work, bb_extra)
+        env = {"COURIER_BASE_URL": emu.url, "COURIER_API_KEY": "bench"}
+        m = measure(cmd, env=env, emulator=emu, timeout=timeout)
+    report = _parse_report(program, m.stdout)
+    rec = Record(
+        program=program,
+        rows=rows,
+        scenario=scenario,
+        rep=rep,
+        wall_s=m.wall_s,
+        peak_rss_mib=m.peak_rss_mib,
+        returncode=m.returncode,
+        emulator_cpu_s=m.emulator_cpu_s,
+        emulator_share=m.emulator_share,
+        report=report,
+        command=shlex.join(cmd),
+    )
+    rec.report["emulator_stats"] = m.emulator_stats
+    if m.returncode != 0 or not report:
+        rec.error = (m.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        log(f"  {program} FAILED (exit {m.returncode}): {rec.error}")
+    if prefix_rows is not None:
+        rec.prefix_rows = prefix_rows
+        rec.measured_wall_s = m.wall_s
+        stages = report.get("stages", {})
+        variable = sum(float(stages.get(k, 0.0)) for k in NAIVE_VARIABLE)
+        rec.wall_s = m.wall_s + variable * (rows / prefix_rows - 1)
+    return rec
+
+
+def plan_runs(args: argparse.Namespace) -> list[tuple[int, str, str, int, int | None]]:
+    """(rows, scenario, program, rep, prefix_rows) for every measurement, in run order."""
+    out = []
+    for rows in args.sizes:
+        for scenario in args.scenarios:
+            if scenario != "none" and rows not in args.latency_sizes:
+                continue
+            reps = args.reps if scenario == "none" else args.latency_reps
+            for program in args.programs:
+                cap = args.naive_max_rows if scenario == "none" else args.naive_max_rows_latency
+                prefix = cap if program == "naive" and cap and rows > cap else None
+                n = 1 if prefix is not None else reps
+                if program == "naive" and args.naive_reps:
+                    n = min(n, args.naive_reps)
+                out.extend((rows, scenario, program, rep, prefix) for rep in range(n))
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _fmt_s(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:,.1f}"
+
+
+def summarize(records: list[Record]) -> dict[tuple[int, str, str], dict[str, Any]]:
+    groups: dict[tuple[int, str, str], list[Record]] = defaultdict(list)
+    for r in records:
+        groups[(r.rows, r.scenario, r.program)].append(r)
+    out = {}
+    for key, recs in groups.items():
+        ok = [r for r in recs if not r.error]
+        walls = [r.wall_s for r in ok]
+        stages: dict[str, float] = {}
+        src = "timings" if key[2] == "bulkbatch" else "stages"
+        names: list[str] = []
+        for r in ok:
+            for k in r.report.get(src, {}):
+                if k not in names:
+                    names.append(k)
+        for k in names:
+            stages[k] = _med([float(r.report[src][k]) for r in ok if k in r.report.get(src, {})])
+        out[key] = {
+            "n": len(ok),
+            "failed": len(recs) - len(ok),
+            "wall": _med(walls),
+            "min": min(walls) if walls else float("nan"),
+            "max": max(walls) if walls else float("nan"),
+            "rss": max((r.peak_rss_mib for r in ok), default=float("nan")),
+            "emu_share": _med([r.emulator_share for r in ok]),
+            "emu_cpu": _med([r.emulator_cpu_s for r in ok]),
+            "extrapolated": any(r.extrapolated for r in ok),
+            "prefix_rows": next((r.prefix_rows for r in ok if r.extrapolated), None),
+            "measured_wall": _med([r.measured_wall_s or 0.0 for r in ok if r.extrapolated]),
+            "stages": stages,
+            "records": ok,
+        }
+    return out
+
+
+def _program_row(program: str, rows: int, s: dict[str, Any]) -> str:
+    if s["n"] == 0:
+        return f"| {program} | failed ({s['failed']} runs) | — | — | — | 0 |"
+    if s["extrapolated"]:
+        wall = (
+            f"**≈ {_fmt_s(s['wall'])} (extrapolated** from a {s['prefix_rows']:,}-row prefix "
+            f"measured at {_fmt_s(s['measured_wall'])} s)"
+        )
+        rss = f"— (prefix: {s['rss']:,.0f})"
+        runs = "1 (prefix)"
+    else:
+        wall = f"{_fmt_s(s['wall'])} ({_fmt_s(s['min'])}–{_fmt_s(s['max'])})"
+        rss = f"{s['rss']:,.0f}"
+        runs = str(s["n"])
+    ups = rows / s["wall"] if s["wall"] > 0 else float("nan")
+    share = f"{100 * s['emu_share']:.0f} %"
+    if s["extrapolated"]:
+        share += " (prefix)"
+    return f"| {program} | {wall} | {ups:,.0f} | {rss} | {share} | {runs} |"
+
+
+def _ratio_lines(rows: int, scen: str, summ: dict[tuple[int, str, str], Any]) -> list[str]:
+    bb = summ.get((rows, scen, "bulkbatch"))
+    nv = summ.get((rows, scen, "naive"))
+    fl = summ.get((rows, scen, "floor"))
+    lines = []
+    if bb and bb["n"]:
+        if nv and nv["n"]:
+            sp = nv["wall"] / bb["wall"]
+            tag = " (naive extrapolated)" if nv["extrapolated"] else ""
+            lines.append(
+                f"- bulkbatch / naive wall: {bb['wall'] / nv['wall']:.3f} — bulkbatch is "
+                f"**{sp:.1f}×** faster than the naive SDK script{tag} (target ≥ {SPEEDUP_TARGET:g}×)"
+            )
+        if fl and fl["n"]:
+            lines.append(
+                f"- bulkbatch / floor wall: **{bb['wall'] / fl['wall']:.2f}×** "
+                f"(target ≤ {FLOOR_TARGET:g}×)"
+            )
+    return lines
+
+
+def _stage_table(rows: int, scen: str, summ: dict[tuple[int, str, str], Any]) -> list[str]:
+    out = []
+    bb = summ.get((rows, scen, "bulkbatch"))
+    if bb and bb["n"]:
+        st = bb["stages"]
+        known = sum(st.get(k, 0.0) for k in BB_STAGES)
+        cells = " | ".join(_fmt_s(st.get(k, float("nan"))) for k in BB_STAGES)
+        recs = bb["records"]
+        client = recs[len(recs) // 2].report.get("client", {})
+        out += [
+            (
+                "bulkbatch per stage (median s; *other* = wall − stages: interpreter start, "
+                "imports, run setup):"
+            ),
+            "",
+            "| load | plan | send | track | results | other | wall | requests | retries | 429s |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            (
+                f"| {cells} | {_fmt_s(bb['wall'] - known)} | {_fmt_s(bb['wall'])} "
+                f"| {client.get('requests', '—')} | {client.get('retries', '—')} "
+                f"| {client.get('throttled', '—')} |"
+            ),
+            "",
+        ]
+    for prog in ("naive", "floor"):
+        s = summ.get((rows, scen, prog))
+        if s and s["n"] and s["stages"]:
+            pre = f" (on the {s['prefix_rows']:,}-row prefix)" if s["extrapolated"] else ""
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in s["stages"].items())
+            out.append(f"- {prog} stages{pre}, s: {parts}")
+    if out and out[-1]:
+        out.append("")
+    return out
+
+
+def render(
+    args: argparse.Namespace,
+    records: list[Record],
+    micro: dict[str, str],
+    profiles: dict[str, str],
+    started: float,
+) -> str:
+    info = machine()
+    summ = summarize(records)
+    cmdline = shlex.join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
+    lines = [
+        "# bulkbatch end-to-end benchmark",
+        "",
+        (
+            f"Generated by `{cmdline}` on {time.strftime('%Y-%m-%d %H:%M %Z')} "
+            f"(git {git_head()}; the runner took {(time.time() - started) / 60:.1f} min). "
+            "This file is overwritten by every run."
+        ),
+        "",
+        (
+            f"**Machine:** {info['cores']} cores ({info['cpu']}), {info['memory']} RAM, {info['os']}. "
+            f"Python {info['python']}, duckdb {info['duckdb']}, httpx {info['httpx']}, "
+            f"pyarrow {info['pyarrow']}, trycourier {info['trycourier']}."
+        ),
+        "",
+        (
+            "**Method.** Audiences: `bulkbatch.synth.generate(rows, duplicate_rate=0.02, seed=0)` "
+            "(Parquet, ~0.05 % rows without any address). Every measurement is a fresh subprocess "
+            "against a fresh emulator process (`python -m bulkbatch emulator --port 0 "
+            "--progression immediate`, plus `--faults latency_ms=50` in the latency scenario). "
+            "Wall time is the subprocess's; peak RSS is the sum over its process tree, polled "
+            "with psutil every 50 ms; *emulator CPU* is the emulator's user+system CPU seconds "
+            "during the run (psutil `cpu_times` before/after) divided by the wall time "
+            "(100 % = one of the cores). Wall cells: median (min–max) of *runs*. "
+            "users/s = input rows / median wall."
+        ),
+        "",
+        "Commands measured (`AUDIENCE`, `TMP` vary; `COURIER_BASE_URL` = the emulator):",
+        "",
+        (
+            "- bulkbatch: `bulkbatch --quiet send AUDIENCE --event welcome --run-dir TMP/run "
+            f"--allow-failures --json --poll-interval 0.2{' ' + ' '.join(args.bb_extra) if args.bb_extra else ''}`"
+        ),
+        (
+            "- naive: `python bench/naive_sdk.py AUDIENCE TMP/naive.parquet` — trycourier SDK as "
+            "documented: pandas read, dicts built in Python, `add_users` 1000 at a time "
+            "sequentially, `run_job`, poll `retrieve_job`, page `list_users`, pyarrow Parquet."
+        ),
+        (
+            "- floor: `python bench/floor.py AUDIENCE --out TMP/f.parquet` — DuckDB `to_json` "
+            "per user streamed in 1000-row Arrow batches, bodies joined and POSTed with httpx "
+            "(concurrency 8, `content=`), run, poll, page `/users` with raw httpx + orjson, "
+            "write 3 columns to Parquet. No validation, dedupe, ledger, retries or rate limiting."
+        ),
+        "",
+    ]
+    if any(s["extrapolated"] for s in summ.values()):
+        lines += [
+            (
+                "**Extrapolated cells** (marked ≈, bold): the naive script at that size was too slow "
+                "to run in full, so it ran once on the first N rows of the same audience and its "
+                "size-dependent stages (read, build, ingest, page, write) were scaled linearly by "
+                "rows/N; fixed costs (import, create, run+poll) were kept. These are estimates, not "
+                "measurements."
+            ),
+            "",
+        ]
+    lines += ["## Results", ""]
+    for rows in args.sizes:
+        for scen in args.scenarios:
+            if not any((rows, scen, p) in summ for p in args.programs):
+                continue
+            lines += [
+                f"### {rows:,} rows — {scen}: {SCENARIO_TEXT[scen]}",
+                "",
+                (
+                    "| program | wall s, median (min–max) | users/s | peak RSS MiB | emulator CPU "
+                    "| runs |"
+                ),
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            lines += [
+                _program_row(p, rows, summ[(rows, scen, p)])
+                for p in args.programs
+                if (rows, scen, p) in summ
+            ]
+            lines.append("")
+            lines += _ratio_lines(rows, scen, summ)
+            lines.append("")
+            lines += _stage_table(rows, scen, summ)
+    lines += _targets(args, summ)
+    lines += _where_time_goes(args, summ)
+    if profiles:
+        lines += ["## Profiles (py-spy)", ""]
+        for title, text in profiles.items():
+            lines += [f"### {title}", "", text, ""]
+    if micro:
+        lines += ["## Micro-benchmarks", ""]
+        for title, text in micro.items():
+            lines += [f"### {title}", "", text.strip(), ""]
+    failures = [r for r in records if r.error]
+    if failures:
+        lines += ["## Failed runs", ""]
+        lines += [
+            f"- {r.program} {r.rows:,} {r.scenario} rep {r.rep}: exit {r.returncode}: {r.error}"
+            for r in failures
+        ]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _targets(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -> list[str]:
+    lines = ["## Targets", "", "| target | scenario | value | met? |", "|---|---|---:|:---:|"]
+    any_row = False
+    for rows in args.sizes:
+        for scen in args.scenarios:
+            bb = summ.get((rows, scen, "bulkbatch"))
+            if not bb or not bb["n"]:
+                continue
+            nv = summ.get((rows, scen, "naive"))
+            fl = summ.get((rows, scen, "floor"))
+            where = f"{human(rows)}, {scen}"
+            if nv and nv["n"] and rows >= 1_000_000:
+                sp = nv["wall"] / bb["wall"]
+                est = " (naive ≈ extrapolated)" if nv["extrapolated"] else ""
+                ok = "yes" if sp >= SPEEDUP_TARGET else "**no**"
+                lines.append(f"| ≥ 10× faster than naive SDK | {where} | {sp:.1f}×{est} | {ok} |")
+                any_row = True
+            if fl and fl["n"] and rows >= 1_000_000:
+                r = bb["wall"] / fl["wall"]
+                ok = "yes" if r <= FLOOR_TARGET else "**no**"
+                lines.append(f"| within 3× of the floor | {where} | {r:.2f}× | {ok} |")
+                any_row = True
+            if rows >= 1_000_000:
+                ok = "yes" if bb["rss"] <= MIB_TARGET else "**no**"
+                lines.append(
+                    f"| peak RSS ≤ {MIB_TARGET} MiB | {where} | {bb['rss']:,.0f} MiB | {ok} |"
+                )
+                any_row = True
+            lines.append(
+                f"| emulator not the bottleneck | {where} | {100 * bb['emu_share']:.0f} % "
+                "of a core during bulkbatch | "
+                f"{'yes' if bb['emu_share'] < 0.8 else '**no**'} |"
+            )
+            any_row = True
+    if not any_row:
+        lines.append("| (no size ≥ 1M measured) | | | |")
+    rss = {
+        rows: summ[(rows, "none", "bulkbatch")]["rss"]
+        for rows in args.sizes
+        if (rows, "none", "bulkbatch") in summ and summ[(rows, "none", "bulkbatch")]["n"]
+    }
+    if len(rss) > 1:
+        parts = ", ".join(f"{human(k)}: {v:,.0f} MiB" for k, v in sorted(rss.items()))
+        lines += ["", f"bulkbatch peak RSS by input size (flat is the aim): {parts}."]
+    return [*lines, ""]
+
+
+def _where_time_goes(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -> list[str]:
+    lines = ["## Where bulkbatch's time goes", ""]
+    lines += [
+        (
+            "| rows | scenario | load | plan | send | track | results | other | wall "
+            "| track s per 100-user page |"
+        ),
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    found = False
+    for rows in args.sizes:
+        for scen in args.scenarios:
+            bb = summ.get((rows, scen, "bulkbatch"))
+            if not bb or not bb["n"]:
+                continue
+            found = True
+            st = bb["stages"]
+            known = sum(st.get(k, 0.0) for k in BB_STAGES)
+            pages = max(1, rows // 100)
+            cells = " | ".join(
+                f"{_fmt_s(st.get(k, float('nan')))} ({100 * st.get(k, 0) / bb['wall']:.0f} %)"
+                for k in BB_STAGES
+            )
+            lines.append(
+                f"| {rows:,} | {scen} | {cells} | {_fmt_s(bb['wall'] - known)} "
+                f"| {_fmt_s(bb['wall'])} | {1000 * st.get('track', 0) / pages:.1f} ms |"
+            )
+            fl = summ.get((rows, scen, "floor"))
+            if fl and fl["n"] and "page" in fl["stages"]:
+                lines.append(
+                    f"| | floor, same scenario | read+ingest {_fmt_s(fl['stages'].get('ingest', 0))}"
+                    f" | | | page {_fmt_s(fl['stages']['page'])} | "
+                    f"write {_fmt_s(fl['stages'].get('write', 0))} | | {_fmt_s(fl['wall'])} "
+                    f"| {1000 * fl['stages']['page'] / pages:.1f} ms |"
+                )
+    if not found:
+        return []
+    lines += ["", *args.notes, ""] if args.notes else [""]
+    return lines
+
+
+# ----------------------------------------------------------------------------- micro + profile
+
+
+MICRO = {
+    "bench_plan.py (load + plan only)": ["bench/bench_plan.py"],
+    "bench_emulator.py (emulator ingest throughput)": ["bench/bench_emulator.py"],
+    "bench_ratelimit.py (rate limiter vs server limit)": [
+        "bench/bench_ratelimit.py",
+        "--rates",
+        "50,200",
+        "--duration",
+        "15",
+    ],
+}
+
+
+def run_micro(quick: bool) -> dict[str, str]:
+    out = {}
+    for title, argv in MICRO.items():
+        script = ROOT / argv[0]
+        if not script.exists():
+            continue
+        cmd = [sys.executable, str(script), *argv[1:]]
+        if quick and argv[0].endswith("bench_plan.py"):
+            cmd.append("--quick")
+        log(f"micro-benchmark: {shlex.join(cmd[1:])}")
+        try:
+            p = subprocess.run(
+                cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=1800
+            )
+            body = p.stdout.strip() or "(no output)"
+            if p.returncode != 0:
+                body += f"\n\n(exit {p.returncode}: {(p.stderr.strip().splitlines() or [''])[-1]})"
+        except subprocess.TimeoutExpired:
+            body = "(timed out after 30 min)"
+        out[title] = f"`{shlex.join(['python', *argv])}`\n\n{body}"
+    return out
+
+
+def profile_bulkbatch(rows: int, scenario: str, bb_extra: list[str], top: int = 25) -> str:
+    """py-spy record of one bulkbatch run; top functions by inclusive and self samples."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        return "py-spy is not installed (`.venv/bin/pip install py-spy`); no profile taken."
+    path = audience(rows)
+    with temp_dir("bench-prof-") as work, Emulator(faults=SCENARIOS[scenario]) as emu:
+        raw = work / "profile.txt"
+        cmd = [
+            pyspy,
+            "record",
+            "--rate",
+            "50",
+            "--format",
+            "raw",
+            "--subprocesses",
+            "--output",
+            str(raw),
+            "--",
+            *program_cmd("bulkbatch", path, work, bb_extra),
+        ]
+        env = {"COURIER_BASE_URL": emu.url, "COURIER_API_KEY": "bench"}
+        m = measure(cmd, env=env, emulator=emu)
+        if not raw.exists():
+            return f"py-spy failed (exit {m.returncode}): {m.stderr.strip()[-300:]}"
+        text = raw.read_text()
+    incl: Counter[str] = Counter()
+    self_: Counter[str] = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        frames = [f.split(" (")[0] + _loc(f) for f in stack.split(";")]
+        frames = [f for f in frames if not f.startswith("process ")]
+        total += n
+        for f in set(frames):
+            incl[f] += n
+        if frames:
+            self_[frames[-1]] += n
+    if total == 0:
+        return "py-spy recorded no samples."
+    report = json.loads(m.stdout) if m.stdout.strip().startswith("{") else {}
+    timings = report.get("timings", {})
+    out = [
+        (
+            f"`py-spy record --rate 50 --subprocesses` of bulkbatch at {rows:,} rows, {scenario} "
+            f"(wall {m.wall_s:.1f} s under the profiler; stages {timings}). Samples are CPU "
+            f"samples of all threads (idle threads not counted): {total:,} samples."
+        ),
+        "",
+        "Top functions by inclusive share (bulkbatch and library frames):",
+        "",
+        "| function | inclusive | self |",
+        "|---|---:|---:|",
+    ]
+    skip = ("<module>", "run (", "_run_module_as_main", "_run_code", "main (")
+    shown = 0
+    for fn, n in incl.most_common():
+        if any(fn.startswith(s) for s in skip) or n / total > 0.97:
+            continue
+        out.append(f"| `{fn}` | {100 * n / total:.1f} % | {100 * self_[fn] / total:.1f} % |")
+        shown += 1
+        if shown >= top:
+            break
+    out += ["", "Top functions by self share:", "", "| function | self |", "|---|---:|"]
+    for fn, n in self_.most_common(15):
+        out.append(f"| `{fn}` | {100 * n / total:.1f} % |")
+    return "\n".join(out)
+
+
+def _loc(frame: str) -> str:
+    """'fn (path/to/file.py:12)' -> ' (file.py)'; keeps module context without line noise."""
+    if " (" not in frame:
+        return ""
+    loc = frame.rsplit(" (", 1)[1].rstrip(")")
+    file = loc.split(":")[0]
+    parts = Path(file).parts
+    file = "/".join(parts[parts.index("bulkbatch") :]) if "bulkbatch" in parts else Path(file).name
+    return f" ({file})"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="100k + 1M, 1 rep, latency at 100k")
+    mode.add_argument("--smoke", action="store_true", help="5k rows, 1 rep, no micro (tests)")
+    p.add_argument("--sizes", help="comma list, e.g. 100k,1M,10M")
+    p.add_argument("--reps", type=int, help="repetitions per measurement (median)")
+    p.add_argument("--scenarios", help="comma list of: " + ", ".join(SCENARIOS))
+    p.add_argument("--latency-sizes", help="sizes that get the latency scenario")
+    p.add_argument("--latency-reps", type=int, help="repetitions in the latency scenario")
+    p.add_argument("--programs", default=",".join(PROGRAMS), help="comma list of programs")
+    p.add_argument(
+        "--naive-max-rows",
+        help="above this the naive script runs on a prefix and is extrapolated (no latency)",
+    )
+    p.add_argument("--naive-max-rows-latency", help="the same, in the latency scenario")
+    p.add_argument(
+        "--naive-reps", type=int, help="at most this many runs of the naive script per cell"
+    )
+    p.add_argument(
+        "--bulkbatch-arg",
+        dest="bb_extra",
+        action="append",
+        default=[],
+        help="extra argument for bulkbatch send (repeat), e.g. --bulkbatch-arg=--rate=50",
+    )
+    p.add_argument("--timeout", type=float, help="kill a measured program after N seconds")
+    micro = p.add_mutually_exclusive_group()
+    micro.add_argument("--micro", action="store_true", default=None, help="run bench_*.py too")
+    micro.add_argument("--no-micro", dest="micro", action="store_false")
+    p.add_argument(
+        "--profile",
+        help="py-spy profile of bulkbatch at SIZE:SCENARIO (comma list), e.g. 1M:none",
+    )
+    p.add_argument("--note", dest="notes", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="report path")
+    args = p.parse_args(argv)
+
+    if args.smoke:
+        defaults = {"sizes": "5k", "reps": 1, "scenarios": "none", "latency_sizes": "5k",
+                    "latency_reps": 1, "naive": "0", "naive_lat": "0", "micro": False,
+                    "timeout": 300.0}  # fmt: skip
+    elif args.quick:
+        defaults = {"sizes": "100k,1M", "reps": 1, "scenarios": "none,latency50",
+                    "latency_sizes": "100k", "latency_reps": 1, "naive": "100k",
+                    "naive_lat": "100k", "micro": False, "timeout": None}  # fmt: skip
+    else:
+        defaults = {"sizes": "1M,10M", "reps": 3, "scenarios": "none,latency50",
+                    "latency_sizes": "1M", "latency_reps": 1, "naive": "1M",
+                    "naive_lat": "100k", "micro": True, "timeout": None,
+                    "naive_reps": 1}  # fmt: skip
+    args.sizes = [parse_size(s) for s in (args.sizes or defaults["sizes"]).split(",") if s]
+    args.reps = args.reps or defaults["reps"]
+    args.scenarios = [s for s in (args.scenarios or defaults["scenarios"]).split(",") if s]
+    for s in args.scenarios:
+        if s not in SCENARIOS:
+            p.error(f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
+    args.programs = [s for s in args.programs.split(",") if s]
+    for s in args.programs:
+        if s not in PROGRAMS:
+            p.error(f"unknown program {s!r}; choose from {', '.join(PROGRAMS)}")
+    lat = args.latency_sizes or defaults["latency_sizes"]
+    args.latency_sizes = (
+        args.sizes if lat == "all" else [parse_size(s) for s in lat.split(",") if s]
+    )
+    args.latency_reps = args.latency_reps or defaults["latency_reps"]
+    args.naive_max_rows = parse_size(args.naive_max_rows or defaults["naive"]) or None
+    args.naive_max_rows_latency = (
+        parse_size(args.naive_max_rows_latency or defaults["naive_lat"]) or None
+    )
+    if args.naive_reps is None:
+        args.naive_reps = defaults.get("naive_reps")
+    if args.micro is None:
+        args.micro = defaults["micro"]
+    if args.timeout is None:
+        args.timeout = defaults["timeout"]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    runs = plan_runs(args)
+    log(f"{len(runs)} measurements planned; report -> {args.out}")
+    records: list[Record] = []
+    raw_dir = HERE / "out"
+    raw_dir.mkdir(exist_ok=True)
+    raw_path = raw_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    for i, (rows, scenario, program, rep, prefix) in enumerate(runs, 1):
+        what = f"{program} {human(rows)} {scenario} rep {rep + 1}"
+        if prefix:
+            what += f" (prefix {human(prefix)})"
+        log(f"[{i}/{len(runs)}] {what} ...")
+        rec = run_one(
+            program,
+            rows,
+            scenario,
+            rep,
+            prefix_rows=prefix,
+            bb_extra=args.bb_extra,
+            timeout=args.timeout,
+        )
+        extra = ""
+        if program == "bulkbatch":
+            extra = f" stages {rec.report.get('timings')}"
+        log(
+            f"    wall {rec.wall_s:.1f}s{' (extrapolated)' if prefix else ''}, "
+            f"peak {rec.peak_rss_mib:.0f} MiB, emulator {100 * rec.emulator_share:.0f} %{extra}"
+        )
+        records.append(rec)
+        raw_path.write_text(json.dumps([asdict(r) for r in records], indent=1, default=str))
+    profiles: dict[str, str] = {}
+    for spec in [s for s in (args.profile or "").split(",") if s]:
+        size, _, scen = spec.partition(":")
+        scen = scen or "none"
+        log(f"profiling bulkbatch at {size} {scen} with py-spy ...")
+        profiles[f"bulkbatch, {human(parse_size(size))} rows, {scen}"] = profile_bulkbatch(
+            parse_size(size), scen, args.bb_extra
+        )
+    micro = run_micro(args.quick) if args.micro else {}
+    text = render(args, records, micro, profiles, started)
+    Path(args.out).write_text(text)
+    log(f"wrote {args.out} ({(time.time() - started) / 60:.1f} min); raw data in {raw_path}")
+    return 1 if any(r.error for r in records) else 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -145,7 +145,7 @@ def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 
 def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
-    return [str(r[0]) for r in con.execute(f"DESCRIBE {relation}").fetchall()]
+    return [str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
 
 
 def _q(name: str) -> str:
@@ -582,7 +582,8 @@ def _header(f: _Facts) -> str:
     if not msg:
         what = "not planned yet"
     channels = msg.get("message", {}).get("routing", {}).get("channels") if msg else None
-    where = "in-process emulator" if s.emulator else (s.base_url or "not sent yet")
+    where = "in-process emulator" if s.emulator else (s.base_url or "Courier")
+    sent_to = f"sent to {where}" if s.done("send") else f"to be sent to {where}"
     stage = (
         "finished"
         if all(s.done(x) for x in ("load", "plan", "send", "track", "results"))
@@ -596,7 +597,7 @@ def _header(f: _Facts) -> str:
         f"<h1>Run <code>{_e(s.run_id)}</code></h1>",
         f"<p>{_e(what)}"
         + (f" via {_e(', '.join(str(c) for c in channels))}" if channels else "")
-        + f" · sent to {_e(where)} · <strong>{_e(stage)}</strong></p>",
+        + f" · {_e(sent_to)} · <strong>{_e(stage)}</strong></p>",
         f"<p>Started {_e(_when(s.created_at))}"
         + (f" · last stage at {_e(_when(max(s.stages.values())))}" if s.stages else "")
         + "</p>",
@@ -669,7 +670,7 @@ def _accounting(f: _Facts) -> str:
     note = (
         f'<p class="note">The plan adds up; results are not written yet'
         f"{f' ({int(acked):,} users acknowledged so far)' if acked else ''}: "
-        f"finish the run with <code>bulkbatch resume {_e(f.state.run_dir)}</code>.</p>"
+        f"send or finish it with <code>bulkbatch resume {_e(f.state.run_dir)}</code>.</p>"
     )
     body = f'<p>{badge} <span class="equation">{_e(eq)}</span></p>{note}' + _table(
         ["", "rows"], rows, {1}

@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.emulator.emulator_helpers import API_KEY
 
 from bulkbatch.emulator import Emulator
+from tests.emulator.emulator_helpers import API_KEY
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.emulator.emulator_helpers import all_users, client_for, create_job
 
 from bulkbatch.emulator import Emulator
+from tests.emulator.emulator_helpers import all_users, client_for, create_job
 
 ID_RE = re.compile(r"^1-[0-9a-f]{8}-[0-9a-f]{24}$")
 NOT_FOUND = {"message": "Not Found", "type": "invalid_request_error"}

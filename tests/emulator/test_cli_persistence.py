@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from tests.emulator.emulator_helpers import all_users
 
 from bulkbatch.emulator import emulator_command
+from tests.emulator.emulator_helpers import all_users
 
 KEY = "sk_restart_test"
 

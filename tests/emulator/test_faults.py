@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.emulator.emulator_helpers import client_for, create_job
 
 from bulkbatch.emulator import Emulator
+from tests.emulator.emulator_helpers import client_for, create_job
 
 
 def test_rate_limit_answers_429_with_retry_after(make_emulator: Any) -> None:

@@ -6,9 +6,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.emulator.emulator_helpers import all_users, client_for, create_job
 
 from bulkbatch.emulator import Emulator
+from tests.emulator.emulator_helpers import all_users, client_for, create_job
 
 EPOCH_MS_2020 = 1_577_836_800_000
 
@@ -285,3 +285,28 @@ def test_stats_and_reset(make_emulator: Any) -> None:
         assert stats["requests"] == 1  # the 404 above
         emu.reset()
         assert emu.stats()["requests"] == 0
+
+
+def test_sdk_messages_list_and_content(make_emulator: Any) -> None:
+    from courier import Courier
+
+    emu = make_emulator(progression="immediate", api_key="k")
+    sdk = Courier(api_key="k", base_url=emu.url, max_retries=0)
+    job = sdk.bulk.create_job(
+        message={"event": "e", "content": {"title": "Hi {{name}}", "body": "Dear {{name}}"}}
+    )
+    users = [
+        {"recipient": "ok", "profile": {"email": "ok@example.com"}, "data": {"name": "Bo"}},
+        {"recipient": "bad", "profile": {"email": "bad@x.invalid"}},
+        {"recipient": "none"},
+    ]
+    sdk.bulk.add_users(job.job_id, users=users)
+    sdk.bulk.run_job(job.job_id)
+    listed = sdk.messages.list(status=["DELIVERED", "UNDELIVERABLE"])  # sent comma-joined
+    assert sorted(m.recipient for m in listed.results) == ["bad", "ok"]
+    assert listed.paging.more is False
+    ok = next(m for m in listed.results if m.recipient == "ok")
+    content = sdk.messages.content(ok.id)
+    assert content.results[0].content.title == "Hi Bo"
+    assert content.results[0].content.body == "Dear Bo"
+    sdk.close()

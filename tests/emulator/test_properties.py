@@ -9,9 +9,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.emulator.emulator_helpers import all_users, create_job
 
 from bulkbatch.emulator import Emulator
+from tests.emulator.emulator_helpers import all_users, create_job
 
 
 @pytest.fixture(scope="module")

@@ -300,7 +300,12 @@ class Run:
         s = settings or Settings.from_env(**self.state.options.get("settings", {}))
         if self.state.emulator:
             return s
-        if self.state.base_url and s.base_url.rstrip("/") != self.state.base_url.rstrip("/"):
+        created = any(j.job_id for j in self.state.jobs)
+        if not created:
+            # Nothing exists at any Courier yet: the run binds to this base URL when its
+            # first job is created.
+            self.state.base_url = s.base_url
+        elif s.base_url.rstrip("/") != self.state.base_url.rstrip("/"):
             raise StateError(
                 f"Run {self.run_id} sent to {self.state.base_url} but COURIER_BASE_URL is "
                 f"{s.base_url}; its jobs exist only at the first. Set "

@@ -278,6 +278,16 @@ def input_options(fn: F) -> F:
             type=click.FloatRange(min=0, min_open=True),
             help="Most requests per second (default: unknown; adapt to 429s).",
         ),
+        click.option(
+            "--once-per",
+            metavar="KEY",
+            help="Campaign key: skip people an earlier run sent under KEY; record who is sent.",
+        ),
+        click.option(
+            "--once-per-ledger",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The --once-per ledger file (default: once-per.duckdb beside the run dirs).",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
     ]
     for d in reversed(decorators):
@@ -389,7 +399,14 @@ def plan(
 
     _require_inputs(inputs)
     with _renderer(ctx) as render:
-        run = bulkbatch.plan(list(inputs), run_dir=run_dir, progress=render, **_collect(kw))
+        run = bulkbatch.plan(
+            list(inputs),
+            run_dir=run_dir,
+            progress=render,
+            once_per=kw.get("once_per"),
+            once_per_ledger=kw.get("once_per_ledger"),
+            **_collect(kw),
+        )
     info = run.plan_info
     if as_json:
         _emit_json(
@@ -614,6 +631,8 @@ def send(
             emulator=emulator,
             progress=render,
             run_options=run_options,
+            once_per=kw.get("once_per"),
+            once_per_ledger=kw.get("once_per_ledger"),
             **options,
         )
     _finish(None, run, as_json, allow_failures)

@@ -29,6 +29,7 @@ from bulkbatch.config import Settings
 from bulkbatch.courier import CourierClient
 from bulkbatch.errors import StateError, UsageError
 from bulkbatch.ledger import LedgerWriter
+from bulkbatch.once import DEFAULT_LEDGER_NAME, exclude_sent, record_sent
 from bulkbatch.load import LoadInfo, LoadOptions, load_frame, load_inputs, resolve_sources
 from bulkbatch.load import _fingerprint_files as fingerprint_files
 from bulkbatch.plan import PlanInfo, PlanOptions, build_plan, job_message
@@ -88,6 +89,10 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
             known = ", ".join(sorted(_LOAD_FIELDS | _PLAN_FIELDS))
             raise UsageError(f"Unknown option {name!r}. Known options: {known}.")
     return load, plan_
+
+
+def _sql_str(path: Path) -> str:
+    return str(path).replace("'", "''")
 
 
 def _slug(text: str) -> str:
@@ -430,14 +435,15 @@ def _prepare(
     progress: Progress,
 ) -> None:
     """Load and plan if not done yet (blocking; called in a worker thread)."""
-    load_opts = LoadOptions(**state.options.get("load", {"sources": ()}))
+    load_dict = state.options.get("load") or {}
+    load_opts = LoadOptions(**load_dict) if load_dict.get("sources") else None
     plan_opts = PlanOptions(**state.options.get("plan", {}))
     if not state.done("load"):
         progress(ProgressEvent("load", message="loading inputs"))
         started = time.monotonic()
         if frame is not None:
             info: LoadInfo = load_frame(con, frame)
-        elif load_opts.sources:
+        elif load_opts is not None:
             info = load_inputs(con, load_opts)
         else:
             raise StateError(
@@ -453,6 +459,17 @@ def _prepare(
         pinfo = build_plan(con, plan_opts, state.run_dir)
         state.plan = pinfo.to_dict()
         state.message = job_message(plan_opts)
+        once = state.options.get("once_per")
+        if once:
+            skipped = exclude_sent(con, Path(once["ledger"]), once["key"], plan_opts.batch_size)
+            state.plan["skipped"] = skipped
+            if skipped:
+                state.plan["to_send"] = int(state.plan["to_send"]) - skipped
+                con.execute(
+                    "COPY (SELECT row_number, job_no, batch_no, recipient, user_json FROM plan) "
+                    f"TO '{_sql_str(state.run_dir / 'plan.parquet')}' "
+                    "(FORMAT parquet, COMPRESSION zstd)"
+                )
         rows = (
             con.cursor()
             .execute(
@@ -465,6 +482,8 @@ def _prepare(
             JobState(job_no=int(j), users=int(n), first_batch=int(lo), last_batch=int(hi))
             for j, n, lo, hi in rows
         ]
+        state.plan["jobs"] = len(state.jobs)
+        state.plan["batches"] = sum(j.batches for j in state.jobs)
         state.mark("plan", time.monotonic() - started)
         progress(ProgressEvent("plan", pinfo.to_send, pinfo.rows_read, "users"))
 
@@ -552,6 +571,20 @@ async def _network(
                     if not job.run:
                         await run_job(client, state, job)
                         progress(ProgressEvent("run", message=f"job {job.job_id} started"))
+                    once = state.options.get("once_per")
+                    if once and not job.recorded:
+                        assert job.job_id is not None
+                        await anyio.to_thread.run_sync(
+                            record_sent,
+                            con,
+                            Path(once["ledger"]),
+                            once["key"],
+                            state.run_id,
+                            job.job_no,
+                            job.job_id,
+                        )
+                        job.recorded = True
+                        state.save()
                     # Tracking one job overlaps with ingesting the next.
                     tg.start_soon(track, job)
                 if not state.done("send"):
@@ -584,6 +617,8 @@ def _begin(
     settings: Settings,
     emulator: bool | str,
     run_options: RunOptions,
+    once_per: str | None = None,
+    once_per_ledger: str | Path | None = None,
 ) -> tuple[RunState, object | None]:
     load_kw, plan_kw = split_options(options)
     plan_opts = PlanOptions(**plan_kw)
@@ -596,8 +631,12 @@ def _begin(
     files = (
         "frame" if frame is not None else fingerprint_files(resolve_sources(load_dict["sources"]))
     )
-    fingerprint = _options_fingerprint(load_dict, plan_opts, files)
     path = Path(run_dir) if run_dir else _new_run_dir(Path(runs_root), plan_opts)
+    once: dict[str, str] | None = None
+    if once_per:
+        ledger = Path(once_per_ledger) if once_per_ledger else path.parent / DEFAULT_LEDGER_NAME
+        once = {"key": once_per, "ledger": str(ledger.resolve())}
+    fingerprint = _options_fingerprint(load_dict, plan_opts, files + repr(once))
     if RunState.exists(path):
         state = RunState.load(path)
         if state.options.get("fingerprint") != fingerprint:
@@ -621,6 +660,7 @@ def _begin(
         emulator=bool(emulator),
         options={
             "fingerprint": fingerprint,
+            "once_per": once,
             "emulator_progression": emulator if isinstance(emulator, str) else "polls:2",
             "load": load_dict,
             "plan": dataclasses.asdict(plan_opts),
@@ -643,6 +683,8 @@ def plan(
     run_dir: str | Path | None = None,
     runs_root: str | Path = "runs",
     progress: Progress = NullProgress,
+    once_per: str | None = None,
+    once_per_ledger: str | Path | None = None,
     **options: Any,
 ) -> Run:
     """Load and plan an audience without sending anything; returns the :class:`Run`.
@@ -667,6 +709,8 @@ def plan(
         settings=settings,
         emulator=False,
         run_options=RunOptions(),
+        once_per=once_per,
+        once_per_ledger=once_per_ledger,
     )
 
     def work() -> None:
@@ -689,6 +733,8 @@ async def asend(
     emulator: bool | str = False,
     progress: Progress = NullProgress,
     run_options: RunOptions | None = None,
+    once_per: str | None = None,
+    once_per_ledger: str | Path | None = None,
     **options: Any,
 ) -> Run:
     """Async :func:`send`."""
@@ -704,6 +750,8 @@ async def asend(
         settings=settings,
         emulator=emulator,
         run_options=run_options,
+        once_per=once_per,
+        once_per_ledger=once_per_ledger,
     )
     run = Run(state.run_dir)
     settings = settings if emulator else run._settings(settings)
@@ -721,6 +769,8 @@ def send(
     emulator: bool | str = False,
     progress: Progress = NullProgress,
     run_options: RunOptions | None = None,
+    once_per: str | None = None,
+    once_per_ledger: str | Path | None = None,
     **options: Any,
 ) -> Run:
     """Send one notification to everyone in ``source``: load, plan, send, track, results.
@@ -733,6 +783,9 @@ def send(
     :param emulator: start a local Courier emulator in-process and send to it (a string
         is its progression, e.g. ``"immediate"``); its state lives in the run directory
     :param run_options: wait/timeout/messages/include_profile
+    :param once_per: a campaign key: skip everyone an earlier run already sent under it,
+        and record who this run sends (the ledger is ``once-per.duckdb`` beside the run
+        directory unless ``once_per_ledger`` names another file)
     :param options: load and plan options, as for :func:`plan`
 
     Example::
@@ -749,6 +802,8 @@ def send(
         emulator=emulator,
         progress=progress,
         run_options=run_options,
+        once_per=once_per,
+        once_per_ledger=once_per_ledger,
         **options,
     )
 

@@ -137,7 +137,7 @@ def _select_sql(cur: duckdb.DuckDBPyConnection, state: RunState, include_profile
             WHEN d.row_number IS NOT NULL THEN 'duplicate'
             WHEN ie.recipient IS NOT NULL THEN 'ingest_error'
         END AS reason_code,
-        coalesce(p.recipient, d.recipient) AS recipient,
+        coalesce(p.recipient, d.recipient{", s.recipient" if has_skips else ""}) AS recipient,
         CASE WHEN p.row_number IS NOT NULL THEN jobs.job_id END AS job_id,
         pg.message_id,
         CASE WHEN p.row_number IS NOT NULL AND ie.recipient IS NULL THEN pg.status END AS status,
@@ -211,15 +211,18 @@ def write_results(
     by_reason = counts(
         f"SELECT reason_code, count(*) FROM {written} WHERE outcome = 'rejected' GROUP BY 1"
     )
+    has_skips = _table_exists(cur, "skipped")
     row = cur.execute(
-        """
+        f"""
         SELECT count(*),
                count(*) FILTER (WHERE (p.row_number IS NOT NULL)::INT
-                   + (r.row_number IS NOT NULL)::INT + (d.row_number IS NOT NULL)::INT <> 1)
+                   + (r.row_number IS NOT NULL)::INT + (d.row_number IS NOT NULL)::INT
+                   + {"(s.row_number IS NOT NULL)::INT" if has_skips else "0"} <> 1)
         FROM inputs i
         LEFT JOIN plan p ON p.row_number = i.row_number
         LEFT JOIN rejects r ON r.row_number = i.row_number
         LEFT JOIN duplicates d ON d.row_number = i.row_number
+        {"LEFT JOIN skipped s ON s.row_number = i.row_number" if has_skips else ""}
         """
     ).fetchall()[0]
     total, misplaced = int(row[0]), int(row[1])

@@ -125,6 +125,8 @@ class JobState:
     enqueued: int | None = None
     failures: int | None = None
     paged: bool = False
+    recorded: bool = False
+    """Its users are in the ``--once-per`` ledger."""
 
     @property
     def batches(self) -> int:

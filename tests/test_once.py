@@ -25,7 +25,7 @@ def test_second_run_skips_people_sent_by_the_first(tmp_path: Path) -> None:
     with bulkbatch.Emulator(progression="immediate") as emu:
         settings = FAST.with_(base_url=emu.url)
         monday = bulkbatch.send(
-            audience(range(0, 3000)),
+            audience(range(3000)),
             event="welcome",
             once_per="welcome-2026",
             batch_size=400,

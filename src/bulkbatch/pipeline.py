@@ -29,9 +29,9 @@ from bulkbatch.config import Settings
 from bulkbatch.courier import CourierClient
 from bulkbatch.errors import StateError, UsageError
 from bulkbatch.ledger import LedgerWriter
-from bulkbatch.once import DEFAULT_LEDGER_NAME, exclude_sent, record_sent
 from bulkbatch.load import LoadInfo, LoadOptions, load_frame, load_inputs, resolve_sources
 from bulkbatch.load import _fingerprint_files as fingerprint_files
+from bulkbatch.once import DEFAULT_LEDGER_NAME, exclude_sent, record_sent
 from bulkbatch.plan import PlanInfo, PlanOptions, build_plan, job_message
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
 from bulkbatch.results import ResultsInfo, write_results, write_summary

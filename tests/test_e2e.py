@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 import pytest
+
 from tests.support import API_KEY, SAMPLE, EmulatorProcess, bulkbatch
 
 pytestmark = pytest.mark.e2e

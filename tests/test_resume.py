@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from tests.support import EmulatorProcess, bulkbatch, wait_for
 
 from bulkbatch.synth import generate
+from tests.support import EmulatorProcess, bulkbatch, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -21,6 +21,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 
 import bulkbatch
@@ -200,8 +201,11 @@ def test_report_of_a_finished_run(
     assert "read from run database" in page.text
 
 
-def test_report_to_another_path(sent_run: bulkbatch.Run, tmp_path: Path) -> None:
+def test_report_to_another_path(
+    sent_run: bulkbatch.Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = write_report(str(sent_run.path), tmp_path / "deep" / "r.html")
+    assert capsys.readouterr() == ("", ""), "library code must not print"
     assert out == tmp_path / "deep" / "r.html"
     assert Page(out.read_text(encoding="utf-8")).title.endswith(sent_run.run_id)
     assert not list(out.parent.glob(".*tmp"))
@@ -240,6 +244,18 @@ def test_report_when_the_database_is_locked(sent_run: bulkbatch.Run, tmp_path: P
     assert "Throughput needs the batch ledger" in page.text
     assert_no_clear_emails(text)
     assert_self_contained(text, page)
+
+
+def test_failed_accounting_shows_a_failed_badge(sent_run: bulkbatch.Run, tmp_path: Path) -> None:
+    copy = tmp_path / "failed"
+    shutil.copytree(sent_run.path, copy)
+    summary = orjson.loads((copy / "summary.json").read_bytes())
+    summary["accounting_ok"] = False
+    summary["problems"] = ["1983 rows are ingested but Courier reports 1982 users received"]
+    (copy / "summary.json").write_bytes(orjson.dumps(summary))
+    page = Page(write_report(copy).read_text(encoding="utf-8"))
+    assert page.data["accounting"]["badge"] == "failed"
+    assert "FAILED" in page.text and "Courier reports 1982 users received" in page.text
 
 
 def test_report_without_delivery_data_says_how_to_get_it(

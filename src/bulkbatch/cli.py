@@ -803,6 +803,30 @@ def demo(ctx: click.Context, run_dir: Path | None) -> None:
     click.echo(f"\nRead it from Python:  bulkbatch.Run({str(run.path)!r}).results()")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write (default RUN_DIR/report.html).",
+)
+@click.pass_context
+@handle_errors
+def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
+    """Write a self-contained HTML report of a run: what to open the morning after.
+
+    Counts and the accounting, rejects by reason, duplicates, bulk statuses, the delivery
+    funnel and throughput over time. Personal data is masked.
+
+    Example:
+
+        bulkbatch report runs/welcome-20261123-101500 && open runs/welcome-20261123-101500/report.html
+    """
+    from bulkbatch.pipeline import report as write_report
+
+    click.echo(str(write_report(run_dir, out)))
+
+
 def _add_emulator() -> None:
     from bulkbatch.emulator.cli import emulator_command
 

@@ -34,6 +34,7 @@ from bulkbatch.load import _fingerprint_files as fingerprint_files
 from bulkbatch.once import DEFAULT_LEDGER_NAME, exclude_sent, record_sent
 from bulkbatch.plan import PlanInfo, PlanOptions, build_plan, job_message
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
+from bulkbatch.report import write_report
 from bulkbatch.results import ResultsInfo, write_results, write_summary
 from bulkbatch.send import ingest_job, ingest_progress, run_job, verify_job
 from bulkbatch.state import JobState, RunState, ensure_ledger, open_run_db
@@ -299,6 +300,10 @@ class Run:
         import polars as pl
 
         return pl.read_parquet(self._parquet("plan.parquet"))
+
+    def report(self, out: str | Path | None = None) -> Path:
+        """Write the self-contained HTML report of this run; returns its path."""
+        return write_report(self.path, out)
 
     # -- acting -----------------------------------------------------------------------
     def _settings(self, settings: Settings | None) -> Settings:
@@ -847,3 +852,8 @@ def results(
         settings=settings,
         progress=progress,
     )
+
+
+def report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write a run's self-contained HTML report (``bulkbatch report``); returns its path."""
+    return write_report(run_dir, out)

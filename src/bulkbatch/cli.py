@@ -192,8 +192,8 @@ class Renderer:
 
 
 def _json_value(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    if value is None:
-        return None
+    if value is None or isinstance(value, dict):
+        return value
     from bulkbatch.plan import parse_data_option
 
     try:
@@ -202,10 +202,78 @@ def _json_value(ctx: click.Context, param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
+_PATH_KEYS = ("inputs", "run_dir", "once_per_ledger")
+
+
+def _config_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Read a TOML run file into the command's defaults; flags given on the line still win.
+
+    Keys are the option names (``event``, ``data``, ``rate``, ``once-per`` …) plus ``inputs``;
+    ``data``/``content`` may be TOML tables and ``map`` a table of TARGET = "COLUMN".
+    Relative paths are relative to the file, so a scheduler can run it from anywhere.
+    """
+    if value is None:
+        return None
+    import tomllib
+
+    try:
+        data = tomllib.loads(value.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise click.BadParameter(f"{value} not found.", ctx=ctx, param=param) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(
+            f"{value} is not valid TOML: {exc}. Fix the file (see README, 'Scheduled runs').",
+            ctx=ctx,
+            param=param,
+        ) from None
+    import orjson
+
+    assert ctx.command is not None
+    known = {p.name for p in ctx.command.params if p.name} - {"config"}
+    defaults: dict[str, Any] = {}
+    for key, raw in data.items():
+        name = key.replace("-", "_")
+        val: Any = raw
+        if name == "map":
+            name = "maps"
+            if isinstance(raw, dict):
+                val = [f"{t}={c}" for t, c in raw.items()]
+        elif name == "format":
+            name = "fmt"
+        elif name == "json":
+            name = "as_json"
+        if name in ("data", "content") and isinstance(raw, dict):
+            val = orjson.dumps(raw).decode()
+        if name == "inputs" and isinstance(raw, str):
+            val = [raw]
+        if name in _PATH_KEYS:
+            base = value.parent
+            if isinstance(val, list):
+                val = [str(base / v) for v in val]
+            elif isinstance(val, str):
+                val = str(base / val)
+        if name not in known:
+            names = ", ".join(sorted(k.replace("_", "-") for k in known | {"map"} if k != "maps"))
+            raise click.BadParameter(
+                f"Unknown key {key!r} in {value}. Known keys: {names}.", ctx=ctx, param=param
+            )
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
 def input_options(fn: F) -> F:
     """Options shared by ``plan`` and ``send``: what to read and how to shape the users."""
     decorators = [
         click.argument("inputs", nargs=-1, required=False, metavar="INPUT..."),
+        click.option(
+            "--config",
+            type=click.Path(dir_okay=False, path_type=Path),
+            is_eager=True,
+            expose_value=False,
+            callback=_config_file,
+            help="A TOML run file with any of these options (flags given here win).",
+        ),
         click.option("--event", help="Courier event or notification id to send."),
         click.option("--template", help="Courier template id (overrides the event's)."),
         click.option(

@@ -608,30 +608,26 @@ def _summary_text(run: Run, summary: dict[str, Any] | None) -> str:
     if summary is None:
         return str(run.status())
     c = summary["counts"]
+
+    def row(label: str, n: int, note: str = "") -> str:
+        return f"  {label:<24}{n:>10,}{note}"
+
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected_by_reason"].items()))
     lines = [
-        (
-            f"Run {summary['run_id']}: "
-            f"{'accounted for' if summary['accounting_ok'] else 'ACCOUNTING FAILED'}"
-            f" in {summary['elapsed_seconds']:.1f}s"
-        ),
-        f"  rows in       {c['input_rows']:>10,}",
-        f"  ingested      {c['ingested']:>10,}",
-        f"  duplicates    {c['duplicates']:>10,}",
-        f"  rejected      {c['rejected']:>10,}"
-        + (
-            "   ("
-            + ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected_by_reason"].items()))
-            + ")"
-            if summary["rejected_by_reason"]
-            else ""
-        ),
+        f"Run {summary['run_id']}: "
+        f"{'accounted for' if summary['accounting_ok'] else 'ACCOUNTING FAILED'}"
+        f" in {summary['elapsed_seconds']:.1f}s",
+        row("rows in", c["input_rows"]),
+        row("ingested", c["ingested"]),
+        row("duplicates", c["duplicates"]),
+        row("rejected", c["rejected"], f"   ({reasons})" if reasons else ""),
     ]
     if c.get("skipped"):
-        lines.append(f"  skipped       {c['skipped']:>10,}   (sent earlier under --once-per)")
+        lines.append(row("skipped", c["skipped"], "   (sent earlier under --once-per)"))
     for status, n in sorted(summary["statuses"].items()):
-        lines.append(f"  {status:<13} {n:>10,}")
+        lines.append(row(f"status {status}", n))
     for status, n in sorted(summary.get("delivery", {}).items()):
-        lines.append(f"  delivery {status:<12} {n:>7,}")
+        lines.append(row(f"delivery {status}", n))
     for j in summary["jobs"]:
         lines.append(f"  job {j['job_id']}: {j['status']}")
     lines += [

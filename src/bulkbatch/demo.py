@@ -45,7 +45,8 @@ def demo(run_dir: str | Path | None = None, *, progress: Progress = NullProgress
         sample_path(),
         event="welcome",
         data=DEMO_DATA,
-        settings=Settings(poll_interval=0.1),
+        # a local emulator: no need to find the rate limit slowly
+        settings=Settings(poll_interval=0.1, start_rate=2000),
         run_dir=run_dir or Path("runs") / f"demo-{stamp}",
         emulator="immediate",
         progress=progress,

@@ -20,15 +20,18 @@ API_KEY = "sk_test_e2e_7f3c9a1b5d"
 class EmulatorProcess:
     """``bulkbatch emulator`` as a separate process on 127.0.0.1 (a free port)."""
 
-    def __init__(self, *args: str, db: Path | None = None, api_key: str | None = API_KEY) -> None:
+    def __init__(
+        self, *args: str, db: Path | None = None, api_key: str | None = API_KEY, port: int = 0
+    ) -> None:
         self.args = list(args)
         self.db = db
         self.api_key = api_key
+        self.port = port
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
     def start(self) -> EmulatorProcess:
-        cmd = [sys.executable, "-m", "bulkbatch", "emulator", "--port", "0", *self.args]
+        cmd = [sys.executable, "-m", "bulkbatch", "emulator", "--port", str(self.port), *self.args]
         if self.db is not None:
             cmd += ["--db", str(self.db)]
         env = dict(os.environ)
@@ -69,6 +72,17 @@ class EmulatorProcess:
         data: dict[str, Any] = httpx.get(f"{self.url}/_emulator/stats", timeout=10).json()
         return data
 
+    @staticmethod
+    def accepted_in_db(db: Path) -> int:
+        """Users accepted, read from a stopped emulator's --db file."""
+        import sqlite3
+
+        con = sqlite3.connect(db)
+        try:
+            return int(con.execute("SELECT count(*) FROM users").fetchone()[0])
+        finally:
+            con.close()
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["COURIER_BASE_URL"] = self.url
@@ -99,3 +113,12 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> N
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,222 @@
+"""The command line: help that teaches, one Python equivalent per command, exit codes,
+one-line errors, the TOML run file, machine-readable output."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+import bulkbatch
+from bulkbatch.cli import cli
+from tests.support import ROOT, SAMPLE
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+COMMANDS = sorted(cli.commands)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_the_commands_are_the_documented_ones() -> None:
+    assert (
+        sorted(["demo", "emulator", "plan", "report", "results", "resume", "send", "status"])
+        == COMMANDS
+    )
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_with_an_example_and_is_in_the_readme(
+    runner: CliRunner, name: str
+) -> None:
+    command = cli.commands[name]
+    assert command.help, f"{name} has no help"
+    result = runner.invoke(cli, [name, "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output, f"{name} --help has no example"
+    assert f"`bulkbatch {name}" in README, f"{name} is not in the README's command table"
+
+
+# Every command is one call into the Python API under the same name.
+PYTHON_EQUIVALENT = {
+    "demo": bulkbatch.demo,
+    "emulator": bulkbatch.Emulator,
+    "plan": bulkbatch.plan,
+    "report": bulkbatch.report,
+    "results": bulkbatch.results,
+    "resume": bulkbatch.resume,
+    "send": bulkbatch.send,
+    "status": bulkbatch.status,
+}
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_a_python_equivalent(name: str) -> None:
+    fn = PYTHON_EQUIVALENT[name]
+    assert callable(fn)
+    if name != "emulator":
+        assert getattr(bulkbatch, name) is fn
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert bulkbatch.__all__ == sorted(bulkbatch.__all__)
+    public = {n for n in vars(bulkbatch) if not n.startswith("_")}
+    assert set(bulkbatch.__all__) - {"__version__"} <= public
+    for name in bulkbatch.__all__:
+        assert hasattr(bulkbatch, name)
+
+
+def test_plan_json_report(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(
+        cli,
+        [
+            "--quiet",
+            "plan",
+            str(SAMPLE),
+            "--event",
+            "welcome",
+            "--run-dir",
+            str(tmp_path / "p"),
+            "--rate",
+            "10",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(result.output)
+    assert report["rows_read"] == 2000
+    assert report["rows_read"] == report["to_send"] + report["duplicates"] + report["rejected"]
+    assert report["estimated_seconds"] > 0
+    assert (tmp_path / "p" / "plan.parquet").exists()
+    assert (tmp_path / "p" / "rejects.parquet").exists()
+
+
+def test_failed_rows_exit_1_unless_allowed(runner: CliRunner, tmp_path: Path) -> None:
+    args = [
+        "--quiet",
+        "send",
+        str(SAMPLE),
+        "--event",
+        "welcome",
+        "--emulator",
+        "--poll-interval",
+        "0.05",
+    ]
+    failed = runner.invoke(cli, [*args, "--run-dir", str(tmp_path / "a")])
+    assert failed.exit_code == 1
+    assert failed.output.splitlines()[-1] == (
+        f"Error: 9 rows failed (rejected or ERROR); see {tmp_path / 'a' / 'results.parquet'}. "
+        "Pass --allow-failures to exit 0 when some rows fail."
+    )
+    allowed = runner.invoke(cli, [*args, "--run-dir", str(tmp_path / "b"), "--allow-failures"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "rows in            2,000" in allowed.output
+
+
+def test_errors_are_one_line_with_the_fix(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["plan", str(tmp_path / "nope.csv"), "--event", "welcome"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: Input not found: {tmp_path / 'nope.csv'}. Check the path, or quote a glob so "
+        "the shell does not expand it.\n"
+    )
+    no_event = runner.invoke(cli, ["plan", str(SAMPLE)])
+    assert no_event.exit_code == 2
+    assert no_event.output.strip().startswith("Error: No message to send: pass --event EVENT")
+    resume = runner.invoke(cli, ["resume", str(tmp_path / "missing")])
+    assert resume.exit_code == 1
+    assert "Run directory not found" in resume.output
+    assert "Traceback" not in result.output + no_event.output + resume.output
+
+
+def test_config_file(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "audience.csv").write_bytes(SAMPLE.read_bytes())
+    config = tmp_path / "campaign.toml"
+    config.write_text(
+        'inputs = ["audience.csv"]\n'
+        'event = "welcome"\n'
+        'run-dir = "runs/nightly"\n'
+        "emulator = true\n"
+        "allow-failures = true\n"
+        "poll-interval = 0.05\n"
+        '[data]\ncompany = "Acme"\n'
+    )
+    result = runner.invoke(cli, ["--quiet", "send", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.output)
+    assert summary["run_dir"] == str(tmp_path / "runs" / "nightly")
+    assert summary["counts"]["input_rows"] == 2000
+    run = bulkbatch.Run(tmp_path / "runs" / "nightly")
+    assert run.state.message["data"] == {"company": "Acme"}
+    # a flag on the line wins over the file
+    over = runner.invoke(
+        cli,
+        [
+            "--quiet",
+            "plan",
+            "--config",
+            str(config),
+            "--event",
+            "other",
+            "--run-dir",
+            str(tmp_path / "o"),
+            "--json",
+        ],
+    )
+    assert over.exit_code == 2  # 'emulator' is not a plan option: the file is checked per command
+    assert "Unknown key 'emulator'" in over.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('evnt = "welcome"\n')
+    result = runner.invoke(cli, ["send", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "Unknown key 'evnt' in" in result.output
+
+
+def test_log_format_json_progress_lines(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(
+        cli,
+        [
+            "--log-format",
+            "json",
+            "send",
+            str(SAMPLE),
+            "--event",
+            "welcome",
+            "--emulator",
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--allow-failures",
+            "--json",
+            "--poll-interval",
+            "0.05",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("{")]
+    events = [orjson.loads(ln) for ln in lines]
+    assert {"start", "load", "plan", "ingest", "page"} <= {e["stage"] for e in events}
+    assert all(isinstance(e["ts"], float) for e in events)
+    assert orjson.loads(result.stdout)["accounting_ok"] is True
+
+
+def test_status_reads_state_without_the_database(runner: CliRunner, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    bulkbatch.plan(SAMPLE, event="welcome", run_dir=run_dir)
+    result = runner.invoke(cli, ["status", str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    st = orjson.loads(result.output)
+    assert st["stage"] == "next: send" and st["rows"] == 2000 and st["finished"] is False
+    text = runner.invoke(cli, ["status", str(run_dir)]).output
+    assert re.match(r"run r \(.*\): next: send", text)
+
+
+def test_version_and_help_are_fast_paths(runner: CliRunner) -> None:
+    assert runner.invoke(cli, ["--version"]).exit_code == 0
+    out = runner.invoke(cli, ["--help"]).output
+    for name in COMMANDS:
+        assert name in out

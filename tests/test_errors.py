@@ -59,11 +59,16 @@ def test_key_never_in_exceptions_or_reprs(tmp_path: Path) -> None:
     assert WRONG_KEY not in repr(settings)
     client = bulkbatch.CourierClient(settings)
     assert WRONG_KEY not in repr(client)
-    with bulkbatch.Emulator(api_key="the-right-key") as emu:
-        with pytest.raises(bulkbatch.errors.AuthenticationError) as e:
-            bulkbatch.send(
-                SAMPLE, event="welcome", settings=settings.with_(base_url=emu.url), run_dir=None
-            )
+    with (
+        bulkbatch.Emulator(api_key="the-right-key") as emu,
+        pytest.raises(bulkbatch.errors.AuthenticationError) as e,
+    ):
+        bulkbatch.send(
+            SAMPLE,
+            event="welcome",
+            settings=settings.with_(base_url=emu.url),
+            run_dir=tmp_path / "r",
+        )
     assert WRONG_KEY not in str(e.value) and WRONG_KEY not in repr(e.value)
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+FINAL = ("COMPLETED", "ERROR")
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -91,6 +92,8 @@ class Renderer:
         self._last_line: dict[str, float] = {}
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
+        self._jobs: dict[str, dict[Any, ProgressEvent]] = {}
+        self._users_total: int | None = None
 
     def __enter__(self) -> Self:
         if self.live:
@@ -155,7 +158,33 @@ class Renderer:
             return f"{x.get('pages', 0):,} pages"
         return e.message
 
+    def _aggregate(self, e: ProgressEvent) -> ProgressEvent:
+        """Sum per-job reports (several jobs wait and page at once) into one bar."""
+        if e.stage == "ingest" and e.total is not None:
+            self._users_total = e.total
+        job = e.extra.get("job_no")
+        if e.stage not in ("wait", "page") or job is None:
+            return e
+        per_job = self._jobs.setdefault(e.stage, {})
+        per_job[job] = e
+        done = sum(x.done for x in per_job.values())
+        total = max(self._users_total or 0, sum(x.total or 0 for x in per_job.values()))
+        extra = dict(e.extra)
+        if e.stage == "page":
+            extra["pages"] = sum(int(x.extra.get("pages", 0)) for x in per_job.values())
+        else:
+            finished = sum(1 for x in per_job.values() if x.extra.get("status") in FINAL)
+            extra["status"] = (
+                f"{finished}/{len(per_job)} jobs done"
+                if len(per_job) > 1
+                else (e.extra.get("status"))
+            )
+            for k in ("received", "enqueued", "failures"):
+                extra[k] = sum(int(x.extra.get(k, 0)) for x in per_job.values())
+        return ProgressEvent(e.stage, done, total or None, e.unit, e.message, extra)
+
     def _render_live(self, e: ProgressEvent) -> None:
+        e = self._aggregate(e)
         if e.total is None and e.stage not in self._tasks:
             return
         key = e.stage
@@ -164,6 +193,7 @@ class Renderer:
         self._progress.update(self._tasks[key], completed=e.done, total=e.total, info=self._info(e))
 
     def _render_line(self, e: ProgressEvent) -> None:
+        e = self._aggregate(e)
         now = time.monotonic()
         final = e.total is not None and e.done >= e.total
         if not final and now - self._last_line.get(e.stage, 0.0) < 5.0 and e.stage != "start":
@@ -613,10 +643,9 @@ def _summary_text(run: Run, summary: dict[str, Any] | None) -> str:
         return f"  {label:<24}{n:>10,}{note}"
 
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected_by_reason"].items()))
+    verdict = "accounted for" if summary["accounting_ok"] else "ACCOUNTING FAILED"
     lines = [
-        f"Run {summary['run_id']}: "
-        f"{'accounted for' if summary['accounting_ok'] else 'ACCOUNTING FAILED'}"
-        f" in {summary['elapsed_seconds']:.1f}s",
+        f"Run {summary['run_id']}: {verdict} in {summary['elapsed_seconds']:.1f}s",
         row("rows in", c["input_rows"]),
         row("ingested", c["ingested"]),
         row("duplicates", c["duplicates"]),

@@ -490,7 +490,15 @@ def _prepare(
         state.plan["jobs"] = len(state.jobs)
         state.plan["batches"] = sum(j.batches for j in state.jobs)
         state.mark("plan", time.monotonic() - started)
-        progress(ProgressEvent("plan", pinfo.to_send, pinfo.rows_read, "users"))
+        progress(
+            ProgressEvent(
+                "plan",
+                pinfo.rows_read,
+                pinfo.rows_read,
+                "rows",
+                message=f"{state.plan['to_send']:,} to send",
+            )
+        )
 
 
 async def _execute(

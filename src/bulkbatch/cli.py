@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import click
 
+from bulkbatch.config import DEFAULT_MAX_JOB_SIZE
 from bulkbatch.errors import BulkBatchError
 from bulkbatch.progress import ProgressEvent
 
@@ -352,8 +353,10 @@ def input_options(fn: F) -> F:
         ),
         click.option(
             "--max-job-size",
-            type=click.IntRange(1),
-            help="Split the run into bulk jobs of at most N users (paged concurrently).",
+            type=click.IntRange(0),
+            default=DEFAULT_MAX_JOB_SIZE,
+            show_default=True,
+            help="Users per bulk job; jobs are paged side by side. 0: one job for everyone.",
         ),
         click.option(
             "--format",

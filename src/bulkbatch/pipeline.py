@@ -25,7 +25,7 @@ import duckdb
 import orjson
 
 from bulkbatch._sync import run_sync
-from bulkbatch.config import Settings
+from bulkbatch.config import DEFAULT_MAX_JOB_SIZE, Settings
 from bulkbatch.courier import CourierClient
 from bulkbatch.errors import StateError, UsageError
 from bulkbatch.ledger import LedgerWriter
@@ -552,10 +552,15 @@ async def _network(
     async with run._client_context(settings) as client:
         on_ack = ingest_progress(state, progress, client)
         async with LedgerWriter(con) as ledger:
+            pagers = anyio.CapacityLimiter(settings.concurrency)
 
             async def track(job: JobState) -> None:
                 if not options.wait or job.paged:
                     return
+                async with pagers:
+                    await _track(job)
+
+            async def _track(job: JobState) -> None:
                 await wait_for_job(
                     client,
                     state,
@@ -634,6 +639,9 @@ def _begin(
     once_per_ledger: str | Path | None = None,
 ) -> tuple[RunState, object | None]:
     load_kw, plan_kw = split_options(options)
+    # Several jobs page side by side; 0 (or None given explicitly) means one job.
+    size = plan_kw.get("max_job_size", DEFAULT_MAX_JOB_SIZE)
+    plan_kw["max_job_size"] = size or None
     plan_opts = PlanOptions(**plan_kw)
     job_message(plan_opts)  # fails early, with the fix, when there is nothing to send
     frame = source if _is_frame(source) else None

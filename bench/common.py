@@ -167,12 +167,33 @@ class Measurement:
     returncode: int
     stdout: str
     stderr: str
+    cpu_s: float = 0.0
+    load_before: float = 0.0
+    load_after: float = 0.0
     emulator_cpu_s: float = 0.0
     emulator_stats: dict[str, object] = field(default_factory=dict)
 
     @property
     def emulator_share(self) -> float:
         return self.emulator_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def _wait(
+    proc: subprocess.Popen[bytes], ps: psutil.Process, started: float, timeout: float | None
+) -> tuple[int, float]:
+    """Poll until ``proc`` exits: (peak tree RSS in bytes, CPU seconds from wait4)."""
+    peak = 0
+    while True:
+        # wait4 instead of poll(): the exit also yields the CPU time of the program
+        # (and of the children it waited for), which host contention does not inflate.
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return peak, usage.ru_utime + usage.ru_stime
+        peak = max(peak, _tree_rss(ps))
+        if timeout is not None and time.perf_counter() - started > timeout:
+            proc.kill()
+        time.sleep(POLL_S)
 
 
 def measure(
@@ -191,17 +212,18 @@ def measure(
         tempfile.TemporaryFile() as err,
     ):
         cpu0 = emulator.cpu_seconds() if emulator else 0.0
+        load0 = os.getloadavg()[0]
         started = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=full_env, cwd=ROOT)
         ps = psutil.Process(proc.pid)
         peak = 0
-        while proc.poll() is None:
-            peak = max(peak, _tree_rss(ps))
-            if timeout is not None and time.perf_counter() - started > timeout:
+        cpu = 0.0
+        try:
+            peak, cpu = _wait(proc, ps, started, timeout)
+        finally:
+            if proc.returncode is None:  # interrupted: never leave the program behind
                 proc.kill()
                 proc.wait()
-                break
-            time.sleep(POLL_S)
         wall = time.perf_counter() - started
         cpu1 = emulator.cpu_seconds() if emulator else 0.0
         out.seek(0)
@@ -210,6 +232,9 @@ def measure(
             wall_s=wall,
             peak_rss_mib=peak / 2**20,
             returncode=proc.returncode,
+            cpu_s=cpu,
+            load_before=load0,
+            load_after=os.getloadavg()[0],
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
             emulator_cpu_s=cpu1 - cpu0,

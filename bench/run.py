@@ -29,6 +29,7 @@ import json
 import math
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -96,6 +97,9 @@ class Record:
     returncode: int
     emulator_cpu_s: float
     emulator_share: float
+    cpu_s: float = 0.0
+    load_before: float = 0.0
+    load_after: float = 0.0
     report: dict[str, Any] = field(default_factory=dict)
     prefix_rows: int | None = None  # measured on a prefix, wall extrapolated
     measured_wall_s: float | None = None
@@ -176,6 +180,9 @@ def run_one(
         returncode=m.returncode,
         emulator_cpu_s=m.emulator_cpu_s,
         emulator_share=m.emulator_share,
+        cpu_s=m.cpu_s,
+        load_before=m.load_before,
+        load_after=m.load_after,
         report=report,
         command=shlex.join(cmd),
     )
@@ -247,6 +254,8 @@ def summarize(records: list[Record]) -> dict[tuple[int, str, str], dict[str, Any
             "rss": max((r.peak_rss_mib for r in ok), default=float("nan")),
             "emu_share": _med([r.emulator_share for r in ok]),
             "emu_cpu": _med([r.emulator_cpu_s for r in ok]),
+            "cpu": _med([r.cpu_s for r in ok]),
+            "load": max((max(r.load_before, r.load_after) for r in ok), default=float("nan")),
             "extrapolated": any(r.extrapolated for r in ok),
             "prefix_rows": next((r.prefix_rows for r in ok if r.extrapolated), None),
             "measured_wall": _med([r.measured_wall_s or 0.0 for r in ok if r.extrapolated]),
@@ -258,7 +267,7 @@ def summarize(records: list[Record]) -> dict[tuple[int, str, str], dict[str, Any
 
 def _program_row(program: str, rows: int, s: dict[str, Any]) -> str:
     if s["n"] == 0:
-        return f"| {program} | failed ({s['failed']} runs) | — | — | — | 0 |"
+        return f"| {program} | failed ({s['failed']} runs) | — | — | — | — | — | 0 |"
     if s["extrapolated"]:
         wall = (
             f"**≈ {_fmt_s(s['wall'])} (extrapolated** from a {s['prefix_rows']:,}-row prefix "
@@ -272,9 +281,13 @@ def _program_row(program: str, rows: int, s: dict[str, Any]) -> str:
         runs = str(s["n"])
     ups = rows / s["wall"] if s["wall"] > 0 else float("nan")
     share = f"{100 * s['emu_share']:.0f} %"
+    cpu = f"{s['cpu']:,.1f}"
     if s["extrapolated"]:
         share += " (prefix)"
-    return f"| {program} | {wall} | {ups:,.0f} | {rss} | {share} | {runs} |"
+        cpu += " (prefix)"
+    return (
+        f"| {program} | {wall} | {ups:,.0f} | {rss} | {cpu} | {share} | {s['load']:.1f} | {runs} |"
+    )
 
 
 def _ratio_lines(rows: int, scen: str, summ: dict[tuple[int, str, str], Any]) -> list[str]:
@@ -366,7 +379,12 @@ def render(
             "Wall time is the subprocess's; peak RSS is the sum over its process tree, polled "
             "with psutil every 50 ms; *emulator CPU* is the emulator's user+system CPU seconds "
             "during the run (psutil `cpu_times` before/after) divided by the wall time "
-            "(100 % = one of the cores). Wall cells: median (min–max) of *runs*. "
+            "(100 % = one of the cores). *program CPU s* is the program's user+system CPU "
+            "(`wait4` rusage, children included), which contention on the host does not inflate "
+            "the way it inflates wall time; *host load* is the highest 1-minute load average seen "
+            "at the start/end of the runs (the machine has "
+            f"{info['cores']} cores; other work on it slows wall times). "
+            "Wall cells: median (min–max) of *runs*. "
             "users/s = input rows / median wall."
         ),
         "",
@@ -409,10 +427,10 @@ def render(
                 f"### {rows:,} rows — {scen}: {SCENARIO_TEXT[scen]}",
                 "",
                 (
-                    "| program | wall s, median (min–max) | users/s | peak RSS MiB | emulator CPU "
-                    "| runs |"
+                    "| program | wall s, median (min–max) | users/s | peak RSS MiB "
+                    "| program CPU s | emulator CPU | host load | runs |"
                 ),
-                "|---|---:|---:|---:|---:|---:|",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
             ]
             lines += [
                 _program_row(p, rows, summ[(rows, scen, p)])
@@ -787,6 +805,11 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.error for r in records) else 0
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds the with-blocks: program and emulator stopped
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(main())

@@ -50,13 +50,15 @@ def test_smoke_run_writes_a_table_with_the_three_programs(tmp_path: Path) -> Non
     rows = _table_rows(text)
     assert set(rows) == set(PROGRAMS), text
     for program, cells in rows.items():
-        # program | wall median (min–max) | users/s | peak RSS | emulator CPU | runs
-        assert len(cells) == 6, (program, cells)
+        # program | wall (min–max) | users/s | peak RSS | CPU s | emulator CPU | load | runs
+        assert len(cells) == 8, (program, cells)
         assert re.fullmatch(rf"{NUM} \({NUM}–{NUM}\)", cells[1]), (program, cells)
         assert re.fullmatch(NUM, cells[2]), (program, cells)
         assert re.fullmatch(NUM, cells[3]) and float(cells[3].replace(",", "")) > 0
-        assert re.fullmatch(rf"{NUM} %", cells[4]), (program, cells)
-        assert cells[5] == "1"
+        assert re.fullmatch(NUM, cells[4]), (program, cells)
+        assert re.fullmatch(rf"{NUM} %", cells[5]), (program, cells)
+        assert re.fullmatch(NUM, cells[6]), (program, cells)
+        assert cells[7] == "1"
     assert "bulkbatch / naive wall:" in text
     assert "bulkbatch / floor wall:" in text
     assert "## Where bulkbatch's time goes" in text

@@ -355,7 +355,7 @@ def render(
 ) -> str:
     info = machine()
     summ = summarize(records)
-    cmdline = shlex.join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
+    cmdline = args.cmdline
     lines = [
         "# bulkbatch end-to-end benchmark",
         "",
@@ -546,8 +546,56 @@ def _where_time_goes(args: argparse.Namespace, summ: dict[tuple[int, str, str], 
                 )
     if not found:
         return []
+    lines.append("")
+    lines += _analysis(args, summ)
     lines += ["", *args.notes, ""] if args.notes else [""]
     return lines
+
+
+def _analysis(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -> list[str]:
+    """Plain-language reading of the stage timings (generated from the numbers above)."""
+    out = []
+    for rows in args.sizes:
+        for scen in args.scenarios:
+            bb = summ.get((rows, scen, "bulkbatch"))
+            if not bb or not bb["n"]:
+                continue
+            st, wall = bb["stages"], bb["wall"]
+            pages = max(1, rows // 100)
+            fl = summ.get((rows, scen, "floor"))
+            top = max(BB_STAGES, key=lambda k: st.get(k, 0.0))
+            text = (
+                f"- **{human(rows)}, {scen}:** the biggest stage is *{top}* "
+                f"({_fmt_s(st.get(top, 0.0))} s, {100 * st.get(top, 0.0) / wall:.0f} % of wall). "
+                f"track = wait for COMPLETED + ~{pages:,} sequential 100-user pages: "
+                f"{1000 * st.get('track', 0.0) / pages:.1f} ms per page"
+            )
+            if fl and fl["n"] and "page" in fl["stages"]:
+                text += (
+                    f" vs {1000 * fl['stages']['page'] / pages:.1f} ms for the floor's bare "
+                    "httpx+orjson paging"
+                )
+            if scen == "latency50":
+                text += f" (the 50 ms latency alone is {0.05 * pages:,.0f} s of sequential paging)"
+            send = st.get("send", 0.0)
+            if send > 0:
+                text += f"; send ingests {rows / send:,.0f} rows/s"
+                if fl and fl["n"] and fl["stages"].get("ingest"):
+                    text += f" (floor: {rows / fl['stages']['ingest']:,.0f} rows/s, read included)"
+            lp = st.get("load", 0.0) + st.get("plan", 0.0)
+            text += f"; load + plan {_fmt_s(lp)} s."
+            out.append(text)
+    if out:
+        out += [
+            "",
+            (
+                "Paging `GET /bulk/{job}/users` is sequential by construction (each page's cursor "
+                "comes from the previous page), so with per-request latency L one job cannot be "
+                "paged faster than L × users/100. The only lever is several jobs paged "
+                "concurrently (`--max-job-size`)."
+            ),
+        ]
+    return out
 
 
 # ----------------------------------------------------------------------------- micro + profile
@@ -715,7 +763,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--note", dest="notes", action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="report path")
+    p.add_argument(
+        "--render",
+        metavar="RAW_JSON",
+        help="no measurements: rewrite the report from bench/out/run-*.json (a new --profile "
+        "or --micro is added to it)",
+    )
+    p.add_argument("--measured-by", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.cmdline = args.measured_by or shlex.join(
+        [".venv/bin/python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)]
+    )
 
     if args.smoke:
         defaults = {"sizes": "5k", "reps": 1, "scenarios": "none", "latency_sizes": "5k",
@@ -752,45 +810,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.naive_reps is None:
         args.naive_reps = defaults.get("naive_reps")
     if args.micro is None:
-        args.micro = defaults["micro"]
+        args.micro = False if args.render else defaults["micro"]
     if args.timeout is None:
         args.timeout = defaults["timeout"]
     return args
 
 
+def _save(path: Path, args: argparse.Namespace, records: list[Record], **extra: Any) -> None:
+    data = {"argv": args.cmdline, "records": [asdict(r) for r in records], **extra}
+    path.write_text(json.dumps(data, indent=1, default=str))
+
+
+def _load(path: Path) -> tuple[list[Record], dict[str, Any]]:
+    data = json.loads(path.read_text())
+    if isinstance(data, list):  # first format: the records only
+        data = {"records": data}
+    return [Record(**r) for r in data["records"]], data
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
-    runs = plan_runs(args)
-    log(f"{len(runs)} measurements planned; report -> {args.out}")
-    records: list[Record] = []
     raw_dir = HERE / "out"
     raw_dir.mkdir(exist_ok=True)
-    raw_path = raw_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    for i, (rows, scenario, program, rep, prefix) in enumerate(runs, 1):
-        what = f"{program} {human(rows)} {scenario} rep {rep + 1}"
-        if prefix:
-            what += f" (prefix {human(prefix)})"
-        log(f"[{i}/{len(runs)}] {what} ...")
-        rec = run_one(
-            program,
-            rows,
-            scenario,
-            rep,
-            prefix_rows=prefix,
-            bb_extra=args.bb_extra,
-            timeout=args.timeout,
-        )
-        extra = ""
-        if program == "bulkbatch":
-            extra = f" stages {rec.report.get('timings')}"
-        log(
-            f"    wall {rec.wall_s:.1f}s{' (extrapolated)' if prefix else ''}, "
-            f"peak {rec.peak_rss_mib:.0f} MiB, emulator {100 * rec.emulator_share:.0f} %{extra}"
-        )
-        records.append(rec)
-        raw_path.write_text(json.dumps([asdict(r) for r in records], indent=1, default=str))
-    profiles: dict[str, str] = {}
+    saved: dict[str, Any] = {}
+    if args.render:
+        records, saved = _load(Path(args.render))
+        args.cmdline = saved.get("argv") or args.cmdline
+        args.sizes = sorted({r.rows for r in records})
+        args.scenarios = [s for s in SCENARIOS if any(r.scenario == s for r in records)]
+        args.programs = [p for p in PROGRAMS if any(r.program == p for r in records)]
+        started = time.time() - float(saved.get("minutes", 0)) * 60
+        raw_path = Path(args.render)
+    else:
+        runs = plan_runs(args)
+        log(f"{len(runs)} measurements planned; report -> {args.out}")
+        records = []
+        raw_path = raw_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        for i, (rows, scenario, program, rep, prefix) in enumerate(runs, 1):
+            what = f"{program} {human(rows)} {scenario} rep {rep + 1}"
+            if prefix:
+                what += f" (prefix {human(prefix)})"
+            log(f"[{i}/{len(runs)}] {what} ...")
+            rec = run_one(
+                program,
+                rows,
+                scenario,
+                rep,
+                prefix_rows=prefix,
+                bb_extra=args.bb_extra,
+                timeout=args.timeout,
+            )
+            extra = ""
+            if program == "bulkbatch":
+                extra = f" stages {rec.report.get('timings')}"
+            log(
+                f"    wall {rec.wall_s:.1f}s{' (extrapolated)' if prefix else ''}, "
+                f"cpu {rec.cpu_s:.1f}s, peak {rec.peak_rss_mib:.0f} MiB, "
+                f"emulator {100 * rec.emulator_share:.0f} %{extra}"
+            )
+            records.append(rec)
+            _save(raw_path, args, records)
+    profiles: dict[str, str] = dict(saved.get("profiles", {}))
     for spec in [s for s in (args.profile or "").split(",") if s]:
         size, _, scen = spec.partition(":")
         scen = scen or "none"
@@ -798,10 +879,15 @@ def main(argv: list[str] | None = None) -> int:
         profiles[f"bulkbatch, {human(parse_size(size))} rows, {scen}"] = profile_bulkbatch(
             parse_size(size), scen, args.bb_extra
         )
-    micro = run_micro(args.quick) if args.micro else {}
+    micro: dict[str, str] = dict(saved.get("micro", {}))
+    if args.micro:
+        micro.update(run_micro(args.quick))
+    minutes = (time.time() - started) / 60
+    if not args.render or profiles or micro:
+        _save(raw_path, args, records, profiles=profiles, micro=micro, minutes=minutes)
     text = render(args, records, micro, profiles, started)
     Path(args.out).write_text(text)
-    log(f"wrote {args.out} ({(time.time() - started) / 60:.1f} min); raw data in {raw_path}")
+    log(f"wrote {args.out} ({minutes:.1f} min); raw data in {raw_path}")
     return 1 if any(r.error for r in records) else 0
 
 

@@ -29,8 +29,8 @@ DATA = HERE / "data"
 CHILD = r"""
 import sys, time, duckdb
 from pathlib import Path
-from bulkbatch.load import LoadOptions, load_inputs
-from bulkbatch.plan import PlanOptions, build_plan
+from bulkbatch.stages.load import LoadOptions, load_inputs
+from bulkbatch.stages.plan import PlanOptions, build_plan
 run = Path(sys.argv[2])
 con = duckdb.connect(str(run / "run.duckdb"))
 t0 = time.perf_counter()

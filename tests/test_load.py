@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from bulkbatch.errors import InputError, UsageError
-from bulkbatch.load import LoadOptions, load_frame, load_inputs
+from bulkbatch.stages.load import LoadOptions, load_frame, load_inputs
 
 
 @pytest.fixture

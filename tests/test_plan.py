@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 from bulkbatch.errors import InputError, PlanError, UsageError
-from bulkbatch.load import LoadOptions, load_frame, load_inputs
-from bulkbatch.plan import (
+from bulkbatch.stages.load import LoadOptions, load_frame, load_inputs
+from bulkbatch.stages.plan import (
     PlanInfo,
     PlanOptions,
     build_plan,

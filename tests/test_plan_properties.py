@@ -10,8 +10,8 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bulkbatch.load import load_frame
-from bulkbatch.plan import PlanOptions, build_plan
+from bulkbatch.stages.load import load_frame
+from bulkbatch.stages.plan import PlanOptions, build_plan
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

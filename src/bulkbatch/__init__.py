@@ -22,7 +22,6 @@ from bulkbatch.courier import CourierClient
 from bulkbatch.demo import demo
 from bulkbatch.emulator import Emulator
 from bulkbatch.errors import BulkBatchError
-from bulkbatch.load import LoadOptions
 from bulkbatch.pipeline import (
     Run,
     RunOptions,
@@ -34,8 +33,9 @@ from bulkbatch.pipeline import (
     send,
     status,
 )
-from bulkbatch.plan import PlanInfo, PlanOptions
 from bulkbatch.progress import ProgressEvent
+from bulkbatch.stages.load import LoadOptions
+from bulkbatch.stages.plan import PlanInfo, PlanOptions
 
 try:
     __version__ = version("bulkbatch")

@@ -24,7 +24,7 @@ from bulkbatch.progress import ProgressEvent
 
 if TYPE_CHECKING:
     from bulkbatch.pipeline import Run
-    from bulkbatch.results import ResultsInfo
+    from bulkbatch.stages.results import ResultsInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -225,7 +225,7 @@ class Renderer:
 def _json_value(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None or isinstance(value, dict):
         return value
-    from bulkbatch.plan import parse_data_option
+    from bulkbatch.stages.plan import parse_data_option
 
     try:
         return parse_data_option(value)
@@ -398,7 +398,7 @@ def input_options(fn: F) -> F:
 
 def _collect(kw: dict[str, Any]) -> dict[str, Any]:
     """Turn CLI values into library options (only those given)."""
-    from bulkbatch.plan import parse_map_option
+    from bulkbatch.stages.plan import parse_map_option
 
     options: dict[str, Any] = {
         "event": kw.get("event"),

@@ -29,16 +29,16 @@ from bulkbatch.config import DEFAULT_MAX_JOB_SIZE, Settings
 from bulkbatch.courier import CourierClient
 from bulkbatch.errors import StateError, UsageError
 from bulkbatch.ledger import LedgerWriter
-from bulkbatch.load import LoadInfo, LoadOptions, load_frame, load_inputs, resolve_sources
-from bulkbatch.load import _fingerprint_files as fingerprint_files
 from bulkbatch.once import DEFAULT_LEDGER_NAME, exclude_sent, record_sent
-from bulkbatch.plan import PlanInfo, PlanOptions, build_plan, job_message
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
 from bulkbatch.report import write_report
-from bulkbatch.results import ResultsInfo, write_results, write_summary
-from bulkbatch.send import ingest_job, ingest_progress, run_job, verify_job
+from bulkbatch.stages.load import LoadInfo, LoadOptions, load_frame, load_inputs, resolve_sources
+from bulkbatch.stages.load import _fingerprint_files as fingerprint_files
+from bulkbatch.stages.plan import PlanInfo, PlanOptions, build_plan, job_message
+from bulkbatch.stages.results import ResultsInfo, write_results, write_summary
+from bulkbatch.stages.send import ingest_job, ingest_progress, run_job, verify_job
+from bulkbatch.stages.track import fetch_messages, page_users, wait_for_job
 from bulkbatch.state import JobState, RunState, ensure_ledger, open_run_db
-from bulkbatch.track import fetch_messages, page_users, wait_for_job
 
 if TYPE_CHECKING:
     import polars as pl
@@ -712,8 +712,8 @@ def plan(
 
     :param source: a path, glob or folder (or a list of them), or a polars/pandas
         DataFrame, a pyarrow Table or a DuckDB relation
-    :param options: :class:`~bulkbatch.load.LoadOptions` and
-        :class:`~bulkbatch.plan.PlanOptions` fields, e.g. ``event="welcome"``,
+    :param options: :class:`~bulkbatch.stages.load.LoadOptions` and
+        :class:`~bulkbatch.stages.plan.PlanOptions` fields, e.g. ``event="welcome"``,
         ``data={"company": "Acme"}``, ``mapping={"to.user_id": "customer_id"}``
 
     Example::

@@ -96,7 +96,7 @@ import orjson
 
 from bulkbatch.config import MAX_BATCH_SIZE
 from bulkbatch.errors import AccountingError, InputError, PlanError, UsageError
-from bulkbatch.load import configure_connection, fetch_one, quote_ident
+from bulkbatch.stages.load import configure_connection, fetch_one, quote_ident
 
 __all__ = [
     "CHANNELS",

@@ -115,7 +115,7 @@ def test_failed_rows_exit_1_unless_allowed(runner: CliRunner, tmp_path: Path) ->
     )
     allowed = runner.invoke(cli, [*args, "--run-dir", str(tmp_path / "b"), "--allow-failures"])
     assert allowed.exit_code == 0, allowed.output
-    assert re.search(r"^  rows in +2,000$", allowed.output, re.M)
+    assert re.search(r"^  rows in +2,000$", allowed.output, re.MULTILINE)
 
 
 def test_errors_are_one_line_with_the_fix(runner: CliRunner, tmp_path: Path) -> None:

@@ -138,3 +138,35 @@ def test_send_into_existing_run_with_other_options_is_refused(
         f"cannot continue with these. Run 'bulkbatch resume {run_dir}' to finish it as it "
         "was, or pass a new --run-dir to start a separate run."
     )
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(audience: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    with EmulatorProcess() as emu:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bulkbatch", "--quiet", *_send_args(audience, run_dir)[1:]],
+            env=emu.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: emu.stats()["users_accepted"] >= 5_000, timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 1
+        assert err.strip().splitlines()[-1] == (
+            f"Interrupted. Every acknowledged batch is recorded. Resume with: bulkbatch resume {run_dir}"
+        )
+        assert "Traceback" not in err
+        # every acknowledged batch is in the ledger: none is sent again on resume
+        assert emu.stats()["runs"] == 0
+        resumed = bulkbatch(
+            "--quiet", "resume", str(run_dir), "--allow-failures", "--json", env=emu.env()
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        stats = emu.stats()
+    summary = orjson.loads(resumed.stdout)
+    assert summary["accounting_ok"] is True
+    assert stats["jobs_created"] == 1 and stats["runs"] == 1
+    assert stats["users_accepted"] == summary["counts"]["ingested"]
+    assert stats["max_accepted_per_recipient"] == 1

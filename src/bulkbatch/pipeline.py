@@ -13,12 +13,13 @@ import contextlib
 import dataclasses
 import hashlib
 import re
+import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import duckdb
@@ -56,6 +57,8 @@ __all__ = [
     "split_options",
     "status",
 ]
+
+T = TypeVar("T")
 
 _LOAD_FIELDS = {f.name for f in dataclasses.fields(LoadOptions)} - {"sources"}
 _PLAN_FIELDS = {f.name for f in dataclasses.fields(PlanOptions)}
@@ -410,10 +413,11 @@ class Run:
                 s = self._settings(settings)
                 async with self._client_context(s) as client:
                     await fetch_messages(con, client, concurrency=s.concurrency, progress=progress)
-            info = await anyio.to_thread.run_sync(
+            info = await _in_thread(
+                con,
                 lambda: write_results(
                     con, self.state, out, include_profile=include_profile, messages=messages
-                )
+                ),
             )
         finally:
             con.close()
@@ -421,6 +425,31 @@ class Run:
 
 
 # -- the stages, in order -------------------------------------------------------------
+
+
+async def _in_thread(con: duckdb.DuckDBPyConnection, fn: Callable[[], T]) -> T:
+    """Run blocking DuckDB work in a worker thread, interrupting it on cancellation.
+
+    A thread cannot be cancelled, so on Ctrl-C (or any cancellation) the query running on
+    ``con`` is interrupted and the thread is waited for before the cancellation goes on;
+    that way the connection is free to close and the run stops within a moment, not after
+    a ten-minute plan finishes.
+    """
+    finished = threading.Event()
+
+    def work() -> T:
+        try:
+            return fn()
+        finally:
+            finished.set()
+
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        con.interrupt()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(finished.wait)
+        raise
 
 
 def _started(progress: Progress, state: RunState) -> None:
@@ -510,7 +539,7 @@ async def _execute(
 ) -> None:
     con = open_run_db(state.run_dir)
     try:
-        await anyio.to_thread.run_sync(_prepare, state, con, frame, progress)
+        await _in_thread(con, lambda: _prepare(state, con, frame, progress))
         ensure_ledger(con)
         if not state.jobs:
             # Nothing to send: every row was rejected or a duplicate. Still write results.
@@ -522,13 +551,14 @@ async def _execute(
         if options.wait and not state.done("results"):
             started = time.monotonic()
             progress(ProgressEvent("results", message="writing results.parquet"))
-            info = await anyio.to_thread.run_sync(
+            info = await _in_thread(
+                con,
                 lambda: write_results(
                     con,
                     state,
                     include_profile=options.include_profile,
                     messages=options.messages,
-                )
+                ),
             )
             state.mark("results", time.monotonic() - started)
             write_summary(state, info)  # again, now with this stage's timing in it

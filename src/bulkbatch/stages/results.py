@@ -175,7 +175,8 @@ def write_results(
     :param strict: raise :class:`AccountingError` when the counts do not add up
     """
     started = time.monotonic()
-    cur = con.cursor()
+    # The caller's connection itself (not a cursor), so that interrupting it stops the COPY.
+    cur = con
     out = out or state.run_dir / "results.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     select = _select_sql(cur, state, include_profile)

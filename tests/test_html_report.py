@@ -1,4 +1,4 @@
-"""``bulkbatch.report.write_report``: a self-contained HTML report of a run.
+"""``bulkbatch.html_report.write_report``: a self-contained HTML report of a run.
 
 A real run of the sample audience on the in-process emulator (messages on) is built once;
 the report is parsed with ``html.parser`` and checked against ``run.summary()``. A plan-only
@@ -26,7 +26,7 @@ import pytest
 
 import bulkbatch
 from bulkbatch.errors import StateError
-from bulkbatch.report import _throughput, mask_text, mask_value, write_report
+from bulkbatch.html_report import _throughput, mask_text, mask_value, write_report
 from tests.support import SAMPLE
 
 HOLD_LOCK = (

@@ -918,9 +918,9 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
 
         bulkbatch report runs/welcome-20261123-101500 && open runs/welcome-20261123-101500/report.html
     """
-    from bulkbatch.pipeline import report as write_report
+    import bulkbatch
 
-    click.echo(str(write_report(run_dir, out)))
+    click.echo(str(bulkbatch.report(run_dir, out)))
 
 
 def _add_emulator() -> None:

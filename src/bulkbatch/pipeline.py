@@ -29,10 +29,10 @@ from bulkbatch._sync import run_sync
 from bulkbatch.config import DEFAULT_MAX_JOB_SIZE, Settings
 from bulkbatch.courier import CourierClient
 from bulkbatch.errors import StateError, UsageError
+from bulkbatch.html_report import write_report
 from bulkbatch.ledger import LedgerWriter
 from bulkbatch.once import DEFAULT_LEDGER_NAME, exclude_sent, record_sent
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
-from bulkbatch.report import write_report
 from bulkbatch.stages.load import LoadInfo, LoadOptions, load_frame, load_inputs, resolve_sources
 from bulkbatch.stages.load import _fingerprint_files as fingerprint_files
 from bulkbatch.stages.plan import PlanInfo, PlanOptions, build_plan, job_message

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -43,13 +44,19 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def kill_after(proc: subprocess.Popen[bytes], seconds: float) -> bool:
-    """SIGKILL ``proc`` after ``seconds`` unless it finished; True when it was killed."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.02)
+def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], delay: float) -> bool:
+    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` holds, unless it finished first.
+
+    Returns True when it was killed. The moments are random, but anchored to the run's
+    progress rather than to the clock, so a loaded machine (where start-up alone can take
+    seconds) still gets kills mid-ingest and mid-tracking.
+    """
+    wait_for(lambda: proc.poll() is not None or ready(), 180)
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        return False
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     return True
@@ -68,10 +75,22 @@ def test_chaos_three_kills_at_random_moments(tmp_path: Path) -> None:
     try:
         env = emu.env()
         args = send_args(audience, run_dir)
-        # three SIGKILLs at random moments, each followed by 'bulkbatch resume'
-        while kills < 3:
+        # three SIGKILLs at random moments: twice during ingest (at a random share of the
+        # audience accepted), once after the job ran (tracking, paging or results)
+        expected = int(USERS * 0.97)
+        first, second = rng.uniform(0.05, 0.45), rng.uniform(0.5, 0.95)
+
+        def accepted_share(share: float) -> Callable[[], bool]:
+            return lambda: emu.stats()["users_accepted"] >= share * expected
+
+        moments = [
+            accepted_share(first),
+            accepted_share(second),
+            lambda: emu.stats()["runs"] >= 1,
+        ]
+        for ready in moments:
             proc = start(args, env)
-            if not kill_after(proc, rng.uniform(0.5, 4.0)):
+            if not kill_when(proc, ready, rng.uniform(0.0, 0.3)):
                 break  # finished before the kill: nothing left to interrupt
             kills += 1
             st = emu.stats()
@@ -83,7 +102,7 @@ def test_chaos_three_kills_at_random_moments(tmp_path: Path) -> None:
     finally:
         emu.stop()
 
-    assert kills >= 1, "the sender finished before any kill: make the scenario larger"
+    assert kills == 3, "the sender finished before a kill: make the scenario larger"
     summary = orjson.loads(final.stdout)
     counts = summary["counts"]
     assert summary["accounting_ok"] is True

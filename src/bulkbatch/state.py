@@ -175,7 +175,8 @@ class RunState:
         except FileNotFoundError:
             raise StateError(
                 f"{run_dir} is not a bulkbatch run directory: it has no {STATE_FILE}. "
-                "Pass the directory a 'bulkbatch send' created, e.g. runs/<run-id>."
+                "Pass the directory a 'bulkbatch send' created, e.g. runs/<run-id>; if that "
+                "send was stopped before it started, nothing was sent: run it again."
             ) from None
         except orjson.JSONDecodeError as exc:
             raise StateError(

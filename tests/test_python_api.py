@@ -1,0 +1,108 @@
+"""The Python front door: every kind of source, sync calls inside a running event loop
+(as in Jupyter), ``await bulkbatch.asend``, and the Run object a notebook works with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import bulkbatch
+from tests.support import SAMPLE
+
+FAST = bulkbatch.Settings(poll_interval=0.02, start_rate=2000)
+ROWS = {"user_id": ["a", "b", "b", "", "c"], "email": ["a@x.com", "b@x.com", "B@x.com", "", "c@x"]}
+
+
+def sources(tmp_path: Path) -> dict[str, Any]:
+    frame = pl.DataFrame(ROWS)
+    parquet = tmp_path / "part-1.parquet"
+    frame.head(2).write_parquet(parquet)
+    frame.tail(3).write_parquet(tmp_path / "part-2.parquet")
+    con = duckdb.connect()
+    return {
+        "polars": frame,
+        "pandas": frame.to_pandas(),
+        "arrow": frame.to_arrow(),
+        "duckdb": con.sql("SELECT * FROM (VALUES ('a','a@x.com'),('b','b@x.com'),('b','B@x.com'),"
+                          "('',''),('c','c@x')) t(user_id, email)"),
+        "glob": str(tmp_path / "part-*.parquet"),
+        "list": [tmp_path / "part-1.parquet", tmp_path / "part-2.parquet"],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["polars", "pandas", "arrow", "duckdb", "glob", "list"])
+def test_every_source_kind_plans_the_same(kind: str, tmp_path: Path) -> None:
+    source = sources(tmp_path)[kind]
+    run = bulkbatch.plan(source, event="welcome", run_dir=tmp_path / "run")
+    info = run.plan_info
+    assert (info.rows_read, info.to_send, info.duplicates, info.rejected) == (5, 2, 1, 2)
+    assert info.rejected_by_reason == {"no_address": 1, "bad_email": 1}
+    assert sorted(run.plan()["recipient"].to_list()) == ["a", "b"]
+
+
+def test_python_objects_and_repr(tmp_path: Path) -> None:
+    with bulkbatch.Emulator(progression="immediate") as emu:
+        run = bulkbatch.send(
+            SAMPLE, event="welcome", settings=FAST.with_(base_url=emu.url), run_dir=tmp_path / "r"
+        )
+    assert repr(run) == f"<Run r finished at {tmp_path / 'r'}>"
+    assert isinstance(run.results(), pl.DataFrame)
+    assert isinstance(run.to_arrow(), pa.Table)
+    assert run.to_arrow().num_rows == run.results().height == 2000
+    assert run.rejects().height == run.summary()["counts"]["rejected"]
+    status = run.status()
+    assert status.finished and status.stage == "finished"
+    assert bulkbatch.Run(tmp_path / "r").job_ids == run.job_ids
+    # pandas reads the same file directly
+    assert len(pd.read_parquet(tmp_path / "r" / "results.parquet")) == 2000
+
+
+@pytest.mark.anyio
+async def test_sync_calls_work_inside_a_running_loop(tmp_path: Path) -> None:
+    """Jupyter runs an event loop; the plain calls must still work there."""
+    run = bulkbatch.plan(SAMPLE, event="welcome", run_dir=tmp_path / "p")
+    assert run.plan_info.rows_read == 2000
+    with bulkbatch.Emulator(progression="immediate") as emu:
+        sent = bulkbatch.send(
+            SAMPLE, event="welcome", settings=FAST.with_(base_url=emu.url), run_dir=tmp_path / "s"
+        )
+    assert sent.summary()["accounting_ok"] is True
+
+
+@pytest.mark.anyio
+async def test_await_asend_and_aresume(tmp_path: Path) -> None:
+    with bulkbatch.Emulator(progression="immediate") as emu:
+        settings = FAST.with_(base_url=emu.url)
+        run = await bulkbatch.asend(
+            SAMPLE,
+            event="welcome",
+            settings=settings,
+            run_dir=tmp_path / "r",
+            run_options=bulkbatch.RunOptions(wait=False),
+        )
+        assert run.status().stage == "next: track"
+        await run.aresume(settings=settings, options=bulkbatch.RunOptions())
+        assert run.status().finished
+        assert emu.stats()["runs"] == 1
+    assert run.summary()["statuses"] == {"ENQUEUED": run.summary()["counts"]["ingested"]}
+
+
+def test_results_parquet_schema(tmp_path: Path) -> None:
+    with bulkbatch.Emulator(progression="immediate") as emu:
+        run = bulkbatch.send(
+            SAMPLE, event="welcome", settings=FAST.with_(base_url=emu.url), run_dir=tmp_path / "r"
+        )
+    schema = pq.read_schema(tmp_path / "r" / "results.parquet")
+    assert schema.names == [
+        "row_number", "user_id", "email", "phone_number", "outcome", "reason", "reason_code",
+        "recipient", "job_id", "message_id", "status",
+    ]  # fmt: skip
+    assert str(schema.field("row_number").type) == "int64"
+    assert run.results()["row_number"].to_list() == list(range(1, 2001))

@@ -764,14 +764,11 @@ def plan(
         once_per_ledger=once_per_ledger,
     )
 
-    def work() -> None:
-        con = open_run_db(state.run_dir)
-        try:
-            _prepare(state, con, frame, progress)
-        finally:
-            con.close()
-
-    work()
+    con = open_run_db(state.run_dir)
+    try:
+        _prepare(state, con, frame, progress)
+    finally:
+        con.close()
     return Run(state.run_dir)
 
 

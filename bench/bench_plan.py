@@ -2,17 +2,23 @@
 
     .venv/bin/python bench/bench_plan.py            # 1M and 10M rows
     .venv/bin/python bench/bench_plan.py --quick    # 100k and 1M rows
+    .venv/bin/python bench/bench_plan.py --rows 1000000 --repeat 3 --jobs default
 
 Audiences are generated once into bench/data/ (gitignored) with ``bulkbatch.synth``
 (2 % duplicates). Each measurement runs load + plan in a fresh subprocess on a fresh run
-database; peak RSS is polled with psutil (the child and its children) every 20 ms.
+database opened like a real run (``bulkbatch.state.open_run_db``: 384MB memory limit, spill
+directory in the run dir); peak RSS is polled with psutil (the child and its children) every
+20 ms. ``--jobs default`` plans with the pipeline's default ``max_job_size`` (100,000, several
+jobs), ``--jobs one`` with a single job; medians are reported over ``--repeat`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,22 +27,26 @@ from pathlib import Path
 
 import psutil
 
+from bulkbatch.config import DEFAULT_MAX_JOB_SIZE
 from bulkbatch.synth import generate
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 
 CHILD = r"""
-import sys, time, duckdb
+import sys, time
 from pathlib import Path
 from bulkbatch.stages.load import LoadOptions, load_inputs
 from bulkbatch.stages.plan import PlanOptions, build_plan
+from bulkbatch.state import open_run_db
 run = Path(sys.argv[2])
-con = duckdb.connect(str(run / "run.duckdb"))
+mjs = int(sys.argv[3]) or None
+con = open_run_db(run)
 t0 = time.perf_counter()
 load = load_inputs(con, LoadOptions((sys.argv[1],)))
 t1 = time.perf_counter()
-info = build_plan(con, PlanOptions(event="welcome", data={"promo": "SPRING"}), run)
+opts = PlanOptions(event="welcome", data={"promo": "SPRING"}, max_job_size=mjs)
+info = build_plan(con, opts, run)
 t2 = time.perf_counter()
 print(load.rows, info.to_send, info.duplicates, info.rejected, info.batches, t1 - t0, t2 - t1)
 """
@@ -51,12 +61,12 @@ def audience(rows: int) -> Path:
     return path
 
 
-def measure(path: Path) -> dict[str, float]:
+def measure(path: Path, max_job_size: int) -> dict[str, float]:
     run = Path(tempfile.mkdtemp(prefix="bench-plan-"))
     try:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(path), str(run)],
+            [sys.executable, "-c", CHILD, str(path), str(run), str(max_job_size)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -93,31 +103,56 @@ def measure(path: Path) -> dict[str, float]:
         shutil.rmtree(run, ignore_errors=True)
 
 
+JOBS = {"one": 0, "default": DEFAULT_MAX_JOB_SIZE}
+
+
+def median_run(path: Path, max_job_size: int, repeat: int) -> dict[str, float]:
+    runs = [measure(path, max_job_size) for _ in range(repeat)]
+    out = dict(runs[0])
+    for key in ("load_s", "plan_s", "wall_s", "peak_mib"):
+        out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100k and 1M rows only")
+    parser.add_argument("--rows", type=int, action="append", help="audience size (repeatable)")
+    parser.add_argument(
+        "--jobs",
+        choices=[*JOBS, "both"],
+        default="both",
+        help="one job, the default max_job_size (100k users per job), or both (default)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell; medians reported")
     args = parser.parse_args()
     sizes = [100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000]
+    if args.rows:
+        sizes = args.rows
+    modes = list(JOBS) if args.jobs == "both" else [args.jobs]
     lines = [
         (
             f"load + plan, {platform.machine()}, {psutil.cpu_count()} CPUs, "
             f"Python {platform.python_version()}"
         ),
         "",
+        (f"load average {os.getloadavg()[0]:.2f}, median of {args.repeat} run(s)"),
+        "",
         (
-            "| rows | to send | duplicates | rejected | batches | load s | plan s | wall s "
+            "| rows | jobs | to send | duplicates | rejected | batches | load s | plan s | wall s "
             "| rows/s | peak RSS MiB |"
         ),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in sizes:
-        r = measure(audience(n))
-        lines.append(
-            f"| {r['rows']:,} | {r['to_send']:,} | {r['duplicates']:,} | {r['rejected']:,} "
-            f"| {r['batches']:,} | {r['load_s']:.1f} | {r['plan_s']:.1f} | {r['wall_s']:.1f} "
-            f"| {r['rows'] / r['wall_s']:,.0f} | {r['peak_mib']:,.0f} |"
-        )
-        print(lines[-1], file=sys.stderr)
+        for mode in modes:
+            r = median_run(audience(n), JOBS[mode], args.repeat)
+            lines.append(
+                f"| {r['rows']:,} | {mode} | {r['to_send']:,} | {r['duplicates']:,} | {r['rejected']:,} "
+                f"| {r['batches']:,} | {r['load_s']:.1f} | {r['plan_s']:.1f} | {r['wall_s']:.1f} "
+                f"| {r['rows'] / r['wall_s']:,.0f} | {r['peak_mib']:,.0f} |"
+            )
+            print(lines[-1], file=sys.stderr)
     print("\n".join(lines))
 
 

@@ -470,6 +470,13 @@ class _Cols:
         t = self.types[col]
         return t == "JSON" or t.startswith(("STRUCT", "MAP")) or t.endswith("]")
 
+    def valid_obj(self, col: str) -> str:
+        """:meth:`obj`'s object text for a row already known not to be ``bad_json``."""
+        c = quote_ident(col)
+        if self.types[col] == "VARCHAR":
+            return f"CASE WHEN {c} IS NOT NULL AND trim({c}) <> '' THEN {c} END"
+        return self.obj(col)[0]
+
     def obj(self, col: str) -> tuple[str, str]:
         """(JSON object text or NULL, bad-JSON boolean) for a data/preferences column."""
         c = quote_ident(col)
@@ -523,15 +530,53 @@ def _phone_digits(expr: str) -> str:
     return f"length(regexp_replace({expr}, '[^0-9]', '', 'g'))"
 
 
-def _staged_sql(
+def _length_bound(cols: _Cols, col: str) -> str:
+    """SQL for an upper bound of the bytes ``col`` can contribute to the user JSON (before the
+    escaping factor applied in :func:`_queries`)."""
+    c = quote_ident(col)
+    t = cols.types[col]
+    if t == "VARCHAR":
+        return f"coalesce(strlen({c}), 0)"
+    if t == "JSON":
+        return f"coalesce(strlen({c}::VARCHAR), 0)"
+    return f"(coalesce(strlen(to_json({c})::VARCHAR), 0) + coalesce(strlen({c}::VARCHAR), 0))"
+
+
+# Every output byte comes from an input byte at most this many times over: a value can appear
+# twice (the recipient and its own member), JSON escaping turns one byte into at most six
+# (\u00XX), lower() grows UTF-8 by at most half, re-serialised JSON numbers by under 5x.
+_BOUND_FACTOR = 16
+_BOUND_SLACK = 4096
+
+
+@dataclass(frozen=True)
+class _Queries:
+    """SQL pieces over one audience row. ``columns`` is the first projection (``a``), over the
+    audience; ``recipient`` is over ``a``; ``reason``/``reason_text``/``user``/``flags`` are
+    over ``a`` plus ``recipient`` (``reason_text`` also needs ``_code``)."""
+
+    address: list[str]
+    keep: str
+    validity: list[str]
+    extras: list[str]
+    payload: list[str]
+    recipient: str
+    reason: str
+    reason_text: str
+    user: str
+    to_email_only: str
+    to_email_extra: str | None
+    bound: str
+
+
+def _queries(
     options: PlanOptions,
     cols: _Cols,
     targets: Mapping[str, str],
-    audience: str,
     where_label: str,
-) -> str:
-    """The query producing one row per audience row: row_number, recipient, reason_code,
-    reason, user_json (only for valid rows) and warning flags."""
+) -> _Queries:
+    """The expressions for one row: address columns, validation and reason, and the user JSON
+    (only meaningful for valid rows)."""
     t = targets
     uid = cols.text(t["to.user_id"]) if "to.user_id" in t else "NULL::VARCHAR"
     email = f"lower({cols.text(t['profile.email'])})" if "profile.email" in t else "NULL::VARCHAR"
@@ -539,15 +584,15 @@ def _staged_sql(
     list_id = cols.text(t["to.list_id"]) if "to.list_id" in t else "NULL::VARCHAR"
     where = f"coalesce(({options.where})::BOOLEAN, false)" if options.where else "true"
 
-    select = [
+    address = [
         "row_number",
         f"{uid} AS _uid",
         f"{email} AS _email",
         f"{phone}::VARCHAR AS _phone",
         f"{list_id} AS _list",
-        f"{where} AS _keep",
     ]
     extras: list[str] = []  # per-target JSON text columns, referenced later as _x<n>
+    to_email_extra: str | None = None
     profile_members: list[tuple[str, str]] = [
         ("email", "to_json(_email)::VARCHAR"),
         ("phone_number", "to_json(_phone)::VARCHAR"),
@@ -564,6 +609,8 @@ def _staged_sql(
         else:
             expr = cols.value(col)
         extras.append(f"{expr} AS {name}")
+        if target == "to.email":
+            to_email_extra = f"{expr} AS {name}"
         prefix, _, key = target.partition(".")
         if prefix == "profile":
             profile_members.append((key, name))
@@ -574,17 +621,22 @@ def _staged_sql(
             data_nested = data_nested or cols.nested(col)
     if "to.list_id" in t:
         to_members.append(("list_id", "to_json(_list)::VARCHAR"))
-    select += extras
+    validity: list[str] = []
+    payload: list[str] = []
     if "data" in t:
-        d_obj, d_bad = cols.obj(t["data"])
-        select += [f"{d_obj} AS _dcol", f"{d_bad} AS _dbad"]
+        _, d_bad = cols.obj(t["data"])
+        validity.append(f"{d_bad} AS _dbad")
+        payload.append(f"{cols.valid_obj(t['data'])} AS _dcol")
     else:
-        select += ["NULL::VARCHAR AS _dcol", "false AS _dbad"]
+        validity.append("false AS _dbad")
+        payload.append("NULL::VARCHAR AS _dcol")
     if "preferences" in t:
-        p_obj, p_bad = cols.obj(t["preferences"])
-        select += [f"{p_obj} AS _pcol", f"{p_bad} AS _pbad"]
+        _, p_bad = cols.obj(t["preferences"])
+        validity.append(f"{p_bad} AS _pbad")
+        payload.append(f"{cols.valid_obj(t['preferences'])} AS _pcol")
     else:
-        select += ["NULL::VARCHAR AS _pcol", "false AS _pbad"]
+        validity.append("false AS _pbad")
+        payload.append("NULL::VARCHAR AS _pcol")
 
     # the per-user data and the merge with the global data
     global_data = orjson.dumps(dict(options.data)).decode() if options.data else None
@@ -645,45 +697,75 @@ def _staged_sql(
               THEN {_lit("column " + data_col + " is not a JSON object")}
               ELSE {_lit("column " + pref_col + " is not a JSON object")} END
         END"""
-    too_large = (
-        f"'user JSON is ' || strlen(user_json) || ' bytes, over the "
-        f"{options.max_user_bytes}-byte limit (--max-user-bytes)'"
-    )
-    return f"""
-    WITH a AS (
-        SELECT {", ".join(select)} FROM {audience}
-    ), b AS (
-        SELECT *,
+    recipient = """
             CASE WHEN _uid IS NOT NULL THEN _uid
                  WHEN _email IS NOT NULL THEN 'email:' || _email
                  WHEN _phone IS NOT NULL THEN 'phone:'
                       || CASE WHEN starts_with(_phone, '+') THEN '+' ELSE '' END
                       || regexp_replace(_phone, '[^0-9]', '', 'g')
                  WHEN _list IS NOT NULL THEN 'list:' || _list
-            END AS recipient
-        FROM a
-    ), c AS (
-        SELECT *, {reason} AS _code FROM b
-    ), d AS (
-        SELECT row_number, recipient, _code, {reason_text} AS _reason,
-               CASE WHEN _code IS NULL THEN {user} END AS user_json,
-               _email IS NULL AS _no_profile_email,
-               {
-        "_x" + str(_index_of(t, "to.email")) + " IS NOT NULL AND _email IS NULL"
+            END"""
+    to_email_only = (
+        f"_x{_index_of(t, 'to.email')} IS NOT NULL AND _email IS NULL"
         if "to.email" in t
         else "false"
-    } AS _to_email_only
-        FROM c
     )
-    SELECT row_number, recipient,
-           CASE WHEN _code IS NULL AND strlen(user_json) > {options.max_user_bytes}
-                THEN 'too_large' ELSE _code END AS reason_code,
-           CASE WHEN _code IS NULL AND strlen(user_json) > {options.max_user_bytes}
-                THEN {too_large} ELSE _reason END AS reason,
-           CASE WHEN _code IS NULL AND strlen(user_json) <= {options.max_user_bytes}
-                THEN user_json END AS user_json,
-           _no_profile_email, _to_email_only
-    FROM d
+    used = sorted(set(t.values()))
+    constant = len(global_data or "") + sum(len(_json_key(k)) for k in t) + 64 * (len(t) + 8)
+    bound = (
+        f"({_BOUND_FACTOR} * ({' + '.join(_length_bound(cols, c) for c in used) or '0'} "
+        f"+ {constant}) + {_BOUND_SLACK})"
+    )
+    return _Queries(
+        address=address,
+        keep=f"{where} AS _keep",
+        validity=validity,
+        extras=extras,
+        payload=payload,
+        recipient=recipient,
+        reason=reason,
+        reason_text=reason_text,
+        user=user,
+        to_email_only=to_email_only,
+        to_email_extra=to_email_extra,
+        bound=bound,
+    )
+
+
+def _keys_sql(q: _Queries, options: PlanOptions, audience: str) -> str:
+    """One narrow row per audience row, in the audience's order: row_number, recipient,
+    reason_code, reason, the warning flags, and whether the row's user JSON must be measured
+    (``_check``: valid, and its size bound is over ``max_user_bytes``). No user JSON is built."""
+    first = [*q.address, q.keep, *q.validity, f"{q.bound} AS _bound"]
+    if q.to_email_extra is not None:
+        first.append(q.to_email_extra)
+    return f"""
+    WITH a AS (
+        SELECT {", ".join(first)} FROM {audience}
+    ), b AS (
+        SELECT *, {q.recipient} AS recipient FROM a
+    ), c AS (
+        SELECT *, {q.reason} AS _code FROM b
+    )
+    SELECT row_number, recipient, _code AS reason_code, {q.reason_text} AS reason,
+           _email IS NULL AS _no_profile_email, {q.to_email_only} AS _to_email_only,
+           _code IS NULL AND _bound > {int(options.max_user_bytes)} AS _check
+    FROM c
+    """
+
+
+def _users_sql(q: _Queries, source: str, where: str, carry: Sequence[str]) -> str:
+    """``row_number, recipient, user_json`` (plus the ``carry`` columns of ``source``) for the
+    rows of ``source`` (the audience, possibly joined) that pass ``where``; keeps their order."""
+    first = [*q.address, *q.extras, *q.payload, *carry]
+    kept = ", ".join(carry)
+    return f"""
+    WITH a AS (
+        SELECT {", ".join(first)} FROM {source} WHERE {where}
+    ), b AS (
+        SELECT *, {q.recipient} AS recipient FROM a
+    )
+    SELECT row_number, recipient, {q.user} AS user_json{", " + kept if kept else ""} FROM b
     """
 
 
@@ -772,6 +854,10 @@ def build_plan(
     Creates ``plan``, ``rejects`` and ``duplicates``; writes ``plan.parquet`` and
     ``rejects.parquet`` into ``run_dir`` when given.
 
+    How (for speed and flat memory): validation, deduplication and the batch/job numbering
+    run on a narrow key table (``row_number``, ``recipient``, reason); the user JSON is built
+    once, only for the users to send, in the pass that writes ``plan``.
+
     :raises UsageError: bad options, an unknown ``--map`` column, bad ``--where``/``--sql``
     :raises InputError: the input has no address column at all
     :raises PlanError: ``--dedupe fail`` met duplicates, or DuckDB failed
@@ -805,13 +891,14 @@ def build_plan(
                 f"the input columns ({', '.join(audience_columns)}); quote names with dots, "
                 'e.g. "data.plan".'
             ) from None
-    staged_sql = _staged_sql(options, _Cols(types), targets, audience, label)
+    q = _queries(options, _Cols(types), targets, label)
     kept = "first_row" if options.dedupe in ("first", "fail") else "last_row"
     try:
         con.execute("DROP TABLE IF EXISTS plan")
         con.execute("DROP TABLE IF EXISTS rejects")
         con.execute("DROP TABLE IF EXISTS duplicates")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _bb_staged AS {staged_sql}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _bb_keys AS {_keys_sql(q, options, audience)}")
+        _mark_too_large(con, q, options, audience)
         filtered_sql = ""
         if options.sql:
             filtered_sql = (
@@ -821,19 +908,19 @@ def build_plan(
         con.execute(
             "CREATE TABLE rejects AS SELECT row_number::BIGINT AS row_number, "
             "reason_code::VARCHAR AS reason_code, reason::VARCHAR AS reason FROM ("
-            "SELECT row_number, reason_code, reason FROM _bb_staged "
+            "SELECT row_number, reason_code, reason FROM _bb_keys "
             f"WHERE reason_code IS NOT NULL {filtered_sql}) ORDER BY row_number"
         )
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _bb_groups AS SELECT recipient, "
             "min(row_number) AS first_row, max(row_number) AS last_row, count(*) AS n "
-            "FROM _bb_staged WHERE reason_code IS NULL GROUP BY recipient HAVING count(*) > 1"
+            "FROM _bb_keys WHERE reason_code IS NULL GROUP BY recipient HAVING count(*) > 1"
         )
         groups = fetch_one(con, "SELECT count(*), coalesce(sum(n - 1), 0) FROM _bb_groups")
         if options.dedupe == "fail" and groups[0]:
             first = con.execute(
                 "SELECT g.recipient, list(s.row_number ORDER BY s.row_number) FROM "
-                "(SELECT * FROM _bb_groups ORDER BY first_row LIMIT 1) g JOIN _bb_staged s "
+                "(SELECT * FROM _bb_groups ORDER BY first_row LIMIT 1) g JOIN _bb_keys s "
                 "ON s.recipient = g.recipient AND s.reason_code IS NULL GROUP BY g.recipient"
             ).fetchall()[0]
             rows = ", ".join(str(r) for r in first[1])
@@ -845,11 +932,12 @@ def build_plan(
         con.execute(
             "CREATE TABLE duplicates AS SELECT s.row_number::BIGINT AS row_number, "
             "s.recipient::VARCHAR AS recipient, "
-            f"g.{kept}::BIGINT AS kept_row_number FROM _bb_staged s JOIN _bb_groups g "
+            f"g.{kept}::BIGINT AS kept_row_number FROM _bb_keys s JOIN _bb_groups g "
             f"ON s.recipient = g.recipient WHERE s.reason_code IS NULL "
             f"AND s.row_number <> g.{kept} ORDER BY s.row_number"
         )
-        con.execute(_plan_sql(options))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _bb_order AS {_order_sql(options)}")
+        _write_plan(con, q, audience)
         info = _report(con, options, targets, message, started)
     except duckdb.Error as exc:
         if options.where or options.sql:
@@ -860,39 +948,57 @@ def build_plan(
         raise PlanError(f"The plan query failed: {_first_line(exc)}.") from None
     finally:
         with contextlib.suppress(duckdb.Error):
-            con.execute("DROP TABLE IF EXISTS _bb_staged")
-            con.execute("DROP TABLE IF EXISTS _bb_groups")
+            for table in ("_bb_keys", "_bb_groups", "_bb_order"):
+                con.execute(f"DROP TABLE IF EXISTS {table}")
     if run_dir is not None:
         _write_parquet(con, Path(run_dir))
     return info
 
 
-def _plan_sql(options: PlanOptions) -> str:
+def _mark_too_large(
+    con: duckdb.DuckDBPyConnection, q: _Queries, options: PlanOptions, audience: str
+) -> None:
+    """Reject as ``too_large`` the valid rows whose user JSON is over ``max_user_bytes``.
+
+    Only rows whose size bound (``_check``) is over the limit can be; their JSON is built and
+    measured here. The update keeps ``_bb_keys`` in its physical order."""
+    if not fetch_one(con, "SELECT count(*) FROM _bb_keys WHERE _check")[0]:
+        return
+    limit = int(options.max_user_bytes)
+    users = _users_sql(
+        q, audience, "row_number IN (SELECT row_number FROM _bb_keys WHERE _check)", ()
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _bb_large AS SELECT row_number, strlen(user_json) AS n "
+        f"FROM ({users}) WHERE strlen(user_json) > {limit}"
+    )
+    con.execute(
+        "UPDATE _bb_keys SET reason_code = 'too_large', reason = 'user JSON is ' || l.n || "
+        f"' bytes, over the {limit}-byte limit (--max-user-bytes)' "
+        "FROM _bb_large l WHERE _bb_keys.row_number = l.row_number"
+    )
+    con.execute("DROP TABLE IF EXISTS _bb_large")
+
+
+def _order_sql(options: PlanOptions) -> str:
+    """``row_number, job_no, batch_no`` of every user to send (narrow; any order)."""
     bs = int(options.batch_size)
     source = (
-        "SELECT s.row_number, s.recipient, s.user_json FROM _bb_staged s "
-        "WHERE s.reason_code IS NULL AND s.row_number NOT IN (SELECT row_number FROM duplicates)"
-    )
-    cols = (
-        "row_number::BIGINT AS row_number, recipient::VARCHAR AS recipient, "
-        "job_no::INTEGER AS job_no, batch_no::INTEGER AS batch_no, "
-        "user_json::VARCHAR AS user_json"
+        "SELECT row_number, recipient FROM _bb_keys WHERE reason_code IS NULL "
+        "AND row_number NOT IN (SELECT row_number FROM duplicates)"
     )
     if options.max_job_size is None:
         return f"""
-        CREATE TABLE plan AS SELECT {cols} FROM (
-            SELECT row_number, recipient, 0 AS job_no,
-                   (row_number() OVER (ORDER BY row_number) - 1) // {bs} AS batch_no, user_json
-            FROM ({source})
-        ) ORDER BY batch_no, row_number
+        SELECT row_number, 0 AS job_no,
+               (row_number() OVER (ORDER BY row_number) - 1) // {bs} AS batch_no
+        FROM ({source})
         """
     mjs = int(options.max_job_size)
     return f"""
-    CREATE TABLE plan AS
     WITH p AS ({source}),
     j AS (
-        SELECT *, (row_number() OVER (ORDER BY md5(recipient), row_number) - 1) // {mjs}
-                  AS job_no
+        SELECT row_number, (row_number() OVER (ORDER BY md5(recipient), row_number) - 1)
+               // {mjs} AS job_no
         FROM p
     ),
     k AS (
@@ -904,11 +1010,29 @@ def _plan_sql(options: PlanOptions) -> str:
                PRECEDING AND 1 PRECEDING), 0) AS first_batch
         FROM c
     )
-    SELECT {cols} FROM (
-        SELECT row_number, recipient, job_no, first_batch + pos // {bs} AS batch_no, user_json
-        FROM k JOIN o USING (job_no)
-    ) ORDER BY batch_no, row_number
+    SELECT row_number, job_no, first_batch + pos // {bs} AS batch_no FROM k JOIN o USING (job_no)
     """
+
+
+_PLAN_COLUMNS = (
+    "row_number::BIGINT AS row_number, recipient::VARCHAR AS recipient, "
+    "__bb_job::INTEGER AS job_no, __bb_batch::INTEGER AS batch_no, "
+    "user_json::VARCHAR AS user_json"
+)
+
+
+def _write_plan(con: duckdb.DuckDBPyConnection, q: _Queries, audience: str) -> None:
+    """Create ``plan`` in ``batch_no, row_number`` order, building each user's JSON once,
+    only for the users to send (a hash join with the narrow ``_bb_order``, then one sort on
+    the two integer keys)."""
+    source = (
+        f"(SELECT * FROM {audience} JOIN (SELECT row_number AS __bb_row, job_no AS __bb_job, "
+        "batch_no AS __bb_batch FROM _bb_order) o ON o.__bb_row = row_number)"
+    )
+    users = _users_sql(q, source, "true", ("__bb_job", "__bb_batch"))
+    con.execute(
+        f"CREATE TABLE plan AS SELECT {_PLAN_COLUMNS} FROM ({users}) ORDER BY batch_no, row_number"
+    )
 
 
 def _report(
@@ -939,7 +1063,7 @@ def _report(
     group_rows = con.execute(
         "SELECT g.recipient, list(s.row_number ORDER BY s.row_number), any_value(d.kept) FROM "
         f"(SELECT * FROM _bb_groups ORDER BY first_row LIMIT {_DUP_GROUPS}) g "
-        "JOIN _bb_staged s ON s.recipient = g.recipient AND s.reason_code IS NULL "
+        "JOIN _bb_keys s ON s.recipient = g.recipient AND s.reason_code IS NULL "
         "JOIN (SELECT recipient, any_value(kept_row_number) AS kept FROM duplicates "
         "GROUP BY 1) d ON d.recipient = g.recipient "
         "GROUP BY g.recipient ORDER BY min(s.row_number)"
@@ -983,7 +1107,7 @@ def _warnings(
 ) -> list[str]:
     warnings: list[str] = []
     sent = (
-        "FROM _bb_staged s WHERE s.reason_code IS NULL "
+        "FROM _bb_keys s WHERE s.reason_code IS NULL "
         "AND s.row_number NOT IN (SELECT row_number FROM duplicates)"
     )
     if options.channel == "email":

@@ -182,8 +182,9 @@ class LedgerWriter:
         cur.execute("BEGIN TRANSACTION")
         try:
             if acks:
-                cur.executemany(
-                    "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _insert_rows(
+                    cur,
+                    "INSERT OR REPLACE INTO batches",
                     [
                         (
                             a.batch_no,
@@ -229,11 +230,23 @@ class LedgerWriter:
                 last: dict[int, PageRecord] = {}
                 for p in pages:
                     last[p.job_no] = p
-                cur.executemany(
-                    "INSERT OR REPLACE INTO paging VALUES (?, ?, ?, ?)",
+                _insert_rows(
+                    cur,
+                    "INSERT OR REPLACE INTO paging",
                     [(p.job_no, p.page_no + 1, p.next_cursor, p.done) for p in last.values()],
                 )
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+
+def _insert_rows(
+    cur: duckdb.DuckDBPyConnection, insert: str, rows: list[tuple[object, ...]]
+) -> None:
+    """One multi-row INSERT: DuckDB's ``executemany`` runs a statement per row, which made
+    the per-page cursor upsert a tenth of a 1M run's CPU."""
+    if not rows:
+        return
+    one = "(" + ", ".join("?" * len(rows[0])) + ")"
+    cur.execute(f"{insert} VALUES {', '.join([one] * len(rows))}", [v for r in rows for v in r])

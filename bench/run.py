@@ -615,6 +615,13 @@ def _analysis(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -
 MICRO = {
     "bench_plan.py (load + plan only)": ["bench/bench_plan.py"],
     "bench_emulator.py (emulator ingest throughput)": ["bench/bench_emulator.py"],
+    "chaos.py (kills, faults and an emulator restart; nothing lost or twice)": [
+        "bench/chaos.py",
+        "--faults",
+        "rate_limit=200,error_rate=0.05,drop_rate=0.03,latency_ms=5,seed=13",
+        "--users",
+        "1000000",
+    ],
     "bench_ratelimit.py (rate limiter vs server limit)": [
         "bench/bench_ratelimit.py",
         "--rates",
@@ -634,6 +641,8 @@ def run_micro(quick: bool) -> dict[str, str]:
         cmd = [sys.executable, str(script), *argv[1:]]
         if quick and argv[0].endswith("bench_plan.py"):
             cmd.append("--quick")
+        if quick and argv[0].endswith("chaos.py"):
+            cmd[-1] = "100000"
         log(f"micro-benchmark: {shlex.join(cmd[1:])}")
         try:
             p = subprocess.run(

@@ -72,17 +72,6 @@ class EmulatorProcess:
         data: dict[str, Any] = httpx.get(f"{self.url}/_emulator/stats", timeout=10).json()
         return data
 
-    @staticmethod
-    def accepted_in_db(db: Path) -> int:
-        """Users accepted, read from a stopped emulator's --db file."""
-        import sqlite3
-
-        con = sqlite3.connect(db)
-        try:
-            return int(con.execute("SELECT count(*) FROM users").fetchone()[0])
-        finally:
-            con.close()
-
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["COURIER_BASE_URL"] = self.url
@@ -113,12 +102,3 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> N
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

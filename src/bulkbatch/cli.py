@@ -438,7 +438,23 @@ def _emit_json(data: Any) -> None:
 # -- the group ------------------------------------------------------------------------
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class LazyGroup(click.Group):
+    """A group whose heavier subcommands are imported only when used (or listed in help)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, Callable[[], click.Command]] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy_commands])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            self.add_command(self.lazy_commands[cmd_name](), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="bulkbatch")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option(
@@ -923,13 +939,14 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
     click.echo(str(bulkbatch.report(run_dir, out)))
 
 
-def _add_emulator() -> None:
+def _emulator_command() -> click.Command:
+    # Imported on demand: starlette and uvicorn are only needed to serve.
     from bulkbatch.emulator.cli import emulator_command
 
-    cli.add_command(emulator_command, "emulator")
+    return emulator_command
 
 
-_add_emulator()
+cli.lazy_commands["emulator"] = _emulator_command
 
 
 def main() -> None:

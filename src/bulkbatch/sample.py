@@ -1,4 +1,4 @@
-"""The README's first command: the sample audience, end to end, on a local emulator."""
+"""The sample audience, and the README's first command: sending it end to end to a local emulator."""
 
 from __future__ import annotations
 

@@ -102,6 +102,14 @@ _ENCODINGS = {
     "iso8859-1": "latin-1",
 }
 _SOURCE_COL = "__bb_source"
+_REJECTS = "_bb_csv_rejects"
+_REJECT_SCANS = "_bb_csv_reject_scans"
+_LINE_PROBLEMS = {
+    "TOO MANY COLUMNS": "has more fields than the header",
+    "MISSING COLUMNS": "has fewer fields than the header",
+    "UNQUOTED VALUE": "has a quote in the wrong place",
+    "LINE SIZE OVER MAXIMUM": "is longer than the CSV reader allows",
+}
 _RESERVED = {"row_number": "input_row_number", "source": "input_source"}
 
 
@@ -266,7 +274,14 @@ def _reader(kind: str, files: Sequence[str], options: LoadOptions) -> str:
         return f"read_parquet({file_list}, {common})"
     if kind == "ndjson":
         return f"read_json({file_list}, format = 'auto', {common})"
-    args = [file_list, common, "all_varchar = true"]
+    # Lines that do not parse (ragged rows, stray quotes) are recorded instead of failing the
+    # whole file or derailing the dialect sniffer; they become ``bad_row`` rejects.
+    args = [
+        file_list,
+        f"filename = {_lit(_SOURCE_COL)}",
+        "all_varchar = true",
+        f"store_rejects = true, rejects_table = '{_REJECTS}', rejects_scan = '{_REJECT_SCANS}'",
+    ]
     if options.delimiter is not None:
         args.append(f"delim = {_lit(options.delimiter)}")
     if options.quote is not None:
@@ -376,13 +391,20 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
     kinds = [_format_of(f, options.format) for f in files]
     groups: list[tuple[str, list[str]]] = []
     for f, kind in zip(files, kinds, strict=True):
-        if groups and groups[-1][0] == kind:
+        # CSV files are read one at a time: DuckDB records unparseable lines (store_rejects)
+        # only without union_by_name; different columns are still unioned by name below.
+        if groups and groups[-1][0] == kind and kind != "csv":
             groups[-1][1].append(f)
         else:
             groups.append((kind, [f]))
     configure_connection(con)
+    con.execute(
+        "CREATE OR REPLACE TABLE load_rejects "
+        "(row_number BIGINT, source VARCHAR, line BIGINT, reason VARCHAR)"
+    )
     columns: list[str] = []
     rows = 0
+    bad_lines: list[tuple[str, int, str]] = []
     for index, (kind, group) in enumerate(groups):
         reader = _reader(kind, group, options)
         try:
@@ -399,6 +421,26 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
             raise _read_error(exc, kind, group) from None
         columns.extend(n for n in names if n not in columns)
         rows = int(count[0])
+        if kind == "csv":
+            bad_lines.extend(_csv_rejects(con, group))
+    if bad_lines:
+        # Unparseable lines are input rows too (the accounting must add up): they follow the
+        # readable rows, in file and line order, with nothing but their source filled in.
+        con.execute(
+            "INSERT INTO inputs (row_number, source) SELECT * FROM (VALUES "
+            + ", ".join("(?, ?)" for _ in bad_lines)
+            + ")",
+            [v for n, (src, _, _) in enumerate(bad_lines, rows + 1) for v in (n, src)],
+        )
+        con.execute(
+            "INSERT INTO load_rejects VALUES " + ", ".join("(?, ?, ?, ?)" for _ in bad_lines),
+            [
+                v
+                for n, (src, line, reason) in enumerate(bad_lines, rows + 1)
+                for v in (n, src, line, reason)
+            ],
+        )
+        rows += len(bad_lines)
     if rows == 0:
         raise InputError(
             f"Input is empty: {_describe_files(files)} has no data rows. "
@@ -411,6 +453,48 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
         fingerprint=_fingerprint_files(files),
         seconds=time.perf_counter() - started,
     )
+
+
+def _first_sentences(message: str) -> str:
+    text = " ".join(str(message).split())
+    return text if text.endswith(".") else text + "."
+
+
+def _csv_rejects(
+    con: duckdb.DuckDBPyConnection, files: Sequence[str]
+) -> list[tuple[str, int, str]]:
+    """The lines DuckDB could not parse in ``files``: (file, line, reason), in order.
+
+    A file that is not valid UTF-8 is a whole-file problem with one fix (``--encoding``),
+    so it stays an error rather than a reject per accented line.
+    """
+    found = con.execute(
+        f"""
+        SELECT s.file_path, e.line, list(DISTINCT e.error_type), any_value(e.csv_line),
+               min(e.error_message)
+        FROM {_REJECTS} e JOIN {_REJECT_SCANS} s USING (scan_id, file_id)
+        GROUP BY ALL ORDER BY s.file_path, e.line
+        """
+    ).fetchall()
+    con.execute(f"DROP TABLE IF EXISTS {_REJECTS}")
+    con.execute(f"DROP TABLE IF EXISTS {_REJECT_SCANS}")
+    order = {f: i for i, f in enumerate(files)}
+    out: list[tuple[int, str, int, str]] = []
+    for path, line, types, text, message in found:
+        if "INVALID UNICODE" in types or "INVALID ENCODING" in types:
+            raise InputError(
+                f"Cannot read {path} (line {line}): {_first_sentences(message)} Pass "
+                "--encoding with the file's encoding (e.g. --encoding latin-1), or save it "
+                "as UTF-8."
+            )
+        problem = "; ".join(_LINE_PROBLEMS.get(t, f"{t.lower()}: {message}") for t in types)
+        snippet = (text or "").strip()
+        snippet = snippet if len(snippet) <= 120 else snippet[:117] + "..."
+        out.append(
+            (order.get(path, len(order)), path, int(line), f"line {line} {problem}: {snippet}")
+        )
+    out.sort()
+    return [(path, line, reason) for _, path, line, reason in out]
 
 
 def _frame_source(frame: object) -> tuple[str, object]:

@@ -50,6 +50,9 @@ Validation, filtering and reason codes
 Every input row ends in exactly one of ``plan``, ``rejects`` or ``duplicates``. A row gets the
 first reason that applies, in this order:
 
+* ``bad_row``    - "line N has more fields than the header: …": a CSV line the reader could
+  not parse; load keeps it as an (empty) input row so the accounting holds, and the reason
+  quotes the line so it can be fixed.
 * ``filtered``   - "excluded by --where" / "excluded by --sql": the row was removed by the
   ``--where`` filter or is not in the ``--sql`` result. Recorded as a reject so the accounting
   (input = to send + duplicates + rejected) holds.
@@ -120,6 +123,7 @@ REASONS: dict[str, str] = {
     "bad_phone": "phone number has fewer than 7 or more than 15 digits",
     "bad_json": "the data/preferences column is not a JSON object",
     "too_large": "the user's JSON is over the size limit (max_user_bytes)",
+    "bad_row": "a CSV line that could not be parsed (too many or too few fields, a stray quote)",
 }
 """The stable reason codes and what they mean (the per-row ``reason`` adds the value)."""
 
@@ -732,6 +736,20 @@ def _queries(
     )
 
 
+def _mark_bad_rows(con: duckdb.DuckDBPyConnection) -> None:
+    """Lines the CSV reader could not parse (table ``load_rejects``, written by load) are
+    input rows with nothing in them; reject them as ``bad_row`` with the line and why."""
+    exists = fetch_one(
+        con,
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'load_rejects' AND NOT temporary",
+    )
+    if exists and exists[0]:
+        con.execute(
+            "UPDATE _bb_keys SET reason_code = 'bad_row', reason = lr.reason, recipient = NULL "
+            "FROM load_rejects lr WHERE _bb_keys.row_number = lr.row_number"
+        )
+
+
 def _keys_sql(q: _Queries, options: PlanOptions, audience: str) -> str:
     """One narrow row per audience row, in the audience's order: row_number, recipient,
     reason_code, reason, the warning flags, and whether the row's user JSON must be measured
@@ -899,6 +917,7 @@ def build_plan(
         con.execute("DROP TABLE IF EXISTS duplicates")
         con.execute(f"CREATE OR REPLACE TEMP TABLE _bb_keys AS {_keys_sql(q, options, audience)}")
         _mark_too_large(con, q, options, audience)
+        _mark_bad_rows(con)
         filtered_sql = ""
         if options.sql:
             filtered_sql = (

@@ -24,7 +24,6 @@ from bulkbatch.progress import ProgressEvent
 
 if TYPE_CHECKING:
     from bulkbatch.pipeline import Run
-    from bulkbatch.stages.results import ResultsInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -636,7 +635,7 @@ def send_options(fn: F) -> F:
     return fn
 
 
-def _finish(info: ResultsInfo | None, run: Run, as_json: bool, allow_failures: bool) -> None:
+def _finish(run: Run, as_json: bool, allow_failures: bool) -> None:
     summary = run.summary() if (run.path / "summary.json").exists() else None
     if as_json:
         _emit_json(summary or {"run_dir": str(run.path), "status": run.status().to_dict()})
@@ -747,7 +746,7 @@ def send(
             once_per_ledger=kw.get("once_per_ledger"),
             **options,
         )
-    _finish(None, run, as_json, allow_failures)
+    _finish(run, as_json, allow_failures)
 
 
 @cli.command()
@@ -806,7 +805,7 @@ def resume(
     )
     with _renderer(ctx) as render:
         run = bulkbatch.resume(run_dir, settings=settings, progress=render, timeout=timeout)
-    _finish(None, run, as_json, allow_failures)
+    _finish(run, as_json, allow_failures)
 
 
 @cli.command()

@@ -49,11 +49,3 @@ class RecordingProgress:
 
     def __call__(self, event: ProgressEvent) -> None:
         self.events.append(event)
-
-    def stages(self) -> list[str]:
-        """The stages reported, in first-seen order."""
-        seen: list[str] = []
-        for e in self.events:
-            if e.stage not in seen:
-                seen.append(e.stage)
-        return seen

@@ -210,10 +210,6 @@ class RunState:
             self.timings[stage] = round(seconds, 3)
         self.save()
 
-    def unmark(self, *stages: str) -> None:
-        for s in stages:
-            self.stages.pop(s, None)
-
     def job(self, job_no: int) -> JobState:
         for j in self.jobs:
             if j.job_no == job_no:

@@ -34,32 +34,11 @@ from bulkbatch.ledger import BatchAck, LedgerWriter
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
 from bulkbatch.state import JobState, RunState
 
-__all__ = ["SendInfo", "create_job", "ingest_job", "run_job", "verify_job"]
+__all__ = ["acked_batches", "create_job", "ingest_job", "ingest_progress", "run_job", "verify_job"]
 
 DUPLICATE_USER = "Duplicate user"
 CHUNK_BATCHES = 16
 """Batches read from DuckDB per query: bounds the memory of bodies waiting to be sent."""
-
-
-@dataclass(frozen=True)
-class SendInfo:
-    """What the send stage did for a run."""
-
-    jobs: tuple[str, ...]
-    batches: int
-    batches_sent: int
-    batches_already_acked: int
-    users_planned: int
-    duplicate_errors: int
-    other_errors: int
-    seconds: float
-
-    def __repr__(self) -> str:
-        return (
-            f"<SendInfo jobs={len(self.jobs)} batches={self.batches} sent_now="
-            f"{self.batches_sent} already={self.batches_already_acked} "
-            f"ingest_errors={self.other_errors} {self.seconds:.1f}s>"
-        )
 
 
 @dataclass(frozen=True)

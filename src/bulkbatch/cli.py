@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import click
 
-from bulkbatch.config import DEFAULT_MAX_JOB_SIZE
 from bulkbatch.errors import BulkBatchError
 from bulkbatch.progress import ProgressEvent
 
@@ -353,9 +352,11 @@ def input_options(fn: F) -> F:
         click.option(
             "--max-job-size",
             type=click.IntRange(0),
-            default=DEFAULT_MAX_JOB_SIZE,
-            show_default=True,
-            help="Users per bulk job; jobs are paged side by side. 0: one job for everyone.",
+            default=None,
+            help=(
+                "Users per bulk job; jobs are paged side by side. Default: about --concurrency "
+                "jobs of at least 10,000 users. 0: one job for everyone."
+            ),
         ),
         click.option(
             "--format",

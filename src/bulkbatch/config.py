@@ -13,15 +13,27 @@ from typing import Any
 
 from bulkbatch.errors import UsageError
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_JOB_SIZE", "MAX_BATCH_SIZE", "Settings"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "MAX_BATCH_SIZE",
+    "MIN_AUTO_JOB_SIZE",
+    "Settings",
+    "auto_job_size",
+]
 
 DEFAULT_BASE_URL = "https://api.courier.com"
 MAX_BATCH_SIZE = 1000
 """Courier answers 502 above roughly this many users in one ingest call."""
-DEFAULT_MAX_JOB_SIZE = 100_000
-"""Users per bulk job unless told otherwise. Per-user results are paged 100 at a time,
-one page after another within a job; splitting a large audience into jobs lets their
-pages be fetched side by side (1M users: 10 jobs instead of 10,000 sequential requests)."""
+MIN_AUTO_JOB_SIZE = 10_000
+"""With no ``max_job_size`` given, a run is cut into about ``concurrency`` jobs of at least
+this many users. Per-user results are paged 100 at a time, strictly one page after the
+next within a job, so one job of 1M users is 10,000 sequential round trips (minutes over
+the internet); jobs page side by side, one pager per in-flight request slot."""
+
+
+def auto_job_size(rows: int, concurrency: int) -> int:
+    """The job size used when none is given: ``rows`` split over ``concurrency`` pagers."""
+    return max(MIN_AUTO_JOB_SIZE, -(-rows // max(1, concurrency)))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import duckdb
 import orjson
 
 from bulkbatch._sync import run_sync
-from bulkbatch.config import DEFAULT_MAX_JOB_SIZE, Settings
+from bulkbatch.config import Settings, auto_job_size
 from bulkbatch.courier import CourierClient
 from bulkbatch.errors import StateError, UsageError
 from bulkbatch.html_report import write_report
@@ -490,6 +490,11 @@ def _prepare(
     if not state.done("plan"):
         progress(ProgressEvent("plan", message="planning"))
         started = time.monotonic()
+        if state.options.get("auto_job_size"):
+            concurrency = int(state.options.get("settings", {}).get("concurrency") or 8)
+            size = auto_job_size(int(state.inputs.get("rows", 0)), concurrency)
+            plan_opts = dataclasses.replace(plan_opts, max_job_size=size)
+            state.options["plan"]["max_job_size"] = size
         pinfo = build_plan(con, plan_opts, state.run_dir)
         state.plan = pinfo.to_dict()
         state.message = job_message(plan_opts)
@@ -669,9 +674,10 @@ def _begin(
     once_per_ledger: str | Path | None = None,
 ) -> tuple[RunState, object | None]:
     load_kw, plan_kw = split_options(options)
-    # Several jobs page side by side; 0 (or None given explicitly) means one job.
-    size = plan_kw.get("max_job_size", DEFAULT_MAX_JOB_SIZE)
-    plan_kw["max_job_size"] = size or None
+    # Jobs page side by side. Not given: "auto", sized from the rows once they are loaded;
+    # 0 (or None given explicitly) means one job.
+    auto_jobs = "max_job_size" not in plan_kw
+    plan_kw["max_job_size"] = plan_kw.get("max_job_size") or None
     plan_opts = PlanOptions(**plan_kw)
     job_message(plan_opts)  # fails early, with the fix, when there is nothing to send
     frame = source if _is_frame(source) else None
@@ -711,6 +717,7 @@ def _begin(
         emulator=bool(emulator),
         options={
             "fingerprint": fingerprint,
+            "auto_job_size": auto_jobs,
             "once_per": once,
             "emulator_progression": emulator if isinstance(emulator, str) else "polls:2",
             "load": load_dict,

@@ -2,14 +2,14 @@
 
     .venv/bin/python bench/bench_plan.py            # 1M and 10M rows
     .venv/bin/python bench/bench_plan.py --quick    # 100k and 1M rows
-    .venv/bin/python bench/bench_plan.py --rows 1000000 --repeat 3 --jobs default
+    .venv/bin/python bench/bench_plan.py --rows 1000000 --repeat 3 --jobs auto
 
 Audiences are generated once into bench/data/ (gitignored) with ``bulkbatch.synth``
 (2 % duplicates). Each measurement runs load + plan in a fresh subprocess on a fresh run
 database opened like a real run (``bulkbatch.state.open_run_db``: 384MB memory limit, spill
 directory in the run dir); peak RSS is polled with psutil (the child and its children) every
-20 ms. ``--jobs default`` plans with the pipeline's default ``max_job_size`` (100,000, several
-jobs), ``--jobs one`` with a single job; medians are reported over ``--repeat`` runs.
+20 ms. ``--jobs`` picks one job, jobs of 100k users, or the pipeline's automatic job size
+(``auto_job_size``: about ``concurrency`` jobs); medians are reported over ``--repeat`` runs.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from bulkbatch.config import DEFAULT_MAX_JOB_SIZE
+from bulkbatch.config import Settings, auto_job_size
 from bulkbatch.synth import generate
 
 HERE = Path(__file__).resolve().parent
@@ -103,7 +103,16 @@ def measure(path: Path, max_job_size: int) -> dict[str, float]:
         shutil.rmtree(run, ignore_errors=True)
 
 
-JOBS = {"one": 0, "default": DEFAULT_MAX_JOB_SIZE}
+JOBS = ("one", "100k", "auto")
+
+
+def job_size(mode: str, rows: int) -> int:
+    """``max_job_size`` for a mode (0: one job); ``auto`` is the pipeline's default."""
+    if mode == "100k":
+        return 100_000
+    if mode == "auto":
+        return auto_job_size(rows, Settings().concurrency)
+    return 0
 
 
 def median_run(path: Path, max_job_size: int, repeat: int) -> dict[str, float]:
@@ -120,16 +129,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, action="append", help="audience size (repeatable)")
     parser.add_argument(
         "--jobs",
-        choices=[*JOBS, "both"],
-        default="both",
-        help="one job, the default max_job_size (100k users per job), or both (default)",
+        choices=[*JOBS, "all"],
+        default="all",
+        help="one job, jobs of 100k users, the pipeline's automatic job size "
+        "(rows / concurrency, at least 10k), or all three (default)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; medians reported")
     args = parser.parse_args()
     sizes = [100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000]
     if args.rows:
         sizes = args.rows
-    modes = list(JOBS) if args.jobs == "both" else [args.jobs]
+    modes = list(JOBS) if args.jobs == "all" else [args.jobs]
     lines = [
         (
             f"load + plan, {platform.machine()}, {psutil.cpu_count()} CPUs, "
@@ -146,7 +156,7 @@ def main() -> None:
     ]
     for n in sizes:
         for mode in modes:
-            r = median_run(audience(n), JOBS[mode], args.repeat)
+            r = median_run(audience(n), job_size(mode, n), args.repeat)
             lines.append(
                 f"| {r['rows']:,} | {mode} | {r['to_send']:,} | {r['duplicates']:,} | {r['rejected']:,} "
                 f"| {r['batches']:,} | {r['load_s']:.1f} | {r['plan_s']:.1f} | {r['wall_s']:.1f} "

@@ -1049,9 +1049,21 @@ def _write_plan(con: duckdb.DuckDBPyConnection, q: _Queries, audience: str) -> N
         "batch_no AS __bb_batch FROM _bb_order) o ON o.__bb_row = row_number)"
     )
     users = _users_sql(q, source, "true", ("__bb_job", "__bb_batch"))
-    con.execute(
-        f"CREATE TABLE plan AS SELECT {_PLAN_COLUMNS} FROM ({users}) ORDER BY batch_no, row_number"
-    )
+    # zstd for the stored user JSON: faster to write than DuckDB's automatic choice (which
+    # analyses every column; the sorted insert compresses on one thread) and half the size.
+    previous = str(fetch_one(con, "SELECT current_setting('force_compression')")[0])
+    try:
+        con.execute("SET force_compression = 'zstd'")
+    except duckdb.Error:  # pragma: no cover - a DuckDB without zstd storage
+        previous = ""
+    try:
+        con.execute(
+            f"CREATE TABLE plan AS SELECT {_PLAN_COLUMNS} FROM ({users}) "
+            "ORDER BY batch_no, row_number"
+        )
+    finally:
+        if previous:
+            con.execute(f"SET force_compression = {_lit(previous)}")
 
 
 def _report(
@@ -1175,7 +1187,7 @@ def _write_parquet(con: duckdb.DuckDBPyConnection, run_dir: Path) -> None:
     try:
         con.execute(
             "COPY (SELECT row_number, job_no, batch_no, recipient, user_json FROM plan) "
-            f"TO {plan_path} (FORMAT parquet, COMPRESSION zstd)"
+            f"TO {plan_path} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
         )
         input_cols = [
             str(r[0]) for r in con.execute("DESCRIBE inputs").fetchall() if r[0] != "row_number"

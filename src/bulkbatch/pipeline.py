@@ -326,23 +326,10 @@ class Run:
             )
         return s
 
-    @contextlib.asynccontextmanager
-    async def _client_context(self, settings: Settings) -> AsyncIterator[CourierClient]:
-        if self.state.emulator:
-            from bulkbatch.emulator import Emulator
-
-            with Emulator(
-                db=self.path / "emulator.sqlite",
-                progression=self.state.options.get("emulator_progression", "polls:2"),
-            ) as emu:
-                local = dataclasses.replace(settings, base_url=emu.url, api_key=None)
-                async with CourierClient(local) as client:
-                    yield client
-        else:
-            if not self.state.base_url:
-                self.state.base_url = settings.base_url
-            async with CourierClient(settings) as client:
-                yield client
+    def _client_context(
+        self, settings: Settings
+    ) -> contextlib.AbstractAsyncContextManager[CourierClient]:
+        return _client_context(self.state, settings)
 
     def resume(
         self,
@@ -422,6 +409,27 @@ class Run:
         finally:
             con.close()
         return info
+
+
+@contextlib.asynccontextmanager
+async def _client_context(state: RunState, settings: Settings) -> AsyncIterator[CourierClient]:
+    """A client for the run's Courier: the real one, or the run's own emulator, restarted on
+    the emulator database kept in the run directory (so even an --emulator run resumes)."""
+    if state.emulator:
+        from bulkbatch.emulator import Emulator
+
+        with Emulator(
+            db=state.run_dir / "emulator.sqlite",
+            progression=state.options.get("emulator_progression", "polls:2"),
+        ) as emu:
+            local = dataclasses.replace(settings, base_url=emu.url, api_key=None)
+            async with CourierClient(local) as client:
+                yield client
+    else:
+        if not state.base_url:
+            state.base_url = settings.base_url
+        async with CourierClient(settings) as client:
+            yield client
 
 
 # -- the stages, in order -------------------------------------------------------------
@@ -578,13 +586,11 @@ async def _network(
     progress: Progress,
     options: RunOptions,
 ) -> None:
-    run = Run.__new__(Run)
-    run.path, run.state = state.run_dir, state
     acked = con.cursor().execute("SELECT coalesce(sum(users), 0) FROM batches").fetchone()
     state.progress["users_acked"] = int(acked[0]) if acked else 0
     send_started = time.monotonic()
     track_started: float | None = None
-    async with run._client_context(settings) as client:
+    async with _client_context(state, settings) as client:
         on_ack = ingest_progress(state, progress, client)
         async with LedgerWriter(con) as ledger:
             pagers = anyio.CapacityLimiter(settings.concurrency)

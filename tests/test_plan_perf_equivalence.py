@@ -1,0 +1,79 @@
+"""Pins the plan rules that the narrow-key implementation of ``build_plan`` must keep:
+``too_large`` decided per row before dedupe (also when only the size bound is over the limit),
+and the job/batch numbering and physical order of ``plan`` against a Python reference."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import duckdb
+import orjson
+import polars as pl
+import pytest
+
+from bulkbatch.stages.load import load_frame
+from bulkbatch.stages.plan import PlanInfo, PlanOptions, build_plan
+
+
+@pytest.fixture
+def con() -> duckdb.DuckDBPyConnection:
+    c = duckdb.connect()
+    yield c
+    c.close()
+
+
+def plan_of(con: duckdb.DuckDBPyConnection, frame: dict[str, Any], **kw: Any) -> PlanInfo:
+    load_frame(con, pl.DataFrame(frame))
+    kw.setdefault("event", "welcome")
+    return build_plan(con, PlanOptions(**kw))
+
+
+def test_too_large_first_row_does_not_shadow_a_later_valid_one(con):
+    big = '{"big": "' + "x" * 2000 + '"}'
+    small = '{"k": "' + "y" * 300 + '"}'  # size bound over 1000 bytes, JSON well under
+    plan_of(
+        con,
+        {
+            "user_id": ["a", "a", "b", "b", "c"],
+            "data": [big, small, small, big, small],
+        },
+        max_user_bytes=1000,
+    )
+    sent = con.execute("SELECT row_number, recipient FROM plan ORDER BY row_number").fetchall()
+    assert sent == [(2, "a"), (3, "b"), (5, "c")]
+    reasons = con.execute("SELECT row_number, reason_code FROM rejects ORDER BY 1").fetchall()
+    assert reasons == [(1, "too_large"), (4, "too_large")]
+    assert con.execute("SELECT count(*) FROM duplicates").fetchone() == (0,)
+    size = len(
+        orjson.dumps({"recipient": "a", "to": {"user_id": "a"}, "data": {"big": "x" * 2000}})
+    )
+    assert con.execute("SELECT reason FROM rejects WHERE row_number = 1").fetchone() == (
+        f"user JSON is {size} bytes, over the 1000-byte limit (--max-user-bytes)",
+    )
+
+
+@pytest.mark.parametrize(("max_job_size", "batch_size"), [(None, 7), (300, 7), (250, 1000)])
+def test_numbering_and_physical_order_match_a_reference(con, max_job_size, batch_size):
+    n = 2000
+    ids = [f"u{i % 1700}" if i % 11 else "" for i in range(n)]  # duplicates and no-address
+    plan_of(con, {"user_id": ids}, max_job_size=max_job_size, batch_size=batch_size)
+    seen: set[str] = set()
+    kept: list[tuple[int, str]] = []
+    for row, uid in enumerate(ids, start=1):
+        if uid and uid not in seen:
+            seen.add(uid)
+            kept.append((row, uid))
+    if max_job_size is None:
+        jobs = [kept]
+    else:
+        by_hash = sorted(kept, key=lambda ru: (hashlib.md5(ru[1].encode()).hexdigest(), ru[0]))
+        jobs = [sorted(by_hash[i : i + max_job_size]) for i in range(0, len(by_hash), max_job_size)]
+    expected = []
+    batch = 0
+    for job_no, job in enumerate(jobs):
+        for i in range(0, len(job), batch_size):
+            expected += [(row, uid, job_no, batch) for row, uid in job[i : i + batch_size]]
+            batch += 1
+    stored = con.execute("SELECT row_number, recipient, job_no, batch_no FROM plan").fetchall()
+    assert stored == expected

@@ -253,10 +253,13 @@ def verdict(report: dict[str, Any]) -> list[str]:
         problems.append("accounting does not add up")
     if c["input_rows"] != c["ingested"] + c["duplicates"] + c["rejected"]:
         problems.append("input rows != ingested + duplicates + rejected")
-    if s["jobs_created"] != 1:
-        problems.append(f"{s['jobs_created']} jobs created")
-    if s["runs"] != 1:
-        problems.append(f"{s['runs']} runs")
+    jobs = report["summary"]["jobs"]
+    if len({j["job_id"] for j in jobs}) != len(jobs):
+        problems.append("a job id appears twice in the run")
+    if s["jobs_created"] != len(jobs):
+        problems.append(f"{s['jobs_created']} jobs created for a run of {len(jobs)}")
+    if s["runs"] != len(jobs):
+        problems.append(f"{s['runs']} runs for a run of {len(jobs)} jobs")
     if s["users_accepted"] != c["ingested"]:
         problems.append(f"server accepted {s['users_accepted']} but {c['ingested']} ingested")
     if s["max_accepted_per_recipient"] != 1:
@@ -296,7 +299,8 @@ def main() -> None:
             f"ingested + {c['duplicates']:,} duplicates + {c['rejected']:,} rejected"
         ),
         (
-            f"- server: {chaos['stats']['jobs_created']} job, {chaos['stats']['runs']} run, "
+            f"- server: {chaos['stats']['jobs_created']} jobs created and "
+            f"{chaos['stats']['runs']} runs for the run's {len(chaos['summary']['jobs'])} jobs, "
             f"{chaos['stats']['users_accepted']:,} users accepted, the most any recipient was "
             f"accepted: {chaos['stats']['max_accepted_per_recipient']}; "
             f"429s {chaos['stats']['requests_by_status'].get('429', 0):,}, "

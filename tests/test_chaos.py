@@ -25,7 +25,7 @@ def test_chaos_three_kills_at_random_moments(tmp_path: Path) -> None:
     assert [k["phase"] for k in report["kills"]] == ["ingest", "ingest", "after run"]
     first, second, third = report["kills"]
     assert 0 < first["users_accepted"] < second["users_accepted"]
-    assert first["runs"] == second["runs"] == 0 and third["runs"] == 1
+    assert first["runs"] <= second["runs"] <= third["runs"] and third["runs"] >= 1
     assert verdict(report) == []
     counts = report["summary"]["counts"]
     assert counts["input_rows"] == USERS

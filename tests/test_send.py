@@ -43,6 +43,8 @@ def test_faults_never_duplicate_or_lose_a_user(audience: Path, tmp_path: Path, f
             str(run_dir),
             "--batch-size",
             "200",
+            "--max-job-size",
+            "5000",
             "--poll-interval",
             "0.05",
             "--allow-failures",
@@ -54,8 +56,11 @@ def test_faults_never_duplicate_or_lose_a_user(audience: Path, tmp_path: Path, f
     summary = orjson.loads(proc.stdout)
     ingested = summary["counts"]["ingested"]
     assert summary["accounting_ok"] is True
-    assert stats["jobs_created"] == 1
-    assert stats["runs"] == 1
+    # each of the run's jobs created once and run once
+    jobs = summary["jobs"]
+    assert len(jobs) == -(-ingested // 5000)
+    assert stats["jobs_created"] == len(jobs) == len({j["job_id"] for j in jobs})
+    assert stats["runs"] == len(jobs)
     assert stats["users_accepted"] == ingested
     assert stats["max_accepted_per_recipient"] == 1
     # the faults really happened, and the client really retried through them

@@ -111,10 +111,11 @@ def test_results_parquet_schema(tmp_path: Path) -> None:
 def test_jobs_are_sized_for_concurrent_paging_by_default(tmp_path: Path) -> None:
     frame = pl.DataFrame({"user_id": [f"u{i}" for i in range(30_000)]})
     auto = bulkbatch.plan(frame, event="welcome", run_dir=tmp_path / "auto")
-    # 30k rows over 8 pagers would be 3,750 a job; jobs are at least 10,000 users
+    # 30k rows over 16 pagers would be 1,875 a job; jobs are at least 10,000 users
     assert auto.plan_info.jobs == 3
     assert auto.plan()["job_no"].value_counts()["count"].max() <= 10_000
     one = bulkbatch.plan(frame, event="welcome", run_dir=tmp_path / "one", max_job_size=0)
     assert one.plan_info.jobs == 1
     big = pl.DataFrame({"user_id": [f"u{i}" for i in range(100_000)]})
-    assert bulkbatch.plan(big, event="welcome", run_dir=tmp_path / "big").plan_info.jobs == 8
+    # 100k over 16 pagers: 6,250 a job, raised to the 10,000 floor
+    assert bulkbatch.plan(big, event="welcome", run_dir=tmp_path / "big").plan_info.jobs == 10

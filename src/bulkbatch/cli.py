@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import click
 
+from bulkbatch.config import DEFAULT_CONCURRENCY
 from bulkbatch.errors import BulkBatchError
 from bulkbatch.progress import ProgressEvent
 
@@ -585,9 +586,9 @@ def send_options(fn: F) -> F:
         click.option(
             "--concurrency",
             type=click.IntRange(1, 64),
-            default=8,
+            default=DEFAULT_CONCURRENCY,
             show_default=True,
-            help="Most requests in flight at once.",
+            help="Most requests in flight at once (also how many jobs are paged side by side).",
         ),
         click.option(
             "--emulator",

@@ -26,7 +26,7 @@ import duckdb
 import orjson
 
 from bulkbatch._sync import run_sync
-from bulkbatch.config import Settings, auto_job_size
+from bulkbatch.config import DEFAULT_CONCURRENCY, Settings, auto_job_size
 from bulkbatch.courier import CourierClient
 from bulkbatch.errors import StateError, UsageError
 from bulkbatch.html_report import write_report
@@ -499,7 +499,9 @@ def _prepare(
         progress(ProgressEvent("plan", message="planning"))
         started = time.monotonic()
         if state.options.get("auto_job_size"):
-            concurrency = int(state.options.get("settings", {}).get("concurrency") or 8)
+            concurrency = int(
+                state.options.get("settings", {}).get("concurrency") or DEFAULT_CONCURRENCY
+            )
             size = auto_job_size(int(state.inputs.get("rows", 0)), concurrency)
             plan_opts = dataclasses.replace(plan_opts, max_job_size=size)
             state.options["plan"]["max_job_size"] = size

@@ -38,7 +38,7 @@ __all__ = [
     "open_run_db",
 ]
 
-MEMORY_LIMIT = "384MB"
+MEMORY_LIMIT = "320MB"
 """DuckDB's memory cap for a run database (it spills to ``<run dir>/.spill`` beyond it)."""
 STATE_FILE = "state.json"
 DB_FILE = "run.duckdb"

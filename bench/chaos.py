@@ -272,12 +272,13 @@ def main() -> None:
     p.add_argument("--users", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--faults", default=FAULTS, help=f"emulator faults (default {FAULTS})")
+    p.add_argument("--no-restart", action="store_true", help="skip the emulator-restart scenario")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bb-chaos-") as tmp:
         (Path(tmp) / "a").mkdir()
         (Path(tmp) / "b").mkdir()
         chaos = run_chaos(args.users, Path(tmp) / "a", seed=args.seed, faults=args.faults)
-        restart = run_restart(args.users, Path(tmp) / "b")
+        restart = None if args.no_restart else run_restart(args.users, Path(tmp) / "b")
     lines = [
         f"Faults: `{args.faults}`, emulator `--db`, progression `polls:3`; {args.users:,} users.",
         "",
@@ -308,13 +309,14 @@ def main() -> None:
             f"dropped connections {chaos['stats']['dropped_connections']:,}"
         ),
         f"- problems (lost or duplicated): {', '.join(problems)}",
-        (
+    ]
+    if restart is not None:
+        lines.append(
             f"- emulator restart: stopped at {restart['accepted_at_stop']:,} users accepted, "
             f"down {restart['downtime_seconds']} s; the sender rode it out (exit "
             f"{restart['sender_exit']}) and finished in {restart['total_seconds']} s; "
             f"problems: {', '.join(verdict(restart)) or 'none'}"
-        ),
-    ]
+        )
     print("\n".join(lines))
 
 

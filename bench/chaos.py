@@ -147,10 +147,16 @@ def run_chaos(
         def accepted_share(share: float) -> Callable[[], bool]:
             return lambda: server.stats()["users_accepted"] >= share * expected
 
+        runs_before = [0]  # runs seen at the previous kill
+
+        def another_run() -> bool:
+            # a job ran since the last kill (with several jobs, one may have run already)
+            return bool(server.stats()["runs"] > runs_before[0])
+
         moments = [
             ("ingest", accepted_share(rng.uniform(0.05, 0.45))),
             ("ingest", accepted_share(rng.uniform(0.5, 0.95))),
-            ("after run", lambda: server.stats()["runs"] >= 1),
+            ("after run", another_run),
         ]
         args = send_args(audience, run_dir)
         for phase, ready in moments:
@@ -159,6 +165,7 @@ def run_chaos(
             if not kill_when(proc, ready, rng.uniform(0.0, 0.3)):
                 break
             st = server.stats()
+            runs_before[0] = st["runs"]
             kills.append(
                 {
                     "phase": phase,

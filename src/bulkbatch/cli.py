@@ -563,7 +563,8 @@ def _plan_report(run: Run, rate: float | None) -> str:
         lines.append("    " + orjson.dumps(info.sample_users[0]).decode())
     est = info.estimated_seconds(rate)
     if est is not None:
-        lines.append(f"  estimated send time at {rate:g} req/s: {est:,.0f}s")
+        shown = f"{est:,.0f}s" if est >= 10 else f"{est:.1f}s"
+        lines.append(f"  estimated send time at {rate:g} req/s: {shown}")
     lines.append(f"  files: {run.path / 'plan.parquet'}, {run.path / 'rejects.parquet'}")
     return "\n".join(lines)
 

@@ -33,8 +33,14 @@ from bulkbatch.html_report import write_report
 from bulkbatch.ledger import LedgerWriter
 from bulkbatch.once import DEFAULT_LEDGER_NAME, exclude_sent, record_sent
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
-from bulkbatch.stages.load import LoadInfo, LoadOptions, load_frame, load_inputs, resolve_sources
-from bulkbatch.stages.load import _fingerprint_files as fingerprint_files
+from bulkbatch.stages.load import (
+    LoadInfo,
+    LoadOptions,
+    fingerprint_files,
+    load_frame,
+    load_inputs,
+    resolve_sources,
+)
 from bulkbatch.stages.plan import PlanInfo, PlanOptions, build_plan, job_message
 from bulkbatch.stages.results import ResultsInfo, write_results, write_summary
 from bulkbatch.stages.send import ingest_job, ingest_progress, run_job, verify_job

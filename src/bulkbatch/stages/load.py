@@ -256,7 +256,8 @@ def _format_of(file: str, fmt: str) -> str:
     )
 
 
-def _fingerprint_files(files: Iterable[str]) -> str:
+def fingerprint_files(files: Iterable[str]) -> str:
+    """sha256 over (path, size, mtime_ns) of each file, in order: changes when an input does."""
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
@@ -450,7 +451,7 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
         rows=rows,
         files=tuple(files),
         columns=tuple(columns),
-        fingerprint=_fingerprint_files(files),
+        fingerprint=fingerprint_files(files),
         seconds=time.perf_counter() - started,
     )
 

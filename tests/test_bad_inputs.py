@@ -16,7 +16,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from bulkbatch.cli import cli
 
@@ -149,6 +149,14 @@ CASES: dict[str, tuple[Callable[[], Path], tuple[object, ...]]] = {
 }
 
 
+def plan_json(source: Path, run_dir: Path) -> Result:
+    """``bulkbatch --quiet plan SOURCE --event welcome --run-dir RUN_DIR --json``."""
+    return CliRunner().invoke(
+        cli,
+        ["--quiet", "plan", str(source), "--event", "welcome", "--run-dir", str(run_dir), "--json"],
+    )
+
+
 @pytest.fixture(scope="module", autouse=True)
 def corpus() -> None:
     shutil.rmtree(BAD, ignore_errors=True)
@@ -159,19 +167,7 @@ def corpus() -> None:
 def test_bad_input(case: str, tmp_path: Path) -> None:
     build, expected = CASES[case]
     source = build()
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--quiet",
-            "plan",
-            str(source),
-            "--event",
-            "welcome",
-            "--run-dir",
-            str(tmp_path / "r"),
-            "--json",
-        ],
-    )
+    result = plan_json(source, tmp_path / "r")
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     if expected[0] == "error":
@@ -214,19 +210,7 @@ def test_wrong_encoding_names_the_fix(tmp_path: Path) -> None:
 
 def test_ragged_lines_are_rejected_with_their_line(tmp_path: Path) -> None:
     source = _csv("ragged2.csv", "user_id,email\nu1,u1@x.com\nu2,u2@x.com,EXTRA\nu3\nu4,u4@x.com\n")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--quiet",
-            "plan",
-            str(source),
-            "--event",
-            "welcome",
-            "--run-dir",
-            str(tmp_path / "r"),
-            "--json",
-        ],
-    )
+    result = plan_json(source, tmp_path / "r")
     assert result.exit_code == 0, result.output
     report = orjson.loads(result.output)
     assert (report["rows_read"], report["to_send"], report["rejected"]) == (4, 2, 2)

@@ -1,6 +1,6 @@
 """The floor: the same bytes through loopback HTTP with no tool logic.
 
-    COURIER_BASE_URL=http://127.0.0.1:8089 .venv/bin/python bench/floor.py AUDIENCE [--out OUT]
+    COURIER_BASE_URL=http://127.0.0.1:8089 .venv/bin/python bench/floor.py AUDIENCE [--out OUT] [--jobs N]
 
 What it does, and nothing more:
 
@@ -9,12 +9,20 @@ What it does, and nothing more:
    ``to.user_id``/``locale``, ``data`` = the ``data`` JSON merged with the ``data.*`` columns)
    with ``to_json(struct)``, streamed out as Arrow record batches of 1000 rows (a 1 GB DuckDB
    memory limit; the audience is never held in Python);
-2. **ingest** — ``POST /bulk`` once, then each batch joined into ``{"users":[...]}`` bytes and
-   posted with ``httpx.AsyncClient`` (``content=``, concurrency 8) to ``POST /bulk/{job}``;
-3. ``POST /bulk/{job}/run``, then ``GET /bulk/{job}`` until COMPLETED;
-4. **page** — ``GET /bulk/{job}/users?cursor=`` sequentially (the API's cursor forces it),
-   bodies parsed with orjson, recipient/messageId/status kept in lists;
-5. those three columns written to Parquet with pyarrow (when ``--out`` is given).
+2. **ingest** — ``POST /bulk`` once per job (``--jobs``, default 1), then each batch joined into
+   ``{"users":[...]}`` bytes and posted with ``httpx.AsyncClient`` (``content=``, concurrency 8)
+   to ``POST /bulk/{job}``, batch *i* to job *i mod N*;
+3. ``POST /bulk/{job}/run`` for every job, then ``GET /bulk/{job}`` until each is COMPLETED;
+4. **page** — ``GET /bulk/{job}/users?cursor=``, sequential within a job (the API's cursor
+   forces it) and the jobs side by side, bodies parsed with orjson, recipient/messageId/status
+   kept;
+5. those three columns written to Parquet with pyarrow (when ``--out`` is given), a row group
+   per 100,000 users, so memory does not grow with the audience.
+
+``--jobs`` exists so that the floor can use the same request pattern as bulkbatch (which cuts
+a run into about ``--concurrency`` jobs and pages them side by side): the comparison then
+prices bulkbatch's logic, not its strategy. With one job it is the floor of the pattern the
+Courier docs show.
 
 Not included (this is what "tool logic" means here): no validation or rejects, no client-side
 dedupe (duplicates go to the server, which refuses them), no plan file, no run database or
@@ -60,21 +68,69 @@ def user_query(path: str) -> str:
     """
 
 
-async def run(url: str, path: str, out: str | None, concurrency: int) -> dict[str, object]:
+class ResultWriter:
+    """recipient/message_id/status to Parquet, a row group per ``FLUSH`` users (or nothing)."""
+
+    FLUSH = 100_000
+    SCHEMA = pa.schema(
+        [("recipient", pa.string()), ("message_id", pa.string()), ("status", pa.string())]
+    )
+
+    def __init__(self, out: str | None) -> None:
+        self.writer = pq.ParquetWriter(out, self.SCHEMA) if out else None
+        self.cols: tuple[list[str | None], ...] = ([], [], [])
+        self.listed = 0
+        self.write_s = 0.0
+
+    def add(self, items: list[dict[str, str]]) -> None:
+        self.listed += len(items)
+        if self.writer is None:
+            return
+        recipients, message_ids, statuses = self.cols
+        for item in items:
+            recipients.append(item.get("recipient"))
+            message_ids.append(item.get("messageId"))
+            statuses.append(item.get("status"))
+        if len(recipients) >= self.FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.writer is None or not self.cols[0]:
+            return
+        t = time.perf_counter()
+        names = self.SCHEMA.names
+        table = pa.table(dict(zip(names, self.cols, strict=True)), schema=self.SCHEMA)
+        self.writer.write_table(table)
+        self.cols = ([], [], [])
+        self.write_s += time.perf_counter() - t
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def run(
+    url: str, path: str, out: str | None, concurrency: int, jobs: int
+) -> dict[str, object]:
     stages: dict[str, float] = {}
     con = duckdb.connect()
     con.execute("SET memory_limit = '1GB'")
     headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    conns = max(concurrency, jobs)
+    limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        r = await client.post("/bulk", json={"message": {"event": "welcome"}})
-        r.raise_for_status()
-        job_id = r.json()["jobId"]
+        job_ids = []
+        for _ in range(jobs):
+            r = await client.post("/bulk", json={"message": {"event": "welcome"}})
+            r.raise_for_status()
+            job_ids.append(r.json()["jobId"])
 
         t = time.perf_counter()
         reader = con.sql(user_query(path)).to_arrow_reader(BATCH)
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=concurrency * 2)
+        queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue(maxsize=concurrency * 2)
         sent_users = 0
+        batches = 0
         encode_s = 0.0
 
         def next_body() -> bytes | None:
@@ -91,19 +147,22 @@ async def run(url: str, path: str, out: str | None, concurrency: int) -> dict[st
             return body
 
         async def produce() -> None:
+            nonlocal batches
             while True:
                 body = await asyncio.to_thread(next_body)
-                await queue.put(body)
                 if body is None:
-                    for _ in range(concurrency - 1):
+                    for _ in range(concurrency):
                         await queue.put(None)
                     return
+                await queue.put((job_ids[batches % jobs], body))
+                batches += 1
 
         async def worker() -> None:
             while True:
-                body = await queue.get()
-                if body is None:
+                item = await queue.get()
+                if item is None:
                     return
+                job_id, body = item
                 resp = await client.post(f"/bulk/{job_id}", content=body, headers=headers)
                 resp.raise_for_status()
 
@@ -112,54 +171,55 @@ async def run(url: str, path: str, out: str | None, concurrency: int) -> dict[st
         stages["encode_cpu"] = encode_s
 
         t = time.perf_counter()
-        (await client.post(f"/bulk/{job_id}/run")).raise_for_status()
+        for job_id in job_ids:
+            (await client.post(f"/bulk/{job_id}/run")).raise_for_status()
         polls = 0
-        while True:
-            r = await client.get(f"/bulk/{job_id}")
-            r.raise_for_status()
-            polls += 1
-            job = r.json()["job"]
-            if job["status"] in ("COMPLETED", "ERROR"):
-                break
-            await asyncio.sleep(0.2)
+        received = 0
+        statuses: set[str] = set()
+        for job_id in job_ids:
+            while True:
+                r = await client.get(f"/bulk/{job_id}")
+                r.raise_for_status()
+                polls += 1
+                job = r.json()["job"]
+                if job["status"] in ("COMPLETED", "ERROR"):
+                    statuses.add(job["status"])
+                    received += int(job["received"])
+                    break
+                await asyncio.sleep(0.2)
         stages["run_poll"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        recipients: list[str | None] = []
-        message_ids: list[str | None] = []
-        statuses: list[str | None] = []
-        cursor: str | None = None
+        writer = ResultWriter(out)
         pages = 0
-        while True:
-            r = await client.get(
-                f"/bulk/{job_id}/users", params={"cursor": cursor} if cursor else None
-            )
-            r.raise_for_status()
-            page = orjson.loads(r.content)
-            pages += 1
-            for item in page["items"]:
-                recipients.append(item.get("recipient"))
-                message_ids.append(item.get("messageId"))
-                statuses.append(item.get("status"))
-            if not page["paging"]["more"]:
-                break
-            cursor = page["paging"]["cursor"]
-        stages["page"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    if out:
-        pq.write_table(
-            pa.table({"recipient": recipients, "message_id": message_ids, "status": statuses}),
-            out,
-        )
-    stages["write"] = time.perf_counter() - t
+        async def pager(job_id: str) -> None:
+            nonlocal pages
+            cursor: str | None = None
+            while True:
+                params = {"cursor": cursor} if cursor else None
+                r = await client.get(f"/bulk/{job_id}/users", params=params)
+                r.raise_for_status()
+                page = orjson.loads(r.content)
+                pages += 1
+                writer.add(page["items"])
+                if not page["paging"]["more"]:
+                    return
+                cursor = page["paging"]["cursor"]
+
+        await asyncio.gather(*(pager(job_id) for job_id in job_ids))
+        writer.close()
+        # The Parquet writes happen while paging; report them as their own stage.
+        stages["page"] = time.perf_counter() - t - writer.write_s
+        stages["write"] = writer.write_s
     return {
         "program": "floor",
         "rows": sent_users,
-        "job_id": job_id,
-        "job_status": job["status"],
-        "received": job["received"],
-        "listed": len(recipients),
+        "jobs": jobs,
+        "job_ids": job_ids,
+        "job_status": ",".join(sorted(statuses)),
+        "received": received,
+        "listed": writer.listed,
         "pages": pages,
         "polls": polls,
         "stages": {k: round(v, 3) for k, v in stages.items()},
@@ -170,10 +230,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("audience")
     parser.add_argument("--out", default=None, help="write recipient/message_id/status here")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="ingest requests in flight")
+    parser.add_argument("--jobs", type=int, default=1, help="bulk jobs to spread the users over")
     args = parser.parse_args()
     url = os.environ.get("COURIER_BASE_URL", "http://127.0.0.1:8089")
-    result = asyncio.run(run(url, args.audience, args.out, args.concurrency))
+    result = asyncio.run(run(url, args.audience, args.out, args.concurrency, args.jobs))
     result["total_s"] = round(time.perf_counter() - T0, 3)
     print(json.dumps(result), flush=True)
 

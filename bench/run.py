@@ -1,6 +1,7 @@
 """End-to-end benchmark: bulkbatch vs the naive SDK script vs the floor, against the emulator.
 
-    .venv/bin/python bench/run.py               # full: 1M and 10M rows, 3 reps, + micro-benchmarks
+    .venv/bin/python bench/run.py               # full: 1M (3 reps) and 10M (1 rep), both
+                                                # scenarios, + micro-benchmarks (~1 h)
     .venv/bin/python bench/run.py --quick       # 100k and 1M, 1 rep, latency at 100k (< 10 min)
     .venv/bin/python bench/run.py --smoke --out /tmp/R.md   # 5k rows, seconds (for the tests)
     .venv/bin/python bench/run.py --sizes 1M --scenarios none,latency50 --reps 3
@@ -78,6 +79,22 @@ def parse_size(text: str) -> int:
     return int(float(t) * mult)
 
 
+def parse_reps(text: str | int) -> dict[int, int]:
+    """``3`` (every size) or ``1M:3,10M:1`` (per size; 0 = the default for sizes not named)."""
+    text = str(text)
+    if ":" not in text:
+        return {0: int(text)}
+    out = {}
+    for part in text.split(","):
+        size, _, n = part.partition(":")
+        out[parse_size(size)] = int(n)
+    return out
+
+
+def reps_for(reps: dict[int, int], rows: int) -> int:
+    return reps.get(rows, reps.get(0, 1))
+
+
 def human(n: int) -> str:
     if n >= 1_000_000 and n % 1_000_000 == 0:
         return f"{n // 1_000_000}M"
@@ -116,7 +133,18 @@ def bulkbatch_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "bulkbatch"]
 
 
-def program_cmd(program: str, path: Path, work: Path, extra: list[str]) -> list[str]:
+def floor_jobs(rows: int, setting: str) -> int:
+    """Jobs the floor spreads ``rows`` over: ``auto`` = as many as bulkbatch's default split."""
+    if setting != "auto":
+        return max(1, int(setting))
+    from bulkbatch.config import DEFAULT_CONCURRENCY, auto_job_size
+
+    return -(-rows // auto_job_size(rows, DEFAULT_CONCURRENCY))
+
+
+def program_cmd(
+    program: str, path: Path, work: Path, extra: list[str], *, jobs: int = 1
+) -> list[str]:
     if program == "bulkbatch":
         return [
             *bulkbatch_cmd(),
@@ -136,7 +164,15 @@ def program_cmd(program: str, path: Path, work: Path, extra: list[str]) -> list[
     if program == "naive":
         return [sys.executable, str(HERE / "naive_sdk.py"), str(path), str(work / "naive.parquet")]
     if program == "floor":
-        return [sys.executable, str(HERE / "floor.py"), str(path), "--out", str(work / "f.parquet")]
+        return [
+            sys.executable,
+            str(HERE / "floor.py"),
+            str(path),
+            "--out",
+            str(work / "f.parquet"),
+            "--jobs",
+            str(jobs),
+        ]
     raise ValueError(program)
 
 
@@ -161,12 +197,14 @@ def run_one(
     prefix_rows: int | None,
     bb_extra: list[str],
     timeout: float | None,
+    floor_jobs_setting: str = "auto",
 ) -> Record:
     path = audience(rows)
     if prefix_rows is not None:
         path = prefix_audience(path, prefix_rows)
     with temp_dir("bench-run-") as work, Emulator(faults=SCENARIOS[scenario]) as emu:
-        cmd = program_cmd(program, path, work, bb_extra)
+        jobs = floor_jobs(rows, floor_jobs_setting)
+        cmd = program_cmd(program, path, work, bb_extra, jobs=jobs)
         env = {"COURIER_BASE_URL": emu.url, "COURIER_API_KEY": "bench"}
         m = measure(cmd, env=env, emulator=emu, timeout=timeout)
     report = _parse_report(program, m.stdout)
@@ -206,7 +244,7 @@ def plan_runs(args: argparse.Namespace) -> list[tuple[int, str, str, int, int | 
         for scenario in args.scenarios:
             if scenario != "none" and rows not in args.latency_sizes:
                 continue
-            reps = args.reps if scenario == "none" else args.latency_reps
+            reps = reps_for(args.reps if scenario == "none" else args.latency_reps, rows)
             for program in args.programs:
                 cap = args.naive_max_rows if scenario == "none" else args.naive_max_rows_latency
                 prefix = cap if program == "naive" and cap and rows > cap else None
@@ -411,10 +449,17 @@ def render(
             "sequentially, `run_job`, poll `retrieve_job`, page `list_users`, pyarrow Parquet."
         ),
         (
-            "- floor: `python bench/floor.py AUDIENCE --out TMP/f.parquet` — DuckDB `to_json` "
-            "per user streamed in 1000-row Arrow batches, bodies joined and POSTed with httpx "
-            "(concurrency 8, `content=`), run, poll, page `/users` with raw httpx + orjson, "
-            "write 3 columns to Parquet. No validation, dedupe, ledger, retries or rate limiting."
+            "- floor: `python bench/floor.py AUDIENCE --out TMP/f.parquet --jobs JOBS` — DuckDB "
+            "`to_json` per user streamed in 1000-row Arrow batches, bodies joined and POSTed with "
+            "httpx (concurrency 8, `content=`) round-robin over JOBS bulk jobs, run, poll, page "
+            "every job's `/users` side by side with raw httpx + orjson, write 3 columns to "
+            "Parquet. No validation, dedupe, ledger, retries or rate limiting. "
+            + (
+                "JOBS is the number of jobs bulkbatch's default split makes (16 at 1M and 10M, "
+                "10 at 100k), so the floor prices bulkbatch's logic on the same request pattern."
+                if args.floor_jobs == "auto"
+                else f"JOBS = {args.floor_jobs}."
+            )
         ),
         "",
     ]
@@ -575,19 +620,29 @@ def _analysis(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -
             pages = max(1, rows // 100)
             fl = summ.get((rows, scen, "floor"))
             top = max(BB_STAGES, key=lambda k: st.get(k, 0.0))
+            recs = bb["records"]
+            jobs = len(recs[len(recs) // 2].report.get("jobs", [])) or 1
+            fl_jobs = 1
+            if fl and fl["n"]:
+                fl_jobs = int(fl["records"][0].report.get("jobs", 1) or 1)
             text = (
                 f"- **{human(rows)}, {scen}:** the biggest stage is *{top}* "
                 f"({_fmt_s(st.get(top, 0.0))} s, {100 * st.get(top, 0.0) / wall:.0f} % of wall). "
-                f"track = wait for COMPLETED + ~{pages:,} sequential 100-user pages: "
-                f"{1000 * st.get('track', 0.0) / pages:.1f} ms per page"
+                f"track = wait for COMPLETED + ~{pages:,} 100-user pages over {jobs} "
+                f"job{'s' if jobs > 1 else ''} paged side by side "
+                f"(~{pages // jobs:,} sequential pages per job): "
+                f"{1000 * st.get('track', 0.0) / pages:.2f} ms of wall per page"
             )
             if fl and fl["n"] and "page" in fl["stages"]:
                 text += (
-                    f" vs {1000 * fl['stages']['page'] / pages:.1f} ms for the floor's bare "
-                    "httpx+orjson paging"
+                    f" vs {1000 * fl['stages']['page'] / pages:.2f} ms for the floor's bare "
+                    f"httpx+orjson paging of {fl_jobs} job{'s' if fl_jobs > 1 else ''}"
                 )
             if scen == "latency50":
-                text += f" (the 50 ms latency alone is {0.05 * pages:,.0f} s of sequential paging)"
+                text += (
+                    f" (the 50 ms latency alone is {0.05 * pages / jobs:,.0f} s of sequential "
+                    "paging per job)"
+                )
             send = st.get("send", 0.0)
             if send > 0:
                 text += f"; send ingests {rows / send:,.0f} rows/s"
@@ -613,7 +668,7 @@ def _analysis(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -
 
 
 MICRO = {
-    "bench_plan.py (load + plan only)": ["bench/bench_plan.py"],
+    "bench_plan.py (load + plan only)": ["bench/bench_plan.py", "--jobs", "auto"],
     "bench_emulator.py (emulator ingest throughput)": ["bench/bench_emulator.py"],
     "chaos.py (kills, faults and an emulator restart; nothing lost or twice)": [
         "bench/chaos.py",
@@ -761,10 +816,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="100k + 1M, 1 rep, latency at 100k")
     mode.add_argument("--smoke", action="store_true", help="5k rows, 1 rep, no micro (tests)")
     p.add_argument("--sizes", help="comma list, e.g. 100k,1M,10M")
-    p.add_argument("--reps", type=int, help="repetitions per measurement (median)")
+    p.add_argument(
+        "--reps", help="repetitions per measurement (median): 3, or per size: 1M:3,10M:1"
+    )
     p.add_argument("--scenarios", help="comma list of: " + ", ".join(SCENARIOS))
     p.add_argument("--latency-sizes", help="sizes that get the latency scenario")
-    p.add_argument("--latency-reps", type=int, help="repetitions in the latency scenario")
+    p.add_argument("--latency-reps", help="repetitions in the latency scenario (as --reps)")
     p.add_argument("--programs", default=",".join(PROGRAMS), help="comma list of programs")
     p.add_argument(
         "--naive-max-rows",
@@ -780,6 +837,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         help="extra argument for bulkbatch send (repeat), e.g. --bulkbatch-arg=--rate=50",
+    )
+    p.add_argument(
+        "--floor-jobs",
+        default="auto",
+        help="bulk jobs the floor spreads users over: auto (default) = as many as bulkbatch's "
+        "default split, so both use the same request pattern; 1 = one job paged sequentially",
     )
     p.add_argument("--timeout", type=float, help="kill a measured program after N seconds")
     micro = p.add_mutually_exclusive_group()
@@ -812,12 +875,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "latency_sizes": "100k", "latency_reps": 1, "naive": "100k",
                     "naive_lat": "100k", "micro": False, "timeout": None}  # fmt: skip
     else:
-        defaults = {"sizes": "1M,10M", "reps": 3, "scenarios": "none,latency50",
-                    "latency_sizes": "1M", "latency_reps": 1, "naive": "1M",
+        # 3 repetitions at 1M, one at 10M (a 10M cell takes 5-15 minutes here).
+        defaults = {"sizes": "1M,10M", "reps": "1M:3,10M:1", "scenarios": "none,latency50",
+                    "latency_sizes": "all", "latency_reps": "1M:3,10M:1", "naive": "1M",
                     "naive_lat": "100k", "micro": True, "timeout": None,
                     "naive_reps": 1}  # fmt: skip
     args.sizes = [parse_size(s) for s in (args.sizes or defaults["sizes"]).split(",") if s]
-    args.reps = args.reps or defaults["reps"]
+    args.reps = parse_reps(args.reps or defaults["reps"])
     args.scenarios = [s for s in (args.scenarios or defaults["scenarios"]).split(",") if s]
     for s in args.scenarios:
         if s not in SCENARIOS:
@@ -830,7 +894,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.latency_sizes = (
         args.sizes if lat == "all" else [parse_size(s) for s in lat.split(",") if s]
     )
-    args.latency_reps = args.latency_reps or defaults["latency_reps"]
+    args.latency_reps = parse_reps(args.latency_reps or defaults["latency_reps"])
     args.naive_max_rows = parse_size(args.naive_max_rows or defaults["naive"]) or None
     args.naive_max_rows_latency = (
         parse_size(args.naive_max_rows_latency or defaults["naive_lat"]) or None
@@ -888,6 +952,7 @@ def main(argv: list[str] | None = None) -> int:
                 prefix_rows=prefix,
                 bb_extra=args.bb_extra,
                 timeout=args.timeout,
+                floor_jobs_setting=args.floor_jobs,
             )
             extra = ""
             if program == "bulkbatch":

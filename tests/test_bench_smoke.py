@@ -76,3 +76,72 @@ def test_help_lists_the_flags() -> None:
     )
     for flag in ("--quick", "--smoke", "--sizes", "--reps", "--scenarios", "--out"):
         assert flag in proc.stdout
+
+
+def test_full_mode_runs_three_reps_at_1m_and_one_at_10m_in_both_scenarios() -> None:
+    from bench.run import parse_args, plan_runs
+
+    runs = plan_runs(parse_args([]))
+    count: dict[tuple[int, str, str], int] = {}
+    for rows, scenario, program, _rep, _prefix in runs:
+        count[(rows, scenario, program)] = count.get((rows, scenario, program), 0) + 1
+    for scenario in ("none", "latency50"):
+        assert count[(1_000_000, scenario, "bulkbatch")] == 3
+        assert count[(1_000_000, scenario, "floor")] == 3
+        assert count[(10_000_000, scenario, "bulkbatch")] == 1
+        assert count[(10_000_000, scenario, "floor")] == 1
+        assert count[(10_000_000, scenario, "naive")] == 1  # a prefix, extrapolated
+    prefixes = {(r, s): p for r, s, prog, _, p in runs if prog == "naive"}
+    assert prefixes[(1_000_000, "none")] is None  # the naive script runs in full at 1M
+    assert prefixes[(10_000_000, "none")] == 1_000_000
+    assert prefixes[(1_000_000, "latency50")] == 100_000
+
+
+def test_reps_parse_per_size() -> None:
+    from bench.run import parse_reps, reps_for
+
+    assert reps_for(parse_reps("3"), 10_000_000) == 3
+    per_size = parse_reps("1M:3,10M:1")
+    assert reps_for(per_size, 1_000_000) == 3
+    assert reps_for(per_size, 10_000_000) == 1
+    assert reps_for(per_size, 100_000) == 1
+
+
+def test_the_floor_uses_as_many_jobs_as_bulkbatch_default_split() -> None:
+    from bench.run import floor_jobs
+
+    assert floor_jobs(1_000_000, "auto") == 16
+    assert floor_jobs(10_000_000, "auto") == 16
+    assert floor_jobs(100_000, "auto") == 10
+    assert floor_jobs(5_000, "auto") == 1
+    assert floor_jobs(1_000_000, "1") == 1
+
+
+@pytest.mark.timeout(120)
+def test_floor_spreads_users_over_jobs_and_lists_each_once(tmp_path: Path) -> None:
+    """The floor with several jobs pages all of them and writes every accepted user once."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from bench.common import Emulator, audience
+
+    out = tmp_path / "f.parquet"
+    floor = [sys.executable, str(ROOT / "bench" / "floor.py"), str(audience(5000))]
+    with Emulator() as emu:
+        proc = subprocess.run(
+            [*floor, "--out", str(out), "--jobs", "3"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=100,
+            env={"COURIER_BASE_URL": emu.url, "PATH": "/usr/bin:/bin"},
+        )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["jobs"] == 3 and len(set(report["job_ids"])) == 3
+    assert report["job_status"] == "COMPLETED"
+    table = pq.read_table(out)
+    assert report["listed"] == report["received"] == table.num_rows > 4900
+    assert table.column("message_id").null_count == 0
+    assert len(set(table.column("message_id").to_pylist())) == table.num_rows

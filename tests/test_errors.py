@@ -166,3 +166,33 @@ def test_disk_full_while_saving_state_leaves_a_resumable_run(
     assert run.summary()["accounting_ok"] is True
     assert stats["jobs_created"] == 1 and stats["runs"] == 1
     assert stats["max_accepted_per_recipient"] == 1
+
+
+def test_running_out_of_the_memory_budget_names_the_setting_and_resumes(tmp_path: Path) -> None:
+    """DuckDB hitting its memory cap is not "a bad file" or "a bad query": the message
+    names the budget and the setting that raises it, and the run resumes."""
+    run_dir = tmp_path / "r"
+    with EmulatorProcess() as emu:
+        starved = {**emu.env(), "BULKBATCH_MEMORY_LIMIT": "1MB"}
+        proc = run_cli(
+            "send", str(SAMPLE), "--event", "welcome", "--run-dir", str(run_dir), env=starved
+        )
+        assert proc.returncode == 1, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("Error: DuckDB ran out of its 1MB memory budget (")
+        assert "BULKBATCH_MEMORY_LIMIT=2GB" in last
+        assert f"'bulkbatch resume {run_dir}'" in last
+        assert "Traceback" not in proc.stderr
+        resumed = run_cli("--quiet", "resume", str(run_dir), "--allow-failures", env=emu.env())
+    assert resumed.returncode == 0, resumed.stderr
+    assert orjson.loads((run_dir / "summary.json").read_bytes())["accounting_ok"]
+
+
+def test_a_memory_limit_that_is_not_a_size_is_named(tmp_path: Path) -> None:
+    env = {**os.environ, "BULKBATCH_MEMORY_LIMIT": "lots"}
+    proc = run_cli("plan", str(SAMPLE), "--event", "welcome", "--run-dir", str(tmp_path), env=env)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "Error: BULKBATCH_MEMORY_LIMIT='lots' is not a memory size DuckDB understands; use a "
+        "size such as 512MB or 2GB, or unset it for the default 320MB."
+    )

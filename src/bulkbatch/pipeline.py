@@ -45,7 +45,14 @@ from bulkbatch.stages.plan import PlanInfo, PlanOptions, build_plan, job_message
 from bulkbatch.stages.results import ResultsInfo, write_results, write_summary
 from bulkbatch.stages.send import ingest_job, ingest_progress, run_job, verify_job
 from bulkbatch.stages.track import fetch_messages, page_users, wait_for_job
-from bulkbatch.state import JobState, RunState, ensure_ledger, open_run_db
+from bulkbatch.state import (
+    MEMORY_LIMIT_ENV,
+    JobState,
+    RunState,
+    ensure_ledger,
+    memory_limit,
+    open_run_db,
+)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -411,6 +418,7 @@ class Run:
                 lambda: write_results(
                     con, self.state, out, include_profile=include_profile, messages=messages
                 ),
+                self.path,
             )
         finally:
             con.close()
@@ -441,7 +449,7 @@ async def _client_context(state: RunState, settings: Settings) -> AsyncIterator[
 # -- the stages, in order -------------------------------------------------------------
 
 
-async def _in_thread(con: duckdb.DuckDBPyConnection, fn: Callable[[], T]) -> T:
+async def _in_thread(con: duckdb.DuckDBPyConnection, fn: Callable[[], T], run_dir: Path) -> T:
     """Run blocking DuckDB work in a worker thread, interrupting it on cancellation.
 
     A thread cannot be cancelled, so on Ctrl-C (or any cancellation) the query running on
@@ -459,6 +467,14 @@ async def _in_thread(con: duckdb.DuckDBPyConnection, fn: Callable[[], T]) -> T:
 
     try:
         return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except duckdb.OutOfMemoryException as exc:
+        detail = str(exc).splitlines()[0].removeprefix("Out of Memory Error: ")
+        raise StateError(
+            f"DuckDB ran out of its {memory_limit()} memory budget ({detail}). Nothing is "
+            f"lost and nobody was sent twice; give it more with {MEMORY_LIMIT_ENV}=2GB, then "
+            f"run 'bulkbatch resume {run_dir}'. Please report the input size: bulkbatch aims "
+            "to stay within the default budget."
+        ) from None
     except anyio.get_cancelled_exc_class():
         con.interrupt()
         with anyio.CancelScope(shield=True):
@@ -560,7 +576,7 @@ async def _execute(
 ) -> None:
     con = open_run_db(state.run_dir)
     try:
-        await _in_thread(con, lambda: _prepare(state, con, frame, progress))
+        await _in_thread(con, lambda: _prepare(state, con, frame, progress), state.run_dir)
         ensure_ledger(con)
         if not state.jobs:
             # Nothing to send: every row was rejected or a duplicate. Still write results.
@@ -580,6 +596,7 @@ async def _execute(
                     include_profile=options.include_profile,
                     messages=options.messages,
                 ),
+                state.run_dir,
             )
             state.mark("results", time.monotonic() - started)
             write_summary(state, info)  # again, now with this stage's timing in it

@@ -30,16 +30,28 @@ import orjson
 from bulkbatch.errors import StateError
 
 __all__ = [
+    "MEMORY_LIMIT",
+    "MEMORY_LIMIT_ENV",
     "STATE_FILE",
     "JobState",
     "RunState",
     "atomic_write_bytes",
     "ensure_ledger",
+    "memory_limit",
     "open_run_db",
 ]
 
 MEMORY_LIMIT = "320MB"
-"""DuckDB's memory cap for a run database (it spills to ``<run dir>/.spill`` beyond it)."""
+"""DuckDB's memory cap for a run database (it spills to ``<run dir>/.spill`` beyond it);
+``BULKBATCH_MEMORY_LIMIT`` (e.g. ``1GB``) overrides it."""
+MEMORY_LIMIT_ENV = "BULKBATCH_MEMORY_LIMIT"
+
+
+def memory_limit() -> str:
+    """The DuckDB memory cap in force: ``BULKBATCH_MEMORY_LIMIT`` or :data:`MEMORY_LIMIT`."""
+    return os.environ.get(MEMORY_LIMIT_ENV, "").strip() or MEMORY_LIMIT
+
+
 STATE_FILE = "state.json"
 DB_FILE = "run.duckdb"
 STATE_VERSION = 1
@@ -248,7 +260,15 @@ def open_run_db(run_dir: Path, *, read_only: bool = False) -> duckdb.DuckDBPyCon
     if not read_only:
         # Bounded memory whatever the audience size: DuckDB spills to the run directory
         # beyond this, so a 10M-row run stays within a few hundred MiB.
-        con.execute(f"SET memory_limit='{MEMORY_LIMIT}'")
+        limit = memory_limit()
+        try:
+            con.execute(f"SET memory_limit='{limit.replace(chr(39), '')}'")
+        except duckdb.Error:
+            con.close()
+            raise StateError(
+                f"{MEMORY_LIMIT_ENV}={limit!r} is not a memory size DuckDB understands; "
+                f"use a size such as 512MB or 2GB, or unset it for the default {MEMORY_LIMIT}."
+            ) from None
         con.execute(f"SET temp_directory='{str(run_dir / '.spill').replace(chr(39), chr(39) * 2)}'")
         con.execute("SET preserve_insertion_order=true")
     return con

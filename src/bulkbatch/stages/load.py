@@ -418,6 +418,8 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
                 _widen(con, described)
                 con.execute(f"INSERT INTO inputs BY NAME SELECT {select} FROM {reader}")
             count = fetch_one(con, "SELECT count(*) FROM inputs")
+        except duckdb.OutOfMemoryException:
+            raise  # not a bad file: the pipeline reports the memory budget
         except duckdb.Error as exc:
             raise _read_error(exc, kind, group) from None
         columns.extend(n for n in names if n not in columns)
@@ -542,6 +544,8 @@ def load_frame(con: duckdb.DuckDBPyConnection, frame: object) -> LoadInfo:
         row = fetch_one(
             con, "SELECT count(*), coalesce(bit_xor(hash(inputs)), 0)::VARCHAR FROM inputs"
         )
+    except duckdb.OutOfMemoryException:
+        raise  # not a bad frame: the pipeline reports the memory budget
     except duckdb.Error as exc:
         raise InputError(
             f"Cannot read the {name} given to load_frame: {str(exc).splitlines()[0]}. "

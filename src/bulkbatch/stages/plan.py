@@ -958,6 +958,8 @@ def build_plan(
         con.execute(f"CREATE OR REPLACE TEMP TABLE _bb_order AS {_order_sql(options)}")
         _write_plan(con, q, audience)
         info = _report(con, options, targets, message, started)
+    except duckdb.OutOfMemoryException:
+        raise  # not a bad query: the pipeline reports the memory budget
     except duckdb.Error as exc:
         if options.where or options.sql:
             raise UsageError(
@@ -1201,6 +1203,8 @@ def _write_parquet(con: duckdb.DuckDBPyConnection, run_dir: Path) -> None:
             "JOIN inputs i USING (row_number) ORDER BY r.row_number) "
             f"TO {rejects_path} (FORMAT parquet, COMPRESSION zstd)"
         )
+    except duckdb.OutOfMemoryException:
+        raise  # not an unwritable directory: the pipeline reports the memory budget
     except duckdb.Error as exc:
         raise PlanError(
             f"Cannot write the plan files to {run_dir}: {_first_line(exc)}. "

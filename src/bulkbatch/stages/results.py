@@ -89,7 +89,43 @@ def _table_exists(cur: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(row and row[0])
 
 
+KEYS_TABLE = "_results_keys"
+PAGES_TABLE = "_results_pages"
+
+
+def _build_keys(cur: duckdb.DuckDBPyConnection, messages: bool) -> None:
+    """Materialise, per planned row, what Courier said of it: ``KEYS_TABLE``.
+
+    One hash join per statement: at 10M rows, joining plan and user_pages (by recipient)
+    in the same statement as the five joins of the final select ran DuckDB out of its
+    memory budget; each join alone spills and stays within it.
+    """
+    cur.execute(
+        f"""
+        CREATE OR REPLACE TABLE {PAGES_TABLE} AS
+        SELECT p.row_number, p.recipient, p.job_no, pg.message_id, pg.status
+        FROM plan p
+        -- A page is committed with its cursor, so a user appears in user_pages once; were
+        -- it not so, the extra rows would fail the row-count check of write_results.
+        LEFT JOIN user_pages pg ON pg.recipient = p.recipient AND pg.job_no = p.job_no
+        """
+    )
+    delivery = (
+        "m.delivery_status, m.enqueued, m.sent, m.delivered, m.opened, m.clicked"
+        if messages
+        else "NULL::VARCHAR AS delivery_status, "
+        + ", ".join(f"NULL::BIGINT AS {c}" for c in MESSAGE_COLUMNS[1:])
+    )
+    join = "LEFT JOIN messages m ON m.message_id = k.message_id" if messages else ""
+    cur.execute(
+        f"CREATE OR REPLACE TABLE {KEYS_TABLE} AS SELECT k.*, {delivery} "
+        f"FROM {PAGES_TABLE} k {join}"
+    )
+    cur.execute(f"DROP TABLE {PAGES_TABLE}")
+
+
 def _select_sql(cur: duckdb.DuckDBPyConnection, state: RunState, include_profile: bool) -> str:
+    """The results rows: the input rows joined (by row number) to their outcome."""
     input_cols = [
         r[0]
         for r in cur.execute(
@@ -120,7 +156,7 @@ def _select_sql(cur: duckdb.DuckDBPyConnection, state: RunState, include_profile
         {select_inputs + "," if select_inputs else ""}
         CASE
             WHEN {skipped_flag} THEN 'skipped'
-            WHEN p.row_number IS NOT NULL AND ie.recipient IS NULL THEN 'ingested'
+            WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL THEN 'ingested'
             WHEN d.row_number IS NOT NULL THEN 'duplicate'
             WHEN r.row_number IS NOT NULL OR ie.recipient IS NOT NULL THEN 'rejected'
             ELSE NULL
@@ -137,25 +173,38 @@ def _select_sql(cur: duckdb.DuckDBPyConnection, state: RunState, include_profile
             WHEN d.row_number IS NOT NULL THEN 'duplicate'
             WHEN ie.recipient IS NOT NULL THEN 'ingest_error'
         END AS reason_code,
-        coalesce(p.recipient, d.recipient{", s.recipient" if has_skips else ""}) AS recipient,
-        CASE WHEN p.row_number IS NOT NULL THEN jobs.job_id END AS job_id,
-        pg.message_id,
-        CASE WHEN p.row_number IS NOT NULL AND ie.recipient IS NULL THEN pg.status END AS status,
-        m.delivery_status, m.enqueued, m.sent, m.delivered, m.opened, m.clicked,
-        (p.row_number IS NOT NULL)::INT + (r.row_number IS NOT NULL)::INT
-            + (d.row_number IS NOT NULL)::INT AS _placements
+        coalesce(k.recipient, d.recipient{", s.recipient" if has_skips else ""}) AS recipient,
+        CASE WHEN k.row_number IS NOT NULL THEN jobs.job_id END AS job_id,
+        k.message_id,
+        CASE WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL THEN k.status END AS status,
+        k.delivery_status, k.enqueued, k.sent, k.delivered, k.opened, k.clicked
     FROM inputs i
-    LEFT JOIN plan p ON p.row_number = i.row_number
+    LEFT JOIN {KEYS_TABLE} k ON k.row_number = i.row_number
     LEFT JOIN rejects r ON r.row_number = i.row_number
     LEFT JOIN duplicates d ON d.row_number = i.row_number
     {skipped_join}
-    LEFT JOIN jobs ON jobs.job_no = p.job_no
-    LEFT JOIN ie ON ie.recipient = p.recipient
-    -- A page is committed with its cursor, so a user appears in user_pages once; were it
-    -- not so, the extra rows would fail the row-count check below.
-    LEFT JOIN user_pages pg ON pg.recipient = p.recipient AND pg.job_no = p.job_no
-    LEFT JOIN messages m ON m.message_id = pg.message_id
+    LEFT JOIN jobs ON jobs.job_no = k.job_no
+    LEFT JOIN ie ON ie.recipient = k.recipient
     """
+
+
+def _misplaced(cur: duckdb.DuckDBPyConnection, total: int, unplaced: int) -> int:
+    """Input rows not in exactly one of plan, rejects, duplicates (and skipped).
+
+    Counted from the row numbers alone (an aggregate, not a join of 10M-row tables):
+    ``placements - distinct`` rows are placed twice or more, and ``distinct - placed``
+    row numbers are not input rows at all. ``unplaced`` input rows (those with no outcome
+    in the written file) are counted by the caller.
+    """
+    sources = ["plan", "rejects", "duplicates"]
+    if _table_exists(cur, "skipped"):
+        sources.append("skipped")
+    union = " UNION ALL ".join(f"SELECT row_number FROM {t}" for t in sources)
+    placements, distinct = cur.execute(
+        f"SELECT count(*), count(DISTINCT row_number) FROM ({union})"
+    ).fetchall()[0]
+    placed_inputs = total - unplaced
+    return int(placements) - int(distinct) + abs(int(distinct) - placed_inputs)
 
 
 def write_results(
@@ -179,17 +228,21 @@ def write_results(
     cur = con
     out = out or state.run_dir / "results.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
-    select = _select_sql(cur, state, include_profile)
-    columns = [r[0] for r in cur.execute(f"DESCRIBE {select}").fetchall()]
-    drop = {"_placements", *([] if messages else MESSAGE_COLUMNS)}
-    keep = ", ".join(_q(c) for c in columns if c not in drop)
-    tmp = out.with_name(f".{out.name}.tmp")
-    # One streamed pass: DuckDB joins, sorts (spilling if it must) and writes; nothing
-    # is materialised in Python or in a temporary table.
-    cur.execute(
-        f"COPY (SELECT {keep} FROM ({select}) ORDER BY row_number) "
-        f"TO {_lit(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
-    )
+    _build_keys(cur, messages)
+    try:
+        select = _select_sql(cur, state, include_profile)
+        columns = [r[0] for r in cur.execute(f"DESCRIBE {select}").fetchall()]
+        drop = set() if messages else set(MESSAGE_COLUMNS)
+        keep = ", ".join(_q(c) for c in columns if c not in drop)
+        tmp = out.with_name(f".{out.name}.tmp")
+        # One streamed pass: DuckDB joins, sorts (spilling if it must) and writes; nothing
+        # is materialised in Python.
+        cur.execute(
+            f"COPY (SELECT {keep} FROM ({select}) ORDER BY row_number) "
+            f"TO {_lit(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
+        )
+    finally:
+        cur.execute(f"DROP TABLE IF EXISTS {KEYS_TABLE}")
     tmp.replace(out)
     written = f"read_parquet({_lit(str(out))})"
 
@@ -212,30 +265,14 @@ def write_results(
     by_reason = counts(
         f"SELECT reason_code, count(*) FROM {written} WHERE outcome = 'rejected' GROUP BY 1"
     )
-    has_skips = _table_exists(cur, "skipped")
-    row = cur.execute(
-        f"""
-        SELECT count(*),
-               count(*) FILTER (WHERE (p.row_number IS NOT NULL)::INT
-                   + (r.row_number IS NOT NULL)::INT + (d.row_number IS NOT NULL)::INT
-                   + {"(s.row_number IS NOT NULL)::INT" if has_skips else "0"} <> 1)
-        FROM inputs i
-        LEFT JOIN plan p ON p.row_number = i.row_number
-        LEFT JOIN rejects r ON r.row_number = i.row_number
-        LEFT JOIN duplicates d ON d.row_number = i.row_number
-        {"LEFT JOIN skipped s ON s.row_number = i.row_number" if has_skips else ""}
-        """
-    ).fetchall()[0]
-    total, misplaced = int(row[0]), int(row[1])
-    written_rows = sum(outcome.values()) + int(
+    total = int(cur.execute("SELECT count(*) FROM inputs").fetchall()[0][0])
+    unaccounted = int(
         cur.execute(f"SELECT count(*) FROM {written} WHERE outcome IS NULL").fetchall()[0][0]
     )
+    misplaced = _misplaced(cur, total, unaccounted)
+    written_rows = sum(outcome.values()) + unaccounted
     if written_rows != total:
         misplaced += abs(written_rows - total)
-    unaccounted = sum(
-        int(v)
-        for (v,) in cur.execute(f"SELECT count(*) FROM {written} WHERE outcome IS NULL").fetchall()
-    )
 
     ingested = outcome.get("ingested", 0)
     info_counts = {

@@ -1,0 +1,93 @@
+"""The results stage's accounting check catches every way the partition can break.
+
+A finished run on the sample is tampered with in its run database, then
+``bulkbatch.results`` rewrites results.parquet: the file is still written, and
+:class:`AccountingError` names how many rows are misplaced.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import bulkbatch
+from bulkbatch.errors import AccountingError
+from bulkbatch.state import open_run_db
+from tests.support import SAMPLE
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    run_dir = tmp_path_factory.mktemp("results") / "run"
+    with bulkbatch.Emulator() as emu:
+        bulkbatch.send(
+            SAMPLE,
+            event="welcome",
+            settings=bulkbatch.Settings(base_url=emu.url, poll_interval=0.02),
+            run_dir=run_dir,
+        )
+    yield run_dir
+
+
+@pytest.fixture
+def run_dir(finished: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def _sql(run_dir: Path, *statements: str) -> None:
+    con = open_run_db(run_dir)
+    try:
+        for sql in statements:
+            con.execute(sql)
+    finally:
+        con.close()
+
+
+def test_an_untouched_run_adds_up_and_leaves_no_work_tables(run_dir: Path) -> None:
+    info = bulkbatch.results(run_dir)
+    assert info.accounting_ok and not info.problems
+    assert info.input_rows == info.ingested + info.duplicates + info.rejected == 2_000
+    assert pq.read_metadata(run_dir / "results.parquet").num_rows == 2_000
+    con = open_run_db(run_dir, read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    finally:
+        con.close()
+    assert not {t for t in tables if t.startswith("_results")}, tables
+
+
+@pytest.mark.parametrize(
+    ("tamper", "misplaced"),
+    [
+        # a planned row is also a reject: placed twice
+        ("INSERT INTO rejects SELECT row_number, 'bad_email', 'x' FROM plan LIMIT 3", 3),
+        # a row is in no table at all: no outcome
+        ("DELETE FROM rejects WHERE row_number IN (SELECT row_number FROM rejects LIMIT 2)", 2),
+        # a duplicate that names a row that is not an input row
+        ("INSERT INTO duplicates VALUES (999999, 'nobody', 1)", 1),
+    ],
+)
+def test_a_broken_partition_is_reported_with_its_count(
+    run_dir: Path, tamper: str, misplaced: int
+) -> None:
+    _sql(run_dir, tamper)
+    with pytest.raises(AccountingError, match=f"{misplaced} input rows are not in exactly one"):
+        bulkbatch.results(run_dir)
+    # The file is still written for inspection.
+    assert pq.read_metadata(run_dir / "results.parquet").num_rows == 2_000
+
+
+def test_ingested_rows_must_match_what_courier_received(run_dir: Path) -> None:
+    # One planned user lost its place in the plan: 1 row unplaced, and ingested != received.
+    _sql(run_dir, "DELETE FROM plan WHERE row_number = (SELECT min(row_number) FROM plan)")
+    with pytest.raises(AccountingError) as info:
+        bulkbatch.results(run_dir)
+    text = str(info.value)
+    assert "1 input rows are not in exactly one" in text
+    assert "Courier reports" in text and "users received" in text

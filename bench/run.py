@@ -389,6 +389,19 @@ def _stage_table(rows: int, scen: str, summ: dict[tuple[int, str, str], Any]) ->
     return out
 
 
+def _floor_jobs_text(records: list[Record]) -> str:
+    """'16 at 1M, 10 at 100k': the jobs each measured floor run used, from its own report."""
+    seen: dict[int, set[int]] = defaultdict(set)
+    for r in records:
+        if r.program == "floor" and r.report.get("jobs"):
+            seen[r.rows].add(int(r.report["jobs"]))
+    parts = [
+        f"{'/'.join(str(j) for j in sorted(jobs))} at {human(rows)}"
+        for rows, jobs in sorted(seen.items())
+    ]
+    return ", ".join(parts) or "none measured"
+
+
 def render(
     args: argparse.Namespace,
     records: list[Record],
@@ -455,8 +468,9 @@ def render(
             "every job's `/users` side by side with raw httpx + orjson, write 3 columns to "
             "Parquet. No validation, dedupe, ledger, retries or rate limiting. "
             + (
-                "JOBS is the number of jobs bulkbatch's default split makes (16 at 1M and 10M, "
-                "10 at 100k), so the floor prices bulkbatch's logic on the same request pattern."
+                "JOBS is the number of jobs bulkbatch's default split makes "
+                f"({_floor_jobs_text(records)}), so the floor prices bulkbatch's logic on the "
+                "same request pattern."
                 if args.floor_jobs == "auto"
                 else f"JOBS = {args.floor_jobs}."
             )

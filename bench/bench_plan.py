@@ -9,7 +9,7 @@ Audiences are generated once into bench/data/ (gitignored) with ``bulkbatch.synt
 database opened like a real run (``bulkbatch.state.open_run_db``: 384MB memory limit, spill
 directory in the run dir); peak RSS is polled with psutil (the child and its children) every
 20 ms. ``--jobs`` picks one job, jobs of 100k users, or the pipeline's automatic job size
-(``auto_job_size``: about ``concurrency`` jobs); medians are reported over ``--repeat`` runs.
+(``auto_job_size``: about 4 × ``concurrency`` jobs); medians are reported over ``--repeat`` runs.
 """
 
 from __future__ import annotations

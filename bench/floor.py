@@ -20,7 +20,7 @@ What it does, and nothing more:
    per 100,000 users, so memory does not grow with the audience.
 
 ``--jobs`` exists so that the floor can use the same request pattern as bulkbatch (which cuts
-a run into about ``--concurrency`` jobs and pages them side by side): the comparison then
+a run into about 4 × ``--concurrency`` jobs and pages them side by side): the comparison then
 prices bulkbatch's logic, not its strategy. With one job it is the floor of the pattern the
 Courier docs show.
 

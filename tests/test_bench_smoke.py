@@ -110,8 +110,8 @@ def test_reps_parse_per_size() -> None:
 def test_the_floor_uses_as_many_jobs_as_bulkbatch_default_split() -> None:
     from bench.run import floor_jobs
 
-    assert floor_jobs(1_000_000, "auto") == 16
-    assert floor_jobs(10_000_000, "auto") == 16
+    assert floor_jobs(1_000_000, "auto") == 64
+    assert floor_jobs(10_000_000, "auto") == 64
     assert floor_jobs(100_000, "auto") == 10
     assert floor_jobs(5_000, "auto") == 1
     assert floor_jobs(1_000_000, "1") == 1

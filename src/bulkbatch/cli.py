@@ -355,8 +355,8 @@ def input_options(fn: F) -> F:
             type=click.IntRange(0),
             default=None,
             help=(
-                "Users per bulk job; jobs are paged side by side. Default: about --concurrency "
-                "jobs of at least 10,000 users. 0: one job for everyone."
+                "Users per bulk job; jobs are paged side by side. Default: about 4 jobs per "
+                "--concurrency slot, of at least 10,000 users each. 0: one job for everyone."
             ),
         ),
         click.option(

@@ -637,8 +637,35 @@ async def _network(
                 )
                 await page_users(con, client, state, job, ledger, progress=progress)
 
+            async def finish(job: JobState, verify: bool) -> None:
+                """Verify, run and record ``job``, then track it: all of it off the ingest
+                path, so the next job's ingest starts at once. In sequence they cost a
+                few round trips per job (~0.3 s at 50 ms each), which at 64 jobs was 20 s
+                of a 1M run."""
+                if verify:
+                    await verify_job(con, client, state, job)
+                if not job.run:
+                    await run_job(client, state, job)
+                    progress(ProgressEvent("run", message=f"job {job.job_id} started"))
+                once = state.options.get("once_per")
+                if once and not job.recorded:
+                    assert job.job_id is not None
+                    await anyio.to_thread.run_sync(
+                        record_sent,
+                        con,
+                        Path(once["ledger"]),
+                        once["key"],
+                        state.run_id,
+                        job.job_no,
+                        job.job_id,
+                    )
+                    job.recorded = True
+                    state.save()
+                await track(job)
+
             async with anyio.create_task_group() as tg:
                 for job in state.jobs:
+                    verify = False
                     if not job.ingested:
                         progress(ProgressEvent("create", message=f"job {job.job_no}"))
                         await ingest_job(
@@ -651,26 +678,9 @@ async def _network(
                             on_ack=on_ack,
                         )
                         await ledger.flush()
-                        await verify_job(con, client, state, job)
-                    if not job.run:
-                        await run_job(client, state, job)
-                        progress(ProgressEvent("run", message=f"job {job.job_id} started"))
-                    once = state.options.get("once_per")
-                    if once and not job.recorded:
-                        assert job.job_id is not None
-                        await anyio.to_thread.run_sync(
-                            record_sent,
-                            con,
-                            Path(once["ledger"]),
-                            once["key"],
-                            state.run_id,
-                            job.job_no,
-                            job.job_id,
-                        )
-                        job.recorded = True
-                        state.save()
-                    # Tracking one job overlaps with ingesting the next.
-                    tg.start_soon(track, job)
+                        verify = True
+                    # Verifying, running and tracking one job overlap with ingesting the next.
+                    tg.start_soon(finish, job, verify)
                 if not state.done("send"):
                     state.mark("send", time.monotonic() - send_started)
                 track_started = time.monotonic()

@@ -417,10 +417,10 @@ def render(
         "",
         (
             f"Measured by `{cmdline}`; written {time.strftime('%Y-%m-%d %H:%M %Z')} "
-            f"(git {git_head()}; "
+            f"(git {args.measured_at}; "
             + (
-                f"re-rendered from `{Path(args.render).name}` by `bench/run.py --render`, "
-                "profile and analysis added after the measurements). "
+                f"re-rendered at git {git_head()} from `{Path(args.render).name}` by "
+                "`bench/run.py --render`, notes added after the measurements). "
                 if args.render
                 else f"the runner took {(time.time() - started) / 60:.1f} min). "
             )
@@ -923,7 +923,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _save(path: Path, args: argparse.Namespace, records: list[Record], **extra: Any) -> None:
-    data = {"argv": args.cmdline, "records": [asdict(r) for r in records], **extra}
+    data = {
+        "argv": args.cmdline,
+        "git": args.measured_at,
+        "records": [asdict(r) for r in records],
+        **extra,
+    }
     path.write_text(json.dumps(data, indent=1, default=str))
 
 
@@ -936,6 +941,7 @@ def _load(path: Path) -> tuple[list[Record], dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.measured_at = git_head()
     started = time.time()
     raw_dir = HERE / "out"
     raw_dir.mkdir(exist_ok=True)
@@ -943,6 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         records, saved = _load(Path(args.render))
         args.cmdline = saved.get("argv") or args.cmdline
+        args.measured_at = saved.get("git") or "unknown"
         args.sizes = sorted({r.rows for r in records})
         args.scenarios = [s for s in SCENARIOS if any(r.scenario == s for r in records)]
         args.programs = [p for p in PROGRAMS if any(r.program == p for r in records)]

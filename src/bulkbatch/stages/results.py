@@ -23,6 +23,7 @@ is still written (the user needs it) and :class:`~bulkbatch.errors.AccountingErr
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,7 +243,9 @@ def write_results(
             f"TO {_lit(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
         )
     finally:
-        cur.execute(f"DROP TABLE IF EXISTS {KEYS_TABLE}")
+        # Never mask the error that got us here (an interrupt, a full disk).
+        with contextlib.suppress(duckdb.Error):
+            cur.execute(f"DROP TABLE IF EXISTS {KEYS_TABLE}")
     tmp.replace(out)
     written = f"read_parquet({_lit(str(out))})"
 

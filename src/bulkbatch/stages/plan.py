@@ -1058,12 +1058,18 @@ def _write_plan(con: duckdb.DuckDBPyConnection, q: _Queries, audience: str) -> N
         con.execute("SET force_compression = 'zstd'")
     except duckdb.Error:  # pragma: no cover - a DuckDB without zstd storage
         previous = ""
+    # One thread for this sort: it orders every user's JSON (gigabytes at 10M) under the
+    # run's memory cap, and each sorting thread pins its own blocks; with 64 jobs at 10M,
+    # two threads ran out of the 320MB budget.
+    threads = int(fetch_one(con, "SELECT current_setting('threads')")[0])
+    con.execute("SET threads = 1")
     try:
         con.execute(
             f"CREATE TABLE plan AS SELECT {_PLAN_COLUMNS} FROM ({users}) "
             "ORDER BY batch_no, row_number"
         )
     finally:
+        con.execute(f"SET threads = {threads}")
         if previous:
             con.execute(f"SET force_compression = {_lit(previous)}")
 

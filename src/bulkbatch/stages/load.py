@@ -47,6 +47,7 @@ from typing import Any, Literal
 import duckdb
 
 from bulkbatch.errors import InputError, UsageError
+from bulkbatch.state import MEMORY_LIMIT_ENV
 
 __all__ = [
     "INPUT_EXTENSIONS",
@@ -179,9 +180,11 @@ def configure_connection(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("SET enable_progress_bar = false")  # library code never prints
         row = fetch_one(con, "SELECT current_setting('memory_limit')")
         current = _parse_bytes(str(row[0]))
-        cap = _parse_bytes(MEMORY_LIMIT) or 0
+        # The user's BULKBATCH_MEMORY_LIMIT wins over this module's default cap.
+        limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip() or MEMORY_LIMIT
+        cap = _parse_bytes(limit) or _parse_bytes(MEMORY_LIMIT) or 0
         if current is None or current > cap:
-            con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+            con.execute(f"SET memory_limit = '{cap}B'")
     except duckdb.Error:  # pragma: no cover - settings are best effort
         pass
 

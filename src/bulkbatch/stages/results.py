@@ -252,7 +252,9 @@ def write_results(
     def counts(sql: str) -> dict[str, int]:
         return {str(k): int(v) for k, v in cur.execute(sql).fetchall() if k is not None}
 
-    outcome = counts(f"SELECT outcome, count(*) FROM {written} GROUP BY 1")
+    by_outcome = cur.execute(f"SELECT outcome, count(*) FROM {written} GROUP BY 1").fetchall()
+    outcome = {str(k): int(v) for k, v in by_outcome if k is not None}
+    unaccounted = sum(int(v) for k, v in by_outcome if k is None)  # rows with no outcome
     statuses = counts(
         f"SELECT coalesce(status, 'UNKNOWN'), count(*) FROM {written} "
         "WHERE outcome = 'ingested' GROUP BY 1"
@@ -269,9 +271,6 @@ def write_results(
         f"SELECT reason_code, count(*) FROM {written} WHERE outcome = 'rejected' GROUP BY 1"
     )
     total = int(cur.execute("SELECT count(*) FROM inputs").fetchall()[0][0])
-    unaccounted = int(
-        cur.execute(f"SELECT count(*) FROM {written} WHERE outcome IS NULL").fetchall()[0][0]
-    )
     misplaced = _misplaced(cur, total, unaccounted)
     written_rows = sum(outcome.values()) + unaccounted
     if written_rows != total:

@@ -37,10 +37,10 @@ from dataclasses import asdict, dataclass
 import anyio
 import httpx
 
+from bulkbatch.client.courier import CourierClient
+from bulkbatch.client.ratelimit import AdaptiveLimiter
 from bulkbatch.config import Settings
-from bulkbatch.courier import CourierClient
 from bulkbatch.errors import BulkBatchError
-from bulkbatch.ratelimit import AdaptiveLimiter
 
 READY = "bulkbatch emulator listening on "
 

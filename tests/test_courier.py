@@ -11,8 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from bulkbatch.config import Settings
-from bulkbatch.courier import (
+from bulkbatch.client.courier import (
     ClientStats,
     CourierClient,
     IngestResult,
@@ -21,6 +20,9 @@ from bulkbatch.courier import (
     UsersPage,
     parse_retry_after,
 )
+from bulkbatch.client.ratelimit import AdaptiveLimiter
+from bulkbatch.client.retry import RetryPolicy
+from bulkbatch.config import Settings
 from bulkbatch.errors import (
     ApiError,
     ApiUnavailable,
@@ -34,8 +36,6 @@ from bulkbatch.errors import (
     ServerError,
     Terminal,
 )
-from bulkbatch.ratelimit import AdaptiveLimiter
-from bulkbatch.retry import RetryPolicy
 
 SECRET = "sk_live_TOPSECRET_0123456789"
 JOB = "1-61e9dd53-b5bb6c863b7ffbe83ad4b28d"

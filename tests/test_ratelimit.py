@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulkbatch.client.courier import CourierClient
+from bulkbatch.client.ratelimit import AdaptiveLimiter, AnyioClock, TokenBucket
 from bulkbatch.config import Settings
-from bulkbatch.courier import CourierClient
-from bulkbatch.ratelimit import AdaptiveLimiter, AnyioClock, TokenBucket
 
 # -- a virtual clock for asyncio ---------------------------------------------------------------
 

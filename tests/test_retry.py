@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bulkbatch.client.retry import RetryPolicy
 from bulkbatch.config import Settings
 from bulkbatch.errors import (
     ApiUnavailable,
@@ -17,7 +18,6 @@ from bulkbatch.errors import (
     RateLimited,
     ServerError,
 )
-from bulkbatch.retry import RetryPolicy
 
 
 def rate_limited(retry_after: float | None) -> RateLimited:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bulkbatch import errors
+    from bulkbatch.client.courier import CourierClient
     from bulkbatch.config import Settings
-    from bulkbatch.courier import CourierClient
     from bulkbatch.emulator import Emulator
     from bulkbatch.errors import BulkBatchError
     from bulkbatch.pipeline import (
@@ -53,7 +53,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 _HOME = {
     "BulkBatchError": "bulkbatch.errors",
-    "CourierClient": "bulkbatch.courier",
+    "CourierClient": "bulkbatch.client.courier",
     "Emulator": "bulkbatch.emulator",
     "LoadOptions": "bulkbatch.stages.load",
     "PlanInfo": "bulkbatch.stages.plan",

@@ -26,8 +26,8 @@ import duckdb
 import orjson
 
 from bulkbatch._sync import run_sync
+from bulkbatch.client.courier import CourierClient
 from bulkbatch.config import DEFAULT_CONCURRENCY, Settings, auto_job_size
-from bulkbatch.courier import CourierClient
 from bulkbatch.errors import StateError, UsageError
 from bulkbatch.html_report import write_report
 from bulkbatch.ledger import LedgerWriter

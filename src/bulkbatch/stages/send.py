@@ -28,7 +28,7 @@ import anyio
 import duckdb
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from bulkbatch.courier import CourierClient
+from bulkbatch.client.courier import CourierClient
 from bulkbatch.errors import AccountingError, JobAlreadyRun
 from bulkbatch.ledger import BatchAck, LedgerWriter
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent

@@ -19,7 +19,7 @@ import anyio
 import duckdb
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from bulkbatch.courier import CourierClient, Job
+from bulkbatch.client.courier import CourierClient, Job
 from bulkbatch.errors import Interrupted, JobFailed
 from bulkbatch.ledger import LedgerWriter, PageRecord
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent

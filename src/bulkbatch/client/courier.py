@@ -10,7 +10,7 @@ so code can be checked against Courier's docs line by line. Unlike the SDK, the 
 * maps every failure to one exception tree (:mod:`bulkbatch.errors`): ``Retryable`` errors
   (429, 5xx, timeouts, dropped connections) are retried with capped, jittered exponential
   backoff that honours ``Retry-After``; ``Terminal`` ones are raised at once;
-* takes one token from the shared :class:`~bulkbatch.ratelimit.AdaptiveLimiter` per attempt,
+* takes one token from the shared :class:`~bulkbatch.client.ratelimit.AdaptiveLimiter` per attempt,
   and tells it about every 2xx and 429.
 
 The API key goes into the ``Authorization`` header and nowhere else: not into an
@@ -34,6 +34,8 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from bulkbatch.client.ratelimit import AdaptiveLimiter, AnyioClock, Clock
+from bulkbatch.client.retry import RetryPolicy
 from bulkbatch.config import Settings
 from bulkbatch.errors import (
     ApiError,
@@ -46,8 +48,6 @@ from bulkbatch.errors import (
     RateLimited,
     ServerError,
 )
-from bulkbatch.ratelimit import AdaptiveLimiter, AnyioClock, Clock
-from bulkbatch.retry import RetryPolicy
 
 __all__ = [
     "ClientStats",

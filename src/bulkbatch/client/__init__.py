@@ -1,0 +1,6 @@
+"""Talking to Courier: the async HTTP client, its rate limiter and its retry policy.
+
+``courier`` holds :class:`CourierClient` (one method per endpoint, named as in the official
+SDK); ``ratelimit`` the token bucket and adaptive pacing; ``retry`` which failures are retried
+and how long to wait. Nothing here knows about run directories or plans.
+"""

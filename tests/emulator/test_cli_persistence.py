@@ -50,7 +50,7 @@ def emulator_process(
 
 @contextmanager
 def restartable(db: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[str]]]:
-    args = ("--db", str(db), "--progression", "polls:1")
+    args = ("--db", str(db), "--progression", "polls:1", "--flavor", "tutorial")
     with (
         emulator_process(*args, env_key=KEY) as (url, proc),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}) as client,
@@ -107,7 +107,7 @@ def test_db_restart_in_the_middle_of_a_job(tmp_path: Path) -> None:
 
 
 def test_cli_requires_the_key_from_the_environment(tmp_path: Path) -> None:
-    with emulator_process(env_key="from-env") as (url, proc):
+    with emulator_process("--flavor", "tutorial", env_key="from-env") as (url, proc):
         assert httpx.post(f"{url}/bulk", json={"message": {"event": "e"}}).status_code == 401
         ok = httpx.post(
             f"{url}/bulk",

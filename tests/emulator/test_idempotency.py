@@ -64,18 +64,27 @@ def test_validation_failures_are_not_saved(http: httpx.Client) -> None:
     assert http.post("/bulk", json={"message": {"event": "e"}}, headers=h).status_code == 201
 
 
-def test_same_key_with_a_different_request_is_409(http: httpx.Client) -> None:
+def test_same_key_with_a_different_request_replays_the_first_result(
+    http: httpx.Client, emu: Emulator
+) -> None:
+    # Courier: "Subsequent requests with the same key return the same result" (no 409
+    # idempotency_error); the emulator counts the mismatch so tests can assert there is none.
     h = {"Idempotency-Key": "k"}
-    assert http.post("/bulk", json={"message": {"event": "a"}}, headers=h).status_code == 201
+    first = http.post("/bulk", json={"message": {"event": "a"}}, headers=h)
+    assert first.status_code == 201
     r = http.post("/bulk", json={"message": {"event": "b"}}, headers=h)
-    assert r.status_code == 409
-    assert r.json()["type"] == "idempotency_error"
-    assert "Idempotency-Key" in r.json()["message"]
-    assert "different request" in r.json()["message"]
-    assert r.headers["x-should-retry"] == "false"
-    # A different path with the same key and an identical body is also a different request.
+    assert (r.status_code, r.json()) == (201, first.json())
+    assert r.headers["idempotent-replayed"] == "true"
+    assert emu.stats()["idempotency_mismatches"] == 1
+    # A different path with the same key and an identical body replays it too.
     job = create_job(http)
-    assert http.post(f"/bulk/{job}/run", headers={"Idempotency-Key": "k"}).status_code == 409
+    again = http.post(f"/bulk/{job}/run", headers={"Idempotency-Key": "k"})
+    assert (again.status_code, again.json()) == (201, first.json())
+    stats = emu.stats()
+    assert (stats["jobs_created"], stats["runs"], stats["idempotency_mismatches"]) == (2, 0, 2)
+    # The same request again is a replay but no mismatch.
+    http.post("/bulk", json={"message": {"event": "a"}}, headers=h)
+    assert emu.stats()["idempotency_mismatches"] == 2
 
 
 def test_keys_are_scoped_by_api_key(make_emulator: Any) -> None:

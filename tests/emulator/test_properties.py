@@ -16,7 +16,7 @@ from tests.emulator.emulator_helpers import all_users, create_job
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
-    with Emulator() as emu, httpx.Client(base_url=emu.url, timeout=10) as c:
+    with Emulator(flavor="tutorial") as emu, httpx.Client(base_url=emu.url, timeout=10) as c:
         yield c
 
 

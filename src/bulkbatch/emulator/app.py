@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 
 import orjson
 from starlette.applications import Starlette
@@ -12,8 +13,9 @@ from starlette.routing import BaseRoute, Route
 
 from bulkbatch.emulator.backend import Backend, Progression
 from bulkbatch.emulator.control import control_routes
-from bulkbatch.emulator.faults import FaultInjector, FaultSpec
+from bulkbatch.emulator.faults import EmulatorConfigError, FaultInjector, FaultSpec
 from bulkbatch.emulator.handlers import ApiEndpoint, EmulatorState, operations
+from bulkbatch.emulator.rules import parse_routes
 
 __all__ = ["create_app"]
 
@@ -32,21 +34,44 @@ def create_app(
     api_key: str | None = None,
     faults: str | FaultSpec | None = None,
     progression: str | Progression = "polls:2",
+    flavor: str = "current",
+    routes: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+    check_contract: bool = False,
 ) -> Starlette:
     """Build the emulator's ASGI app; ``app.state.emulator`` holds its :class:`EmulatorState`.
 
-    Raises :class:`~bulkbatch.emulator.faults.EmulatorConfigError` for a bad ``faults`` or
-    ``progression`` value.
+    :param flavor: ``"current"`` (the OpenAPI file: 200 / 204 / 204) or ``"tutorial"`` (the
+        bulk tutorial: 201 / 200 ``{total, errors}`` / 202, and its nested job message)
+    :param routes: ``["EVENT=CHANNEL[,CHANNEL]", ...]`` or ``{event: [channels]}``: how each
+        event's messages are routed (default: email)
+    :param check_contract: validate every response against the spec (openapi-core) and
+        count violations in the stats
+
+    Raises :class:`~bulkbatch.emulator.faults.EmulatorConfigError` for a bad ``faults``,
+    ``progression``, ``flavor``, ``routes``, ``db`` or an empty ``api_key``.
     """
+    if api_key is not None and not api_key.strip():
+        raise EmulatorConfigError(
+            "the emulator API key is empty, which would accept any request; pass a "
+            "non-empty --api-key (or BULKBATCH_EMULATOR_API_KEY), or none to turn auth off"
+        )
     spec = FaultSpec.parse(faults)
     parsed = Progression.parse(progression)
-    state = EmulatorState(backend=Backend(db, parsed), faults=FaultInjector(spec), api_key=api_key)
-    routes: list[BaseRoute] = [
+    backend = Backend(db, parsed, flavor=flavor, routes=parse_routes(routes))
+    contract = None
+    if check_contract:
+        from bulkbatch.emulator.contract import ContractChecker
+
+        contract = ContractChecker()
+    state = EmulatorState(
+        backend=backend, faults=FaultInjector(spec), api_key=api_key, contract=contract
+    )
+    api_routes: list[BaseRoute] = [
         Route(path, ApiEndpoint(state, op), methods=[method]) for method, path, op in operations()
     ]
-    routes.extend(control_routes(state))
+    api_routes.extend(control_routes(state))
     app = Starlette(
-        routes=routes,
+        routes=api_routes,
         exception_handlers={404: _not_found, 405: _not_found},
     )
     app.state.emulator = state

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import html
 import os
 import re
@@ -20,15 +21,33 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 
+from bulkbatch.emulator import spec
 from bulkbatch.emulator.faults import EmulatorConfigError
+from bulkbatch.emulator.rules import (
+    DAY_MS,
+    YEAR_MS,
+    ApiError,
+    Progression,
+    ValidationError,
+    as_dict,
+    content_text,
+    job_channels,
+    merged_data,
+    not_found,
+    parse_expiration,
+    render,
+    user_outcome,
+)
+from bulkbatch.emulator.states import CANCELABLE, MessageStates
 
 __all__ = [
+    "DAY_MS",
+    "YEAR_MS",
     "ApiError",
     "Backend",
     "Progression",
@@ -38,9 +57,9 @@ __all__ = [
 
 JsonDict = dict[str, Any]
 
-PAGE_SIZE = 100
-DAY_MS = 24 * 3600 * 1000
-YEAR_MS = 365 * DAY_MS
+PAGE_SIZE = 100  # GET /bulk/{id}/users (courier-bulk-api.md §2.5)
+MESSAGES_PAGE_SIZE = 10  # GET /messages: "Only 10 can be fetched at a time" (tracking §3.1)
+FLAVORS = ("current", "tutorial")
 COUNTER_NAMES = (
     "jobs_created",
     "runs",
@@ -50,75 +69,8 @@ COUNTER_NAMES = (
     "duplicate_users",
     "dropped_connections",
     "idempotent_replays",
+    "idempotency_mismatches",
 )
-PROGRESSION_FORM = "'immediate', 'polls:N' (N an integer >= 1) or 'seconds:T' (T a number >= 0)"
-
-
-class ApiError(Exception):
-    """An API-shaped error: HTTP status plus the ``{message, type}`` envelope."""
-
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-
-    def envelope(self) -> JsonDict:
-        return {"message": self.message, "type": self.type}
-
-
-class ValidationError(ApiError):
-    """A 400 raised before the endpoint started executing (never saved for idempotency)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(400, message, "invalid_request_error")
-
-
-def not_found() -> ApiError:
-    return ApiError(404, "Not Found", "invalid_request_error")
-
-
-@dataclass(frozen=True)
-class Progression:
-    """How a run job and its messages advance: ``immediate``, ``polls:N`` or ``seconds:T``."""
-
-    mode: Literal["immediate", "polls", "seconds"] = "polls"
-    polls: int = 2
-    seconds: float = 0.0
-
-    @classmethod
-    def parse(cls, value: str | Progression) -> Progression:
-        if isinstance(value, Progression):
-            return value
-        text = value.strip()
-        if text == "immediate":
-            return cls("immediate")
-        kind, sep, arg = text.partition(":")
-        try:
-            if sep and kind == "polls":
-                n = int(arg)
-                if n >= 1:
-                    return cls("polls", polls=n)
-            elif sep and kind == "seconds":
-                t = float(arg)
-                if t == 0:
-                    return cls("immediate")
-                if t > 0 and t < float("inf"):
-                    return cls("seconds", seconds=t)
-        except ValueError:
-            pass
-        raise EmulatorConfigError(f"bad progression {value!r}: expected {PROGRESSION_FORM}")
-
-    def __str__(self) -> str:
-        if self.mode == "polls":
-            return f"polls:{self.polls}"
-        if self.mode == "seconds":
-            return f"seconds:{self.seconds:g}"
-        return "immediate"
-
-    @property
-    def step_ms(self) -> int:
-        return max(1, round(self.seconds * 1000))
 
 
 SCHEMA = """
@@ -151,25 +103,68 @@ CREATE TABLE IF NOT EXISTS users (
     step INTEGER NOT NULL DEFAULT 0,
     reads INTEGER NOT NULL DEFAULT 0,
     sent_ms INTEGER,
-    done_ms INTEGER
+    done_ms INTEGER,
+    canceled_ms INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS users_job_recipient ON users(job, recipient);
 CREATE INDEX IF NOT EXISTS users_job ON users(job);
 CREATE UNIQUE INDEX IF NOT EXISTS users_message ON users(message_id)
     WHERE message_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS idempotency (
-    api_key TEXT NOT NULL,
+    scope TEXT NOT NULL,
     key TEXT NOT NULL,
     request_hash TEXT NOT NULL,
     status INTEGER NOT NULL,
     body BLOB NOT NULL,
     expires_ms INTEGER NOT NULL,
-    PRIMARY KEY (api_key, key)
+    PRIMARY KEY (scope, key)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_TEMPLATE_VAR = re.compile(r"\{\{\s*([\w.\-]+)\s*\}\}")
+
+def _open(path: str) -> sqlite3.Connection:
+    """Open (and create or migrate) the database; a bad ``--db`` is one clear line."""
+    if path != ":memory:":
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise EmulatorConfigError(
+                f"cannot open emulator database {path!r}: the folder {folder!r} does not "
+                "exist; create it or pass another --db path"
+            )
+    conn = None
+    try:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        if path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute("PRAGMA cache_size=-65536")
+        _migrate(conn)
+        conn.executescript(SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        raise EmulatorConfigError(
+            f"cannot open emulator database {path!r}: {exc} (is it an emulator SQLite "
+            "file?); pass a new or an emulator --db path"
+        ) from None
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database written by an older emulator up to date.
+
+    Older files kept the raw bearer token in ``idempotency.api_key``: that table is dropped
+    (replays are a 24 h convenience) and the file vacuumed so the token's bytes are gone.
+    """
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(idempotency)")}
+    if "api_key" in columns:
+        conn.execute("DROP TABLE idempotency")
+        conn.execute("VACUUM")
+    users = {r[1] for r in conn.execute("PRAGMA table_info(users)")}
+    if users and "canceled_ms" not in users:
+        conn.execute("ALTER TABLE users ADD COLUMN canceled_ms INTEGER")
 
 
 def _b64(obj: object) -> str:
@@ -188,125 +183,6 @@ def _recipient_id() -> str:
     return secrets.token_urlsafe(15)
 
 
-def parse_expiration(value: str, now_ms: int) -> int:
-    """Parse ``x-idempotency-expiration`` into an absolute epoch-ms expiry.
-
-    Accepts epoch milliseconds, epoch seconds (values below 10^11), ISO-8601, or a duration
-    like ``"2 days"``/``"36 hours"``. The result is clamped to [now + 24 h, now + 1 year].
-    """
-    text = value.strip()
-    expires: int
-    duration = re.fullmatch(r"(\d+)\s*(day|days|hour|hours|d|h)", text, re.IGNORECASE)
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        number = float(text)
-        expires = int(number * 1000) if number < 1e11 else int(number)
-    elif duration:
-        unit = 24 * 3600_000 if duration.group(2).lower().startswith("d") else 3600_000
-        expires = now_ms + int(duration.group(1)) * unit
-    else:
-        from datetime import UTC, datetime
-
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValidationError(
-                f"Invalid x-idempotency-expiration {value!r}: expected epoch milliseconds "
-                "or an ISO-8601 date."
-            ) from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        expires = int(parsed.timestamp() * 1000)
-    return min(max(expires, now_ms + DAY_MS), now_ms + YEAR_MS)
-
-
-def _as_dict(value: object) -> JsonDict:
-    return value if isinstance(value, dict) else {}
-
-
-def job_channels(message: Mapping[str, Any]) -> list[str]:
-    """The job's channels: nested ``message.message.routing.channels``, else
-    ``message.routing.channels``, else ``["email"]``. Only string entries count."""
-    for routing in (
-        _as_dict(_as_dict(message.get("message")).get("routing")),
-        _as_dict(message.get("routing")),
-    ):
-        channels = routing.get("channels")
-        if isinstance(channels, list):
-            found = [c for c in channels if isinstance(c, str)]
-            if found:
-                return found
-    return ["email"]
-
-
-def user_outcome(user: Mapping[str, Any], channels: Iterable[str]) -> tuple[str, str | None]:
-    """Decide a user's fate at ingest: ``(outcome, channel)``.
-
-    ERROR when ``profile``, ``data`` or ``to`` is present, not null and not a JSON object.
-    Otherwise the first routable channel of the job wins: ``email`` needs ``profile.email``,
-    ``sms`` needs ``profile.phone_number``, ``push``/``inbox`` need ``to.user_id`` or a
-    recipient (always present). None routable → UNROUTABLE. An email whose domain is or ends
-    in ``.invalid`` → UNDELIVERABLE. Everything else → DELIVERED.
-    """
-    profile, data, to = user.get("profile"), user.get("data"), user.get("to")
-    for part in (profile, data, to):
-        if part is not None and not isinstance(part, dict):
-            return "ERROR", None
-    profile_d = profile or {}
-    for channel in channels:
-        if channel == "email":
-            email = profile_d.get("email")
-            if isinstance(email, str) and email:
-                domain = email.rpartition("@")[2].strip().lower().rstrip(".")
-                if domain == "invalid" or domain.endswith(".invalid"):
-                    return "UNDELIVERABLE", "email"
-                return "DELIVERED", "email"
-        elif channel == "sms":
-            phone = profile_d.get("phone_number")
-            if isinstance(phone, str) and phone:
-                return "DELIVERED", "sms"
-        elif channel in ("push", "inbox"):
-            return "DELIVERED", channel
-    return "UNROUTABLE", None
-
-
-def merged_data(definition: Mapping[str, Any], user: Mapping[str, Any]) -> JsonDict:
-    """``{...message.data, ...message.message.data, ...user.data, ...user.to.data}``."""
-    out: JsonDict = {}
-    out.update(_as_dict(definition.get("data")))
-    out.update(_as_dict(_as_dict(definition.get("message")).get("data")))
-    out.update(_as_dict(user.get("data")))
-    out.update(_as_dict(_as_dict(user.get("to")).get("data")))
-    return out
-
-
-def render(text: str, data: Mapping[str, Any]) -> str:
-    """Replace ``{{var}}`` / ``{{a.b}}`` with values from ``data``; missing → empty string."""
-
-    def lookup(match: re.Match[str]) -> str:
-        value: Any = data
-        for part in match.group(1).split("."):
-            if not isinstance(value, dict) or part not in value:
-                return ""
-            value = value[part]
-        if isinstance(value, str):
-            return value
-        if value is None:
-            return ""
-        return orjson.dumps(value).decode()
-
-    return _TEMPLATE_VAR.sub(lookup, text)
-
-
-def _final_step(outcome: str) -> int:
-    return 1 if outcome == "UNROUTABLE" else 2
-
-
-def message_status(outcome: str, step: int) -> str:
-    if step >= _final_step(outcome):
-        return outcome
-    return "ENQUEUED" if step <= 0 else "SENT"
-
-
 class Backend:
     """All emulator state in one SQLite database."""
 
@@ -315,19 +191,20 @@ class Backend:
         db: str | os.PathLike[str] | None = None,
         progression: str | Progression = "polls:2",
         clock: Callable[[], float] = time.time,
+        flavor: str = "current",
+        routes: Mapping[str, list[str]] | None = None,
     ) -> None:
+        if flavor not in FLAVORS:
+            raise EmulatorConfigError(f"bad flavor {flavor!r}: expected 'current' or 'tutorial'")
         self.progression = Progression.parse(progression)
+        self.states = MessageStates(self.progression)
+        self.flavor = flavor
+        self.routes = dict(routes or {})
         self._clock = clock
         self._offset_ms = 0
         self._lock = threading.RLock()
         self.path = os.fspath(db) if db is not None else ":memory:"
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA temp_store=MEMORY")
-        self._conn.execute("PRAGMA cache_size=-65536")
-        self._conn.executescript(SCHEMA)
+        self._conn = _open(self.path)
         self._counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._by_status: dict[str, int] = {}
         self._max_cache: tuple[int, int] | None = None
@@ -402,6 +279,7 @@ class Backend:
                 "dropped_connections": c["dropped_connections"],
                 "max_accepted_per_recipient": self._max_accepted_per_recipient(),
                 "idempotent_replays": c["idempotent_replays"],
+                "idempotency_mismatches": c["idempotency_mismatches"],
             }
 
     def _max_accepted_per_recipient(self) -> int:
@@ -425,34 +303,42 @@ class Backend:
 
     # -- idempotency ----------------------------------------------------------------------
 
-    def idempotency_lookup(
-        self, api_key: str, key: str, request_hash: str
-    ) -> tuple[int, bytes] | Literal["mismatch"] | None:
-        """A saved ``(status, body)``, ``"mismatch"`` for another request, or ``None``."""
+    def _salt(self) -> bytes:
+        row = self._conn.execute("SELECT value FROM meta WHERE key='scope_salt'").fetchone()
+        if row:
+            return bytes.fromhex(row[0])
+        salt = secrets.token_bytes(16)
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('scope_salt', ?)", (salt.hex(),))
+        return salt
+
+    def scope(self, token: str) -> str:
+        """The idempotency scope of a bearer token: a salted hash, never the token itself
+        (the salt is random per database, so the file alone does not confirm a guess)."""
+        with self._lock:
+            return hmac.new(self._salt(), token.encode(), hashlib.sha256).hexdigest()
+
+    def idempotency_lookup(self, scope: str, key: str) -> tuple[int, bytes, str] | None:
+        """The saved ``(status, body, request_hash)`` of an unexpired key, else ``None``."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT request_hash, status, body, expires_ms FROM idempotency "
-                "WHERE api_key=? AND key=?",
-                (api_key, key),
+                "WHERE scope=? AND key=?",
+                (scope, key),
             ).fetchone()
             if row is None:
                 return None
             if row[3] <= self.now_ms():
-                self._conn.execute(
-                    "DELETE FROM idempotency WHERE api_key=? AND key=?", (api_key, key)
-                )
+                self._conn.execute("DELETE FROM idempotency WHERE scope=? AND key=?", (scope, key))
                 return None
-            if row[0] != request_hash:
-                return "mismatch"
-            return int(row[1]), bytes(row[2])
+            return int(row[1]), bytes(row[2]), str(row[0])
 
     def idempotency_save(
-        self, api_key: str, key: str, request_hash: str, status: int, body: bytes, expires_ms: int
+        self, scope: str, key: str, request_hash: str, status: int, body: bytes, expires_ms: int
     ) -> None:
         with self._lock:
             self._conn.execute(
                 "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
-                (api_key, key, request_hash, status, body, expires_ms),
+                (scope, key, request_hash, status, body, expires_ms),
             )
 
     @staticmethod
@@ -461,26 +347,51 @@ class Backend:
 
     # -- bulk jobs ------------------------------------------------------------------------
 
-    @staticmethod
-    def validate_create(body: object) -> JsonDict:
-        """Return the job's ``message`` or raise the API's 400."""
-        message = body.get("message") if isinstance(body, dict) else None
-        if message is None:
-            raise ValidationError("The 'message' parameter is required.")
-        if not isinstance(message, dict):
-            raise ValidationError("The 'message' parameter must be an object.")
-        nested = message.get("message")
-        has_event = isinstance(message.get("event"), str) and bool(message["event"])
-        has_inline = message.get("template") or message.get("content")
-        has_nested = isinstance(nested, dict) and (nested.get("template") or nested.get("content"))
-        if not (has_event or has_inline or has_nested):
-            raise ValidationError("The 'event' parameter is required.")
-        return message
+    def validate_create(self, body: object) -> JsonDict:
+        """Return the job's ``message`` or raise the API's 400 (nothing is stored)."""
+        if self.flavor == "tutorial":
+            # The backend snapshot's wording first (courier-bulk-api.md §2.1), then the spec.
+            message = body.get("message") if isinstance(body, dict) else None
+            if message is None:
+                raise ValidationError("The 'message' parameter is required.")
+            if not isinstance(message, dict):
+                raise ValidationError("The 'message' parameter must be an object.")
+            nested = as_dict(message.get("message"))
+            if not (
+                (isinstance(message.get("event"), str) and message["event"])
+                or message.get("template")
+                or message.get("content")
+                or nested.get("template")
+                or nested.get("content")
+            ):
+                raise ValidationError("The 'event' parameter is required.")
+        self._check_body("POST", "/bulk", body)
+        message = body["message"]  # type: ignore[index]  # checked by the schema
+        if self.flavor == "current" and not message["event"]:
+            raise ValidationError("message.event is required (it is an empty string).")
+        result: JsonDict = message
+        return result
+
+    def validate_ingest(self, body: object) -> list[Any]:
+        if self.flavor == "tutorial":
+            users = body.get("users") if isinstance(body, dict) else None
+            if not isinstance(users, list):
+                raise ValidationError("The 'users' parameter is required.")
+        self._check_body("POST", "/bulk/{job_id}", body)
+        result: list[Any] = body["users"]  # type: ignore[index]  # checked by the schema
+        return result
+
+    def _check_body(self, method: str, path: str, body: object) -> None:
+        try:
+            spec.body_validator(self.flavor, method, path)(body)
+        except spec.SpecViolation as exc:
+            raise ValidationError(str(exc)) from None
 
     def create_job(self, message: JsonDict) -> str:
-        nested = _as_dict(message.get("message"))
+        nested = as_dict(message.get("message"))
         event = message.get("event") or message.get("template") or nested.get("template") or ""
         notification = message.get("template") or nested.get("template") or event
+        channels = job_channels(message, self.routes, self.flavor)
         with self._lock:
             now = self.now_ms()
             job_id = f"1-{now // 1000:08x}-{secrets.token_hex(12)}"
@@ -490,7 +401,7 @@ class Backend:
                 (
                     job_id,
                     orjson.dumps(message).decode(),
-                    orjson.dumps(job_channels(message)).decode(),
+                    orjson.dumps(channels).decode(),
                     str(event),
                     str(notification),
                     now,
@@ -507,13 +418,6 @@ class Backend:
         if row is None:
             raise not_found()
         return tuple(row)
-
-    @staticmethod
-    def validate_ingest(body: object) -> list[Any]:
-        users = body.get("users") if isinstance(body, dict) else None
-        if not isinstance(users, list):
-            raise ValidationError("The 'users' parameter is required.")
-        return users
 
     def ingest(self, job_id: str, users: list[Any]) -> JsonDict:
         """Add users; duplicates (same ``recipient``) are reported, not stored."""
@@ -608,16 +512,15 @@ class Backend:
         conn.execute("BEGIN")
         try:
             conn.execute(
-                """
+                f"""
                 UPDATE users SET
                     status = CASE WHEN outcome = 'ERROR' THEN 'ERROR' ELSE 'ENQUEUED' END,
                     message_id = CASE WHEN outcome = 'ERROR' THEN NULL
                                       ELSE :prefix || printf('%08x', id) END,
                     enqueued_ms = CASE WHEN outcome = 'ERROR' THEN NULL ELSE :at END,
                     step = CASE WHEN :final AND outcome != 'ERROR'
-                                THEN (CASE outcome WHEN 'UNROUTABLE' THEN 1 ELSE 2 END)
-                                ELSE 0 END,
-                    sent_ms = CASE WHEN :final AND outcome IN ('DELIVERED', 'UNDELIVERABLE')
+                                THEN ({self.states.final_step_sql()}) ELSE 0 END,
+                    sent_ms = CASE WHEN :final AND outcome IN ({self.states.sending_sql()})
                                    THEN :at END,
                     done_ms = CASE WHEN :final AND outcome != 'ERROR' THEN :at END
                 WHERE job = :job AND status = 'PENDING'
@@ -701,53 +604,44 @@ class Backend:
 
     _MESSAGE_COLUMNS = (
         "u.id, u.message_id, u.recipient, u.outcome, u.channel, u.enqueued_ms, u.step, "
-        "u.reads, u.sent_ms, u.done_ms, j.event, j.notification"
+        "u.reads, u.sent_ms, u.done_ms, u.canceled_ms, j.event, j.notification"
     )
+    _MESSAGE_FROM = "FROM users u JOIN jobs j ON j.num = u.job"
 
-    def _step_sql(self) -> str:
-        if self.progression.mode == "seconds":
-            return "MAX(0, MIN(2, (:now - u.enqueued_ms) / :step_ms))"
-        return "u.step"
-
-    def _details(self, row: tuple[Any, ...], now: int) -> JsonDict:
-        _id, mid, recipient, outcome, channel, enq, step, _reads, sent, done, event, notif = row
-        final = _final_step(outcome)
-        if self.progression.mode == "seconds":
-            sms = self.progression.step_ms
-            step = max(0, min(final, (now - enq) // sms))
-            sent = enq + sms if step >= 1 and outcome != "UNROUTABLE" else None
-            done = enq + final * sms if step >= final else None
-        status = message_status(outcome, step)
+    def _details(self, row: tuple[Any, ...], now: int, providers: bool) -> JsonDict:
+        """MessageDetails (+ ``providers`` for ``GET /messages/{id}`` only)."""
+        _id, mid, recipient, outcome, channel, enq, step, _r, sent, done, canceled, ev, nt = row
+        at = self.states.timeline((outcome, enq, step, sent, done, canceled), now)
         details: JsonDict = {
             "id": mid,
-            "status": status,
+            "status": at.status,
             "enqueued": enq,
             "recipient": recipient,
-            "event": event,
-            "notification": notif,
+            "event": ev,
+            "notification": nt,
         }
-        if sent is not None and step >= 1 and outcome != "UNROUTABLE":
-            details["sent"] = sent
-        if status == "DELIVERED":
-            details["delivered"] = done
-        if status == "UNDELIVERABLE":
+        if at.sent is not None:
+            details["sent"] = at.sent
+        if at.status == "DELIVERED":
+            details["delivered"] = at.done
+        if at.status == "UNDELIVERABLE":
             details["reason"] = "BOUNCED"
             details["error"] = "The email address bounced (emulated: '.invalid' domain)."
-        elif status == "UNROUTABLE":
+        elif at.status == "UNROUTABLE":
             details["reason"] = "NO_CHANNELS"
             details["error"] = "No channel of the job could be routed for this recipient."
-        providers = []
-        if "sent" in details and channel:
-            provider: JsonDict = {
-                "channel": {"key": channel, "name": channel},
-                "provider": f"emulator-{channel}",
-                "status": status if status != "ENQUEUED" else "SENT",
-                "sent": details["sent"],
-            }
-            if "delivered" in details:
-                provider["delivered"] = details["delivered"]
-            providers.append(provider)
-        details["providers"] = providers
+        if providers:
+            details["providers"] = []
+            if at.sent is not None and channel:
+                provider: JsonDict = {
+                    "channel": {"key": channel, "name": channel},
+                    "provider": f"emulator-{channel}",
+                    "status": at.status,
+                    "sent": at.sent,
+                }
+                if "delivered" in details:
+                    provider["delivered"] = details["delivered"]
+                details["providers"].append(provider)
         return details
 
     def _advance(self, rows: list[tuple[Any, ...]], now: int) -> list[tuple[Any, ...]]:
@@ -758,71 +652,155 @@ class Backend:
         out = []
         updates = []
         for row in rows:
-            rid, mid, rec, outcome, channel, enq, step, reads, sent, done, ev, nt = row
+            rid, mid, rec, outcome, channel, enq, step, reads, sent, done, canceled, ev, nt = row
             reads += 1
-            if reads % n == 0 and step < _final_step(outcome):
-                step += 1
-                if step == 1 and outcome != "UNROUTABLE":
-                    sent = now
-                if step == _final_step(outcome):
-                    done = now
+            if reads % n == 0 and canceled is None:
+                step, sent, done = self.states.advance(outcome, step, sent, done, now)
             updates.append((step, reads, sent, done, rid))
-            out.append((rid, mid, rec, outcome, channel, enq, step, reads, sent, done, ev, nt))
+            out.append(
+                (rid, mid, rec, outcome, channel, enq, step, reads, sent, done, canceled, ev, nt)
+            )
         self._conn.executemany(
             "UPDATE users SET step=?, reads=?, sent_ms=?, done_ms=? WHERE id=?", updates
         )
         return out
 
+    def _message_row(self, message_id: str) -> tuple[Any, ...]:
+        row = self._conn.execute(
+            f"SELECT {self._MESSAGE_COLUMNS} {self._MESSAGE_FROM} WHERE u.message_id = ?",
+            (message_id,),
+        ).fetchone()
+        if row is None:
+            raise not_found()
+        return tuple(row)
+
     def retrieve_message(self, message_id: str) -> JsonDict:
         with self._lock:
             self._settle_due_jobs()
-            row = self._conn.execute(
-                f"SELECT {self._MESSAGE_COLUMNS} FROM users u JOIN jobs j ON j.num = u.job "
-                "WHERE u.message_id = ?",
-                (message_id,),
-            ).fetchone()
-            if row is None:
-                raise not_found()
             now = self.now_ms()
-            (row,) = self._advance([tuple(row)], now)
-            return self._details(row, now)
+            (row,) = self._advance([self._message_row(message_id)], now)
+            return self._details(row, now, providers=True)
+
+    def cancel_message(self, message_id: str) -> tuple[int, JsonDict]:
+        """200 + the record with ``canceledAt`` while not yet sent; 409 + the record after."""
+        with self._lock:
+            self._settle_due_jobs()
+            now = self.now_ms()
+            row = self._message_row(message_id)
+            details = self._details(row, now, providers=False)
+            if details["status"] not in CANCELABLE:
+                return 409, details
+            self._conn.execute("UPDATE users SET canceled_ms=? WHERE id=?", (now, row[0]))
+            details = self._details((*row[:10], now, *row[11:]), now, providers=False)
+            details["canceledAt"] = now
+            return 200, details
+
+    def message_history(self, message_id: str, type_: str | None) -> JsonDict:
+        """``{results: [...]}``: one item per step reached, ``ts`` in epoch ms, oldest first."""
+        with self._lock:
+            self._settle_due_jobs()
+            now = self.now_ms()
+            row = self._message_row(message_id)
+            rid, _mid, recipient, outcome, channel, enq, step, _r, sent, done, canceled = row[:11]
+            at = self.states.timeline((outcome, enq, step, sent, done, canceled), now)
+            (payload, definition) = self._conn.execute(
+                "SELECT u.payload, j.definition FROM users u JOIN jobs j ON j.num = u.job "
+                "WHERE u.id = ?",
+                (rid,),
+            ).fetchone()
+            user, job = orjson.loads(payload), orjson.loads(definition)
+            items: list[JsonDict] = [
+                {
+                    "ts": enq,
+                    "type": "ENQUEUED",
+                    "data": merged_data(job, user),
+                    "event": row[11],
+                    "profile": as_dict(user.get("profile")),
+                    "override": as_dict(job.get("override")),
+                    "recipient": recipient,
+                }
+            ]
+            routed = {
+                "channel": {"id": channel},
+                "integration": {"id": f"emulator-{channel}", "provider": f"emulator-{channel}"},
+            }
+            if at.sent is not None:
+                items.append({"ts": at.sent, "type": "SENT", **routed})
+            if at.status == "DELIVERED":
+                items.append({"ts": at.done, "type": "DELIVERED", **routed, "reference": {}})
+            elif at.status == "UNDELIVERABLE":
+                error = "The email address bounced (emulated: '.invalid' domain)."
+                items.append(
+                    {"ts": at.done, "type": "UNDELIVERABLE", **routed, "error_message": error}
+                )
+            elif at.status == "UNROUTABLE":
+                items.append(
+                    {
+                        "ts": at.done,
+                        "type": "UNROUTABLE",
+                        "channel": {"id": None},
+                        "reason": "NO_CHANNELS",
+                    }
+                )
+            if type_:
+                items = [i for i in items if i["type"] == type_]
+            return {"results": items}
+
+    def _message_filters(self, query: Mapping[str, list[str]], params: JsonDict) -> list[str]:
+        """SQL conditions for the documented ``GET /messages`` filters (ANDed; within one
+        filter, any value matches). Values may be comma-joined or repeated."""
+
+        def values(name: str) -> list[str]:
+            return [v for raw in query.get(name, []) for v in raw.split(",") if v]
+
+        where = ["u.message_id IS NOT NULL"]
+        payload = "json_extract(u.payload, '$.to.{}')"
+        metadata = "json_extract(j.definition, '$.message.metadata.{}')"
+        tags = (
+            "(SELECT value FROM json_each(j.definition, '$.message.metadata.tags') "
+            "WHERE json_type(j.definition, '$.message.metadata.tags') = 'array')"
+        )
+        for name, column in (
+            ("status", self.states.status_sql()),
+            ("recipient", "u.recipient"),
+            ("event", "j.event"),
+            ("notification", "j.notification"),
+            ("messageId", "u.message_id"),
+            ("provider", "'emulator-' || u.channel"),
+            ("list", payload.format("list_id")),
+            (
+                "tenant_id",
+                f"COALESCE({payload.format('tenant_id')}, {payload.format('context.tenant_id')})",
+            ),
+            ("traceId", metadata.format("trace_id")),
+        ):
+            wanted = values(name)
+            if wanted:
+                keys = [f"{name}{i}" for i in range(len(wanted))]
+                params.update(zip(keys, wanted, strict=True))
+                where.append(f"({column}) IN ({', '.join(':' + k for k in keys)})")
+        wanted_tags = values("tag") + values("tags")
+        if wanted_tags:
+            params["tags"] = orjson.dumps(wanted_tags).decode()
+            where.append(f"EXISTS (SELECT 1 FROM json_each(:tags) t WHERE t.value IN {tags})")
+        after = values("enqueued_after")
+        if after:
+            params["enqueued_after"] = self._parse_time(after[0])
+            where.append("u.enqueued_ms > :enqueued_after")
+        return where
 
     def list_messages(self, query: Mapping[str, list[str]]) -> JsonDict:
-        """``GET /messages``: newest first, 100 a page, filters ANDed.
+        """``GET /messages``: newest first, 10 a page, no ``providers`` on the rows.
 
         A list read counts as a read of each message on the page (``polls:N``); the page
-        shows each status as it was before this read.
+        shows each status as it was before this read. ``archived`` is accepted and changes
+        nothing: the emulator never archives a message.
         """
         with self._lock:
             self._settle_due_jobs()
             now = self.now_ms()
-            step = self._step_sql()
-            status_sql = (
-                f"CASE WHEN ({step}) >= (CASE u.outcome WHEN 'UNROUTABLE' THEN 1 ELSE 2 END) "
-                f"THEN u.outcome WHEN ({step}) <= 0 THEN 'ENQUEUED' ELSE 'SENT' END"
-            )
-            where = ["u.message_id IS NOT NULL"]
             params: JsonDict = {"now": now, "step_ms": self.progression.step_ms}
-
-            def values(name: str) -> list[str]:
-                return [v for raw in query.get(name, []) for v in raw.split(",") if v]
-
-            for name, column in (
-                ("status", status_sql),
-                ("recipient", "u.recipient"),
-                ("event", "j.event"),
-                ("notification", "j.notification"),
-                ("messageId", "u.message_id"),
-            ):
-                wanted = values(name)
-                if wanted:
-                    keys = [f"{name}{i}" for i in range(len(wanted))]
-                    params.update(zip(keys, wanted, strict=True))
-                    where.append(f"({column}) IN ({', '.join(':' + k for k in keys)})")
-            after = values("enqueued_after")
-            if after:
-                params["enqueued_after"] = self._parse_time(after[0])
-                where.append("u.enqueued_ms > :enqueued_after")
+            where = self._message_filters(query, params)
             cursor = query.get("cursor", [""])[0]
             if cursor:
                 key = _unb64(cursor)
@@ -837,15 +815,15 @@ class Backend:
             rows = [
                 tuple(r)
                 for r in self._conn.execute(
-                    f"SELECT {self._MESSAGE_COLUMNS} FROM users u JOIN jobs j ON j.num = u.job "
+                    f"SELECT {self._MESSAGE_COLUMNS} {self._MESSAGE_FROM} "
                     f"WHERE {' AND '.join(where)} ORDER BY u.enqueued_ms DESC, u.id DESC "
-                    f"LIMIT {PAGE_SIZE + 1}",
+                    f"LIMIT {MESSAGES_PAGE_SIZE + 1}",
                     params,
                 )
             ]
-            more = len(rows) > PAGE_SIZE
-            rows = rows[:PAGE_SIZE]
-            results = [self._details(r, now) for r in rows]
+            more = len(rows) > MESSAGES_PAGE_SIZE
+            rows = rows[:MESSAGES_PAGE_SIZE]
+            results = [self._details(r, now, providers=False) for r in rows]
             self._advance(rows, now)
             next_cursor = _b64([rows[-1][5], rows[-1][0]]) if more else None
             return {"paging": {"cursor": next_cursor, "more": more}, "results": results}
@@ -883,10 +861,8 @@ class Backend:
             definition = orjson.loads(definition_json)
             user = orjson.loads(payload)
             data = merged_data(definition, user)
-            content = definition.get("content") or _as_dict(definition.get("message")).get(
-                "content"
-            )
-            title, body = _content_text(content)
+            content = definition.get("content") or as_dict(definition.get("message")).get("content")
+            title, body = content_text(content)
             title, body = render(title, data), render(body, data)
             return {
                 "results": [
@@ -904,24 +880,3 @@ class Backend:
                     }
                 ]
             }
-
-
-def _content_text(content: object) -> tuple[str, str]:
-    """``(title, body)`` of ElementalContentSugar ``{title, body}`` or ``{elements: [...]}``."""
-    if not isinstance(content, dict):
-        return "", ""
-    if "elements" in content and isinstance(content["elements"], list):
-        title, bodies = "", []
-        for element in content["elements"]:
-            if not isinstance(element, dict):
-                continue
-            if element.get("type") == "meta" and isinstance(element.get("title"), str):
-                title = element["title"]
-            elif element.get("type") == "text" and isinstance(element.get("content"), str):
-                bodies.append(element["content"])
-        return title, "\n".join(bodies)
-    sugar_title, sugar_body = content.get("title"), content.get("body")
-    return (
-        sugar_title if isinstance(sugar_title, str) else "",
-        sugar_body if isinstance(sugar_body, str) else "",
-    )

@@ -6,6 +6,7 @@ import click
 
 from bulkbatch.emulator.backend import Progression
 from bulkbatch.emulator.faults import EmulatorConfigError, FaultSpec
+from bulkbatch.emulator.rules import parse_routes
 
 __all__ = ["emulator_command"]
 
@@ -15,6 +16,26 @@ def _parse_faults(ctx: click.Context, param: click.Parameter, value: str | None)
         return FaultSpec.parse(value)
     except EmulatorConfigError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _parse_routes(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, list[str]]:
+    try:
+        return parse_routes(value)
+    except EmulatorConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _check_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter(
+            "the key is empty, which would accept any request; pass a non-empty key, or "
+            "leave the option (and BULKBATCH_EMULATOR_API_KEY) unset to turn auth off",
+            ctx=ctx,
+            param=param,
+        )
+    return value
 
 
 def _parse_progression(ctx: click.Context, param: click.Parameter, value: str) -> Progression:
@@ -46,7 +67,35 @@ def _parse_progression(ctx: click.Context, param: click.Parameter, value: str) -
     default=None,
     show_envvar=True,
     metavar="KEY",
-    help="Require 'Authorization: Bearer KEY' (401 otherwise). Default: no auth.",
+    callback=_check_key,
+    help="Require 'Authorization: Bearer KEY' on the API and on /_emulator/* (401 "
+    "otherwise). Must not be empty. Default: no auth.",
+)
+@click.option(
+    "--flavor",
+    type=click.Choice(["current", "tutorial"]),
+    default="current",
+    show_default=True,
+    help="Which of Courier's documented answers to give: 'current' follows the OpenAPI "
+    "spec and SDK (create 200 {jobId}, ingest 204, run 204; job message needs 'event'); "
+    "'tutorial' follows the bulk tutorial (201, 200 {total, errors}, 202; nested "
+    "message.message accepted).",
+)
+@click.option(
+    "--route",
+    "routes",
+    multiple=True,
+    metavar="EVENT=CHANNEL[,CHANNEL]",
+    callback=_parse_routes,
+    help="Route EVENT's messages over these channels, first routable wins (email, sms, "
+    "push, inbox, direct_message, webhook); repeatable. Default: email for every event.",
+)
+@click.option(
+    "--check-contract",
+    is_flag=True,
+    default=False,
+    help="Validate every API response against the bundled Courier OpenAPI spec and count "
+    "violations in GET /_emulator/stats (contract_violations).",
 )
 @click.option(
     "--faults",
@@ -73,6 +122,9 @@ def emulator_command(
     port: int,
     db: str | None,
     api_key: str | None,
+    flavor: str,
+    routes: dict[str, list[str]],
+    check_contract: bool,
     faults: FaultSpec,
     progression: Progression,
 ) -> None:
@@ -80,7 +132,8 @@ def emulator_command(
 
     Prints one line, 'bulkbatch emulator listening on URL', when ready, and serves until
     Ctrl-C or SIGTERM. Point a client at it with COURIER_BASE_URL=URL. Control endpoints:
-    GET /_emulator/stats, POST /_emulator/reset.
+    GET /_emulator/stats, POST /_emulator/reset, POST /_emulator/clock,
+    GET /_emulator/config (they need the key too when --api-key is set).
 
     Example:
 
@@ -94,6 +147,19 @@ def emulator_command(
         click.echo(f"bulkbatch emulator listening on {url}")
 
     try:
-        serve(host, port, db, api_key, faults, str(progression), on_ready=ready)
+        serve(
+            host,
+            port,
+            db,
+            api_key,
+            faults,
+            str(progression),
+            on_ready=ready,
+            flavor=flavor,
+            routes=routes,
+            check_contract=check_contract,
+        )
+    except EmulatorConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None

@@ -1,16 +1,22 @@
-"""HTTP glue: one raw-ASGI endpoint per Courier operation, wrapped in faults, auth and
+"""HTTP glue: one raw-ASGI endpoint per Courier operation, wrapped in auth, faults and
 idempotency, calling the :class:`~bulkbatch.emulator.backend.Backend`.
 
 The order every API request goes through (documented in the package docstring too):
 
 1. count the request (and, for ``POST /bulk/{id}``, the ingest attempt);
-2. ``latency_ms`` sleep;
-3. fault draw: rate limit → 429, drop-before → connection closed, error → 500;
-4. Bearer auth → 401;
-5. ``Idempotency-Key`` (POST only): a saved result for the same key and request is replayed
-   with ``Idempotent-Replayed: true``; for a different request → 409 ``idempotency_error``;
-6. JSON parsing → 400; ingest size over ``max_users_per_call`` → 502; validation → 400;
-   a bad ``x-idempotency-expiration`` → 400 (none of these is saved);
+2. Bearer auth → 401, *before* the body is read and before any fault or rate-limit token
+   is spent (an unauthenticated client cannot make the emulator read 1 GB or starve the
+   authenticated ones);
+3. ``Content-Length`` over :data:`MAX_BODY_BYTES` → 413 (a body without a length is read
+   only up to the limit);
+4. ``latency_ms`` sleep; fault draw: rate limit → 429, drop-before → connection closed,
+   error → 500;
+5. ``Idempotency-Key`` (POST only): a saved result for the key is replayed with
+   ``Idempotent-Replayed: true`` whatever the request (Courier's documented behaviour); a
+   different method, path or body only counts ``idempotency_mismatches`` in the stats;
+6. query parameters (spec types) → 400; JSON parsing → 400; ingest size over
+   ``max_users_per_call`` → 502; spec validation → 400; a bad ``x-idempotency-expiration``
+   → 400 (none of these is saved);
 7. the operation runs; its response (2xx or a 4xx such as 404 / ``BulkJob...Error``) is saved
    under the Idempotency-Key;
 8. drop-after (if drawn): the connection is closed without a complete response, although the
@@ -30,15 +36,26 @@ from urllib.parse import parse_qs
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from bulkbatch.emulator import spec
 from bulkbatch.emulator.backend import ApiError, Backend, ValidationError, parse_expiration
 from bulkbatch.emulator.faults import Decision, FaultInjector
 
-__all__ = ["DROP_LOG_MESSAGE", "ApiEndpoint", "EmulatorState", "Operation", "operations"]
+__all__ = [
+    "DROP_LOG_MESSAGE",
+    "MAX_BODY_BYTES",
+    "ApiEndpoint",
+    "EmulatorState",
+    "Operation",
+    "authorized",
+    "operations",
+]
 
 log = logging.getLogger(__name__)
 
 # uvicorn logs this when an app returns mid-response; that is exactly how a drop is made.
 DROP_LOG_MESSAGE = "ASGI callable returned without completing response."
+# API Gateway's payload cap, the likely real limit in front of Courier (courier-bulk-api.md §4).
+MAX_BODY_BYTES = 10 * 1024 * 1024
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -50,6 +67,35 @@ class EmulatorState:
     backend: Backend
     faults: FaultInjector
     api_key: str | None = None
+    contract: Any = None  # a contract.ContractChecker when --check-contract is on
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /_emulator/stats``: the backend's counters (+ the contract check's)."""
+        out = self.backend.stats()
+        if self.contract is not None:
+            out.update(self.contract.stats())
+        return out
+
+    def reset(self) -> None:
+        self.backend.reset()
+        self.faults.reset()
+        if self.contract is not None:
+            self.contract.reset()
+
+
+def bearer_token(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            return credentials.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+def authorized(state: EmulatorState, scope: Scope) -> bool:
+    """True when no key is configured or the request carries ``Bearer <key>``."""
+    if state.api_key is None:
+        return True
+    return hmac.compare_digest(bearer_token(scope).encode(), state.api_key.encode())
 
 
 @dataclass
@@ -67,9 +113,10 @@ class Operation:
 
     name: str
     execute: Callable[[Backend, Call], tuple[int, object]]
-    validate: Callable[[Any], Any] | None = None
+    validate: Callable[[Backend, Any], Any] | None = None
     idempotent: bool = False
     ingest: bool = False
+    spec_path: str = ""
 
 
 def _envelope(status: int, message: str, type_: str, headers: Headers | None = None) -> Reply:
@@ -88,15 +135,54 @@ class _Disconnected(Exception):
     pass
 
 
-async def _read_body(receive: Receive) -> bytes:
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Disconnected
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _too_large(size: int | None) -> Reply:
+    shown = f"{size} bytes" if size is not None else "the request body"
+    return _envelope(
+        413,
+        f"Request body too large: {shown} is over the limit of {MAX_BODY_BYTES} bytes; "
+        "send fewer users per call.",
+        "invalid_request_error",
+    )
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _check_query(op: Operation, method: str, query: dict[str, list[str]]) -> None:
+    """Query parameters typed ``boolean`` in the spec must be ``true`` or ``false``."""
+    if not op.spec_path:
+        return
+    for name, type_ in spec.query_types(method, op.spec_path).items():
+        for value in query.get(name, []):
+            if type_ == "boolean" and value not in ("true", "false"):
+                raise ValidationError(f"{name} must be true or false, not {value!r}.")
 
 
 class ApiEndpoint:
@@ -113,13 +199,23 @@ class ApiEndpoint:
         backend.count("requests")
         if self.op.ingest:
             backend.count("ingest_attempts")
+        if not authorized(self.state, scope):
+            await self._send(send, _envelope(401, "Unauthorized", "authentication_error"))
+            return
+        length = _content_length(scope)
+        if length is not None and length > MAX_BODY_BYTES:
+            await self._send(send, _too_large(length))
+            return
         try:
-            raw = await _read_body(receive)
+            raw = await _read_body(receive, MAX_BODY_BYTES)
         except _Disconnected:
             return
-        spec = self.state.faults.spec
-        if spec.latency_ms > 0:
-            await asyncio.sleep(spec.latency_ms / 1000)
+        except _TooLarge:
+            await self._send(send, _too_large(None))
+            return
+        spec_ = self.state.faults.spec
+        if spec_.latency_ms > 0:
+            await asyncio.sleep(spec_.latency_ms / 1000)
         decision, retry_after = self.state.faults.decide()
         if decision is Decision.RATE_LIMITED:
             reply = _envelope(
@@ -142,44 +238,40 @@ class ApiEndpoint:
             if decision is Decision.DROP_AFTER:
                 await self._drop(send, reply.status)
                 return
+        if self.state.contract is not None:
+            self.state.contract.check(scope, raw, reply.status, reply.body)
         await self._send(send, reply)
 
-    def _handle(self, scope: Scope, raw: bytes) -> Reply:
-        state, backend, op = self.state, self.state.backend, self.op
+    def _replay(self, scope: Scope, raw: bytes) -> tuple[Reply | None, str, str, str]:
+        """``(saved reply or None, scope hash, key, request hash)`` for an idempotent POST."""
+        backend = self.state.backend
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        token = ""
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, credentials = auth.partition(" ")
-        if scheme.lower() == "bearer":
-            token = credentials.strip()
-        if state.api_key is not None and not hmac.compare_digest(
-            token.encode(), state.api_key.encode()
-        ):
-            return _envelope(401, "Unauthorized", "authentication_error")
-
         idem_key = headers.get(b"idempotency-key", b"").decode("latin-1").strip()
-        request_hash = ""
-        if op.idempotent and idem_key:
-            request_hash = backend.request_hash(scope["method"], scope["path"], raw)
-            saved = backend.idempotency_lookup(token, idem_key, request_hash)
-            if saved == "mismatch":
-                return _envelope(
-                    409,
-                    f"Idempotency-Key {idem_key!r} was used with a different request "
-                    "(method, path or body); use a new key for a new request.",
-                    "idempotency_error",
-                    [(b"x-should-retry", b"false")],
-                )
-            if saved is not None:
-                backend.count("idempotent_replays")
-                status, body = saved
-                return Reply(status, body, [(b"idempotent-replayed", b"true")])
+        if not (self.op.idempotent and idem_key):
+            return None, "", "", ""
+        request_hash = backend.request_hash(scope["method"], scope["path"], raw)
+        owner = backend.scope(bearer_token(scope))
+        saved = backend.idempotency_lookup(owner, idem_key)
+        if saved is None:
+            return None, owner, idem_key, request_hash
+        status, body, first_hash = saved
+        backend.count("idempotent_replays")
+        if first_hash != request_hash:
+            backend.count("idempotency_mismatches")
+        return Reply(status, body, [(b"idempotent-replayed", b"true")]), owner, idem_key, ""
 
+    def _handle(self, scope: Scope, raw: bytes) -> Reply:
+        backend, op = self.state.backend, self.op
+        replay, owner, idem_key, request_hash = self._replay(scope, raw)
+        if replay is not None:
+            return replay
+        headers: dict[bytes, bytes] = dict(scope["headers"])
         call = Call(
             path_params=dict(scope.get("path_params", {})),
             query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
         )
         try:
+            _check_query(op, scope["method"], call.query)
             if op.validate is not None:
                 try:
                     parsed = orjson.loads(raw) if raw else None
@@ -187,7 +279,7 @@ class ApiEndpoint:
                     raise ValidationError(f"The request body is not valid JSON: {exc}.") from None
                 if op.ingest:
                     users = parsed.get("users") if isinstance(parsed, dict) else None
-                    limit = state.faults.spec.max_users_per_call
+                    limit = self.state.faults.spec.max_users_per_call
                     if isinstance(users, list) and len(users) > limit:
                         return _envelope(
                             502,
@@ -195,7 +287,7 @@ class ApiEndpoint:
                             f"the limit of {limit} (max_users_per_call).",
                             "api_error",
                         )
-                call.input = op.validate(parsed)
+                call.input = op.validate(backend, parsed)
             expires_ms = 0
             if request_hash:
                 now = backend.now_ms()
@@ -214,8 +306,9 @@ class ApiEndpoint:
         except ApiError as exc:
             status, body_bytes = exc.status, orjson.dumps(exc.envelope())
         if request_hash:
-            backend.idempotency_save(token, idem_key, request_hash, status, body_bytes, expires_ms)
-        return Reply(status, body_bytes, [])
+            backend.idempotency_save(owner, idem_key, request_hash, status, body_bytes, expires_ms)
+        extra: Headers = [(b"x-should-retry", b"false")] if status == 409 else []
+        return Reply(status, body_bytes, extra)
 
     async def _send(self, send: Send, reply: Reply) -> None:
         backend = self.state.backend
@@ -250,19 +343,23 @@ class ApiEndpoint:
 
 
 # -- operations ---------------------------------------------------------------------------
+# Status codes by flavor: ``current`` follows the OpenAPI file / SDK (200, 204, 204),
+# ``tutorial`` the bulk tutorial and the backend snapshot (201, 200 + body, 202).
 
 
 def _create_job(backend: Backend, call: Call) -> tuple[int, object]:
-    return 201, {"jobId": backend.create_job(call.input)}
+    status = 201 if backend.flavor == "tutorial" else 200
+    return status, {"jobId": backend.create_job(call.input)}
 
 
 def _ingest(backend: Backend, call: Call) -> tuple[int, object]:
-    return 200, backend.ingest(call.path_params["job_id"], call.input)
+    result = backend.ingest(call.path_params["job_id"], call.input)
+    return (200, result) if backend.flavor == "tutorial" else (204, None)
 
 
 def _run(backend: Backend, call: Call) -> tuple[int, object]:
     backend.run_job(call.path_params["job_id"])
-    return 202, None
+    return (202 if backend.flavor == "tutorial" else 204), None
 
 
 def _retrieve_job(backend: Backend, call: Call) -> tuple[int, object]:
@@ -286,9 +383,18 @@ def _message_output(backend: Backend, call: Call) -> tuple[int, object]:
     return 200, backend.message_output(call.path_params["message_id"])
 
 
+def _cancel_message(backend: Backend, call: Call) -> tuple[int, object]:
+    return backend.cancel_message(call.path_params["message_id"])
+
+
+def _message_history(backend: Backend, call: Call) -> tuple[int, object]:
+    type_ = call.query.get("type", [""])[0] or None
+    return 200, backend.message_history(call.path_params["message_id"], type_)
+
+
 def operations() -> list[tuple[str, str, Operation]]:
     """``(method, path, operation)`` for every emulated Courier endpoint."""
-    return [
+    table: list[tuple[str, str, Operation]] = [
         (
             "POST",
             "/bulk",
@@ -305,4 +411,15 @@ def operations() -> list[tuple[str, str, Operation]]:
         ("GET", "/messages", Operation("list_messages", _list_messages)),
         ("GET", "/messages/{message_id}", Operation("retrieve_message", _retrieve_message)),
         ("GET", "/messages/{message_id}/output", Operation("message_output", _message_output)),
+        (
+            "POST",
+            "/messages/{message_id}/cancel",
+            Operation("cancel_message", _cancel_message, idempotent=True),
+        ),
+        ("GET", "/messages/{message_id}/history", Operation("history", _message_history)),
+    ]
+    # Every operation is one the spec documents; its query parameters are checked against it.
+    return [
+        (method, path, Operation(**{**op.__dict__, "spec_path": path}))
+        for method, path, op in table
     ]

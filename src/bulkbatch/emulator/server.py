@@ -10,7 +10,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable, Mapping
 from types import FrameType, TracebackType
 from typing import Any, Self
 
@@ -19,8 +19,9 @@ from starlette.applications import Starlette
 
 from bulkbatch.emulator.app import create_app
 from bulkbatch.emulator.backend import Progression
-from bulkbatch.emulator.faults import FaultSpec
+from bulkbatch.emulator.faults import EmulatorConfigError, FaultSpec
 from bulkbatch.emulator.handlers import DROP_LOG_MESSAGE, EmulatorState
+from bulkbatch.emulator.rules import parse_routes
 
 __all__ = ["Emulator", "serve"]
 
@@ -137,13 +138,26 @@ class Emulator:
         api_key: str | None = None,
         faults: str | FaultSpec | None = None,
         progression: str = "polls:2",
+        flavor: str = "current",
+        routes: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+        check_contract: bool = False,
     ) -> None:
+        if api_key is not None and not api_key.strip():
+            raise EmulatorConfigError(
+                "the emulator API key is empty, which would accept any request; pass a "
+                "non-empty api_key, or None to turn auth off"
+            )
+        if flavor not in ("current", "tutorial"):
+            raise EmulatorConfigError(f"bad flavor {flavor!r}: expected 'current' or 'tutorial'")
         self.host = host
         self.port = port
         self.db = db
         self._api_key = api_key
         self.faults = FaultSpec.parse(faults)
         self.progression = Progression.parse(progression)
+        self.flavor = flavor
+        self.routes = parse_routes(routes)
+        self.check_contract = check_contract
         self.url = ""
         self.app: Starlette | None = None
         self._server: _Server | None = None
@@ -154,8 +168,8 @@ class Emulator:
         state = self.url or "not started"
         return (
             f"Emulator({state}, db={os.fspath(self.db) if self.db else None!r}, "
-            f"progression={str(self.progression)!r}, faults={str(self.faults)!r}, "
-            f"auth={self._api_key is not None})"
+            f"flavor={self.flavor!r}, progression={str(self.progression)!r}, "
+            f"faults={str(self.faults)!r}, auth={self._api_key is not None})"
         )
 
     @property
@@ -169,7 +183,15 @@ class Emulator:
         if self._thread is not None:
             raise RuntimeError(f"Emulator already started at {self.url}")
         _install_drop_filter()
-        self.app = create_app(self.db, self._api_key, self.faults, self.progression)
+        self.app = create_app(
+            self.db,
+            self._api_key,
+            self.faults,
+            self.progression,
+            flavor=self.flavor,
+            routes=self.routes,
+            check_contract=self.check_contract,
+        )
         self._sock = _bind(self.host, self.port)
         self.url = _url(self.host, self._sock)
         self._server = _Server(_config(self.app, log_config=None))
@@ -202,12 +224,11 @@ class Emulator:
 
     def stats(self) -> dict[str, Any]:
         """The same JSON as ``GET /_emulator/stats``."""
-        return self.state.backend.stats()
+        return self.state.stats()
 
     def reset(self) -> None:
         """The same as ``POST /_emulator/reset``."""
-        self.state.backend.reset()
-        self.state.faults.reset()
+        self.state.reset()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -229,10 +250,25 @@ def serve(
     faults: str | FaultSpec | None = None,
     progression: str = "polls:2",
     on_ready: Callable[[str], None] | None = None,
+    flavor: str = "current",
+    routes: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+    check_contract: bool = False,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; call ``on_ready(url)`` once listening. Returns normally."""
+    """Serve until SIGINT/SIGTERM; call ``on_ready(url)`` once listening. Returns normally.
+
+    Raises :class:`~bulkbatch.emulator.faults.EmulatorConfigError` for bad settings (before
+    binding the port).
+    """
     _install_drop_filter()
-    app = create_app(db, api_key, faults, progression)
+    app = create_app(
+        db,
+        api_key,
+        faults,
+        progression,
+        flavor=flavor,
+        routes=routes,
+        check_contract=check_contract,
+    )
     sock = _bind(host, port)
     url = _url(host, sock)
     log_config = dict(uvicorn.config.LOGGING_CONFIG)

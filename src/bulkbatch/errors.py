@@ -7,6 +7,8 @@ line and an exit code, and the sender decides whether to retry by class
 * BulkBatchError
   x InputError              - an input file is missing, unreadable, empty or lacks a column   [exit 1]
   x UsageError              - options that contradict each other or name unknown things       [exit 2]
+    + InvalidApiKey         - the API key has a control or non-ASCII character (never shown)
+    + InvalidHeader         - a header value HTTP cannot carry, e.g. a non-ASCII Idempotency-Key
   x PlanError               - the plan cannot be made (e.g. ``--dedupe fail`` met duplicates)
   x StateError              - the run directory is missing, locked, corrupt or from other inputs
   x ApiError                - Courier answered with an error (method, path, status, type)
@@ -17,10 +19,12 @@ line and an exit code, and the sender decides whether to retry by class
       - NotFound            - 404: unknown job or message
       - JobAlreadySubmitted - 400 BulkJobAlreadySubmittedError: ingest after run
       - JobAlreadyRun       - 400 BulkJobDuplicateInvocationError: a second run
+    + BadResponse           - an answer off the contract: not JSON, wrong type, redirect [Terminal]
   x ApiUnavailable          - connect/read timeout, dropped connection             [Retryable]
   x JobFailed               - the bulk job reached ERROR
   x AccountingError         - the per-row accounting does not add up; the run is not trusted
   x Interrupted             - the run was stopped (Ctrl-C, timeout) and can be resumed
+  x PagingError             - a job's user listing never ends or lists extra users      [Terminal]
 
 Messages say what happened, which value, and what to do next. No message, ``repr`` or
 log line ever contains the API key: ``ApiError`` is built from the method, path, status
@@ -34,14 +38,18 @@ __all__ = [
     "ApiError",
     "ApiUnavailable",
     "AuthenticationError",
+    "BadResponse",
     "BulkBatchError",
     "ClientError",
     "InputError",
     "Interrupted",
+    "InvalidApiKey",
+    "InvalidHeader",
     "JobAlreadyRun",
     "JobAlreadySubmitted",
     "JobFailed",
     "NotFound",
+    "PagingError",
     "PlanError",
     "RateLimited",
     "Retryable",
@@ -187,6 +195,53 @@ class Interrupted(BulkBatchError):
     """The run was stopped before it finished (Ctrl-C, a timeout); it can be resumed."""
 
     exit_code = 1
+
+
+class InvalidApiKey(UsageError):
+    """The API key holds a control character (other than surrounding whitespace, which is
+    stripped) or a non-ASCII one, so no HTTP header can carry it. The message names the
+    position and kind of the character, never the key."""
+
+
+class InvalidHeader(UsageError):
+    """A header value HTTP cannot carry (e.g. a non-ASCII ``Idempotency-Key``). The message
+    names the header, never the value of an ``Authorization`` header."""
+
+
+class BadResponse(ApiError, Terminal):
+    """Courier answered, but the answer breaks the API contract: a body that is not JSON, a
+    field of the wrong type, a missing field, or a redirect (never followed: the API key
+    would go along). Retrying the same request would get the same answer.
+
+    :param problem: what is wrong with the answer, e.g. ``"job.received is 'x', not an integer"``
+    :param status: the HTTP status, or ``None`` when the body could not even be decoded
+    """
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        status: int | None,
+        problem: str,
+        *,
+        hint: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(method, path, status or 0, problem, hint=hint, request_id=request_id)
+        answer = f"HTTP {status}" if status else "an answer"
+        text = f"{method} {path} got {answer} that does not follow Courier's API: {problem}"
+        if request_id:
+            text += f" [request id {request_id}]"
+        if hint:
+            text += f". {hint}"
+        self.message = text
+        self.args = (text,)
+
+
+class PagingError(BulkBatchError, Terminal):
+    """Paging a bulk job's users (``GET /bulk/{job_id}/users``) does not add up: a cursor
+    that does not advance, more pages than the job's ``received`` allows, or more (or
+    repeated) users than the job received. The message names the job and the cursor."""
 
 
 def leaf_errors(exc: BaseException) -> list[BaseException]:

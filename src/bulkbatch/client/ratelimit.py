@@ -14,7 +14,7 @@ tolerance of ``burst - 1`` tokens. Every grant moves the theoretical arrival tim
 With the default ``burst=1`` this is ``ceil(rate * w)``: for an integer ``--rate R`` no window
 of one second ever holds more than ``R`` requests, and for a fractional rate no more than
 ``ceil(R)`` (which any steady pacing at a fractional rate must reach). The bound holds while
-the rate is not raised; lowering the rate keeps it. ``tests/test_ratelimit.py`` checks it with
+the rate is not raised; lowering the rate keeps it. ``tests/client/test_ratelimit.py`` checks it with
 Hypothesis on a virtual clock.
 
 **AIMD** (used when the rate is unknown, and below the ceiling when Courier throttles a

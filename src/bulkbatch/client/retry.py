@@ -3,7 +3,8 @@
 Only ``Retryable`` errors are retried (``RateLimited``, ``ServerError``, ``ApiUnavailable``),
 decided by class, never by message text. The wait is capped exponential backoff with full
 jitter (``uniform(0, min(cap, base * 2**attempt))``), raised to the server's ``Retry-After``
-when it sent one, and never above ``max_retry_after``.
+when it sent one, and never above ``max_retry_after`` (by default the same cap,
+``Settings(max_backoff=...)``, 30 s: a server asking for a day is not waited a day on).
 """
 
 from __future__ import annotations
@@ -25,24 +26,30 @@ class RetryPolicy:
 
     :param max_attempts: tries in all, the first included (1 = never retry)
     :param base: the first backoff window, in seconds
-    :param cap: the largest backoff window, in seconds (``--max-backoff``)
-    :param max_retry_after: the longest wait a server's ``Retry-After`` may impose
+    :param cap: the largest backoff window, in seconds (``Settings(max_backoff=...)``)
+    :param max_retry_after: the longest wait a server's ``Retry-After`` may impose;
+        ``None`` (the default): ``cap``
     """
 
     max_attempts: int = 8
     base: float = 0.5
     cap: float = 30.0
-    max_retry_after: float = 300.0
+    max_retry_after: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts {self.max_attempts} must be at least 1")
-        if self.base < 0 or self.cap < 0 or self.max_retry_after < 0:
+        if self.base < 0 or self.cap < 0 or self.retry_after_cap < 0:
             raise ValueError("base, cap and max_retry_after must not be negative")
+
+    @property
+    def retry_after_cap(self) -> float:
+        """The longest wait a ``Retry-After`` may impose (``max_retry_after``, else ``cap``)."""
+        return self.cap if self.max_retry_after is None else self.max_retry_after
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        """The policy for ``--max-attempts`` and ``--max-backoff``."""
+        """The policy for ``Settings(max_attempts=..., max_backoff=...)``."""
         return cls(max_attempts=settings.max_attempts, cap=settings.max_backoff)
 
     def should_retry(self, attempts_made: int, exc: BaseException) -> bool:
@@ -59,10 +66,10 @@ class RetryPolicy:
 
         Full jitter: a uniform draw from ``[0, min(cap, base * 2**attempt)]``. When ``exc``
         carries a ``retry_after`` (429 or 5xx with ``Retry-After``), the wait is at least
-        that, but never more than ``max_retry_after``.
+        that, but never more than :attr:`retry_after_cap`.
         """
         draw = (rng if rng is not None else random).uniform(0.0, self.window(attempt))
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(retry_after, int | float) and retry_after > 0:
-            return min(max(float(retry_after), draw), self.max_retry_after)
+            return min(max(float(retry_after), draw), self.retry_after_cap)
         return draw

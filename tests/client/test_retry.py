@@ -86,7 +86,9 @@ def test_retry_after_wins_over_a_shorter_draw_and_loses_to_a_longer_one() -> Non
     assert policy.delay(6, rate_limited(5.0), MaxRandom()) == 30.0
     assert policy.delay(6, rate_limited(5.0), MinRandom()) == 5.0
     assert policy.delay(0, rate_limited(None), MaxRandom()) == 0.5
-    assert policy.delay(0, rate_limited(1e9), MinRandom()) == 300.0
+    # A Retry-After above the cap waits the cap (max_retry_after defaults to it).
+    assert policy.delay(0, rate_limited(1e9), MinRandom()) == 30.0
+    assert RetryPolicy(max_retry_after=300.0).delay(0, rate_limited(1e9), MinRandom()) == 300.0
     server = ServerError("GET", "/x", 503, retry_after=4.0)
     assert policy.delay(0, server, MinRandom()) == 4.0
 

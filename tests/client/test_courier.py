@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import email.utils
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import httpx
 import orjson
 import pytest
@@ -16,7 +15,9 @@ from bulkbatch.client.courier import (
     CourierClient,
     IngestResult,
     Job,
+    MessageDetails,
     MessagesPage,
+    RetryEvent,
     UsersPage,
     parse_retry_after,
 )
@@ -27,6 +28,7 @@ from bulkbatch.errors import (
     ApiError,
     ApiUnavailable,
     AuthenticationError,
+    BadResponse,
     ClientError,
     JobAlreadyRun,
     JobAlreadySubmitted,
@@ -35,73 +37,9 @@ from bulkbatch.errors import (
     Retryable,
     ServerError,
     Terminal,
+    UsageError,
 )
-
-SECRET = "sk_live_TOPSECRET_0123456789"
-JOB = "1-61e9dd53-b5bb6c863b7ffbe83ad4b28d"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-class ManualClock:
-    """A fake clock for sequential code: sleeping just moves time on and records the wait."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-        await anyio.lowlevel.checkpoint()
-
-
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class Recorder:
-    """A MockTransport handler answering from a script and recording every request."""
-
-    def __init__(self, *responses: httpx.Response | Exception | Handler) -> None:
-        self.script = list(responses)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        item = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        if isinstance(item, Exception):
-            raise item
-        if callable(item) and not isinstance(item, httpx.Response):
-            return item(request)
-        return item
-
-    @property
-    def keys(self) -> list[str | None]:
-        return [r.headers.get("idempotency-key") for r in self.requests]
-
-
-def make_client(
-    handler: Recorder,
-    *,
-    clock: ManualClock | None = None,
-    max_attempts: int = 4,
-    api_key: str | None = SECRET,
-    **kw: Any,
-) -> CourierClient:
-    clock = clock or ManualClock()
-    settings = Settings(
-        base_url="https://api.courier.test", api_key=api_key, max_attempts=max_attempts
-    )
-    limiter = AdaptiveLimiter(1000.0, clock=clock)
-    return CourierClient(
-        settings, transport=httpx.MockTransport(handler), limiter=limiter, clock=clock, **kw
-    )
+from tests.client.support import JOB, SECRET, ManualClock, Recorder, make_client
 
 
 def err(
@@ -153,8 +91,10 @@ async def test_no_authorization_header_without_key() -> None:
 async def test_create_job_without_job_id_is_an_error() -> None:
     rec = Recorder(httpx.Response(201, json={"id": "x"}))
     async with make_client(rec) as client:
-        with pytest.raises(ApiError, match="no jobId"):
+        with pytest.raises(BadResponse, match="jobId is missing") as info:
             await client.create_job({"event": "e"})
+    assert isinstance(info.value, ApiError) and isinstance(info.value, Terminal)
+    assert len(rec.requests) == 1
 
 
 @pytest.mark.anyio
@@ -236,11 +176,13 @@ async def test_messages_endpoints_and_comma_joined_lists() -> None:
     page = {"results": [msg], "paging": {"cursor": "n", "more": True}}
     rec = Recorder(httpx.Response(200, json=msg), httpx.Response(200, json=page))
     async with make_client(rec) as client:
-        assert await client.retrieve_message("m1") == msg
+        details = await client.retrieve_message("m1")
+        assert details == MessageDetails("m1", "DELIVERED")
+        assert details.raw == msg and details.get("status") == "DELIVERED"
         got = await client.list_messages(
             status=["SENT", "DELIVERED"], provider=("a", "b"), archived=False, tag=None, event="E"
         )
-    assert got == MessagesPage([msg], "n", True)
+    assert got == MessagesPage([MessageDetails("m1", "DELIVERED")], "n", True)
     assert rec.requests[0].url.path == "/messages/m1"
     params = rec.requests[1].url.params
     assert params["status"] == "SENT,DELIVERED"
@@ -339,17 +281,18 @@ async def test_429_is_retried_with_the_same_key_and_honours_retry_after() -> Non
         err(429, "Too Many", headers={"Retry-After": "7"}), httpx.Response(201, json={"jobId": JOB})
     )
     clock = ManualClock()
-    calls: list[tuple[str, int, BaseException, float]] = []
-    async with make_client(rec, clock=clock, on_retry=lambda *a: calls.append(a)) as client:
+    calls: list[RetryEvent] = []
+    async with make_client(rec, clock=clock, on_retry=calls.append) as client:
         assert await client.create_job({"event": "e"}, idempotency_key="K") == JOB
         stats = client.stats
     assert rec.keys == ["K", "K"]
     # The limiter pauses everyone for 7 s and the retry waits at least 7 s.
     assert sum(clock.sleeps) >= 7.0
-    ((op, attempt, exc, delay),) = calls
-    assert (op, attempt) == ("POST /bulk", 1)
-    assert isinstance(exc, RateLimited) and exc.retry_after == 7.0
-    assert delay >= 7.0
+    (event,) = calls
+    assert (event.method, event.path, event.attempt, event.max_attempts) == ("POST", "/bulk", 1, 4)
+    assert event.status == 429 and event.throttled and event.will_retry
+    assert event.reason == "HTTP 429 rate limited; Retry-After 7 s"
+    assert event.wait >= 7.0
     assert stats.requests == 2 and stats.retries == 1 and stats.throttled == 1
     assert stats.status_counts == {429: 1, 201: 1}
 
@@ -399,7 +342,8 @@ async def test_5xx_gives_up_after_max_attempts_with_a_note() -> None:
             await client.retrieve_job(JOB)
     assert len(rec.requests) == 3
     assert "gave up after 3 attempts" in str(info.value)
-    assert "gave up after 3 attempts" in (info.value.__notes__ or [])
+    assert any("gave up after 3 attempts" in n for n in info.value.__notes__ or [])
+    assert "Settings(max_attempts=...)" in str(info.value)
     assert isinstance(info.value, Retryable)
     assert len(clock.sleeps) == 2  # two backoff waits, none real
 
@@ -532,3 +476,124 @@ async def test_api_key_never_in_errors_or_reprs() -> None:
 
 def test_stats_default() -> None:
     assert ClientStats() == ClientStats(0, 0, 0, {}, 0)
+
+
+# -- retries are visible ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_on_retry_reports_every_retry_and_every_throttle_without_header_values() -> None:
+    rec = Recorder(
+        err(503, headers={"Retry-After": "2"}),
+        httpx.ReadTimeout("slow"),
+        err(429, headers={"Retry-After": "600"}),
+        err(429),
+    )
+    events: list[RetryEvent] = []
+    async with make_client(rec, max_attempts=4, on_retry=events.append) as client:
+        with pytest.raises(RateLimited):
+            await client.add_users(JOB, [{"recipient": "u"}], idempotency_key="run:b1")
+    assert [(e.attempt, e.status, e.will_retry) for e in events] == [
+        (1, 503, True),
+        (2, None, True),
+        (3, 429, True),
+        (4, 429, False),  # a throttle with no retry after it is still reported
+    ]
+    assert [e.reason for e in events] == [
+        "HTTP 503; Retry-After 2 s",
+        "ReadTimeout (no answer in 30 s)",
+        "HTTP 429 rate limited; Retry-After 600 s capped at 30 s (Settings(max_backoff=...))",
+        "HTTP 429 rate limited",
+    ]
+    assert all(e.method == "POST" and e.path == f"/bulk/{JOB}" for e in events)
+    assert all(e.max_attempts == 4 for e in events)
+    assert events[0].wait >= 2.0 and events[2].wait == 30.0 and events[3].wait == 0.0
+    assert events[3].throttled and not events[1].throttled
+    shown = " ".join(f"{e} {e!r}" for e in events)
+    for secret in (SECRET, "run:b1", "Bearer"):
+        assert secret not in shown
+    assert str(events[0]) == (
+        f"POST /bulk/{JOB}: attempt 1 of 4 failed (HTTP 503; Retry-After 2 s); "
+        f"retrying in {events[0].wait:.1f} s"
+    )
+
+
+@pytest.mark.anyio
+async def test_terminal_errors_are_not_reported_as_retries() -> None:
+    events: list[RetryEvent] = []
+    async with make_client(Recorder(err(400, "bad")), on_retry=events.append) as client:
+        with pytest.raises(ClientError):
+            await client.run_job(JOB)
+    assert events == []
+
+
+@pytest.mark.anyio
+async def test_timeout_message_names_the_http_timeout_setting() -> None:
+    rec = Recorder(httpx.ReadTimeout("timed out"))
+    async with make_client(rec, max_attempts=1) as client:
+        with pytest.raises(ApiUnavailable) as info:
+            await client.retrieve_job(JOB)
+    text = str(info.value)
+    assert "raise --http-timeout (http_timeout=); now 30 s" in text
+    assert "--timeout" not in text.replace("--http-timeout", "")
+    assert "--max-attempts" not in text and "--max-backoff" not in text
+
+
+@pytest.mark.anyio
+async def test_give_up_note_names_a_setting_not_a_missing_flag() -> None:
+    rec = Recorder(err(500))
+    async with make_client(rec, max_attempts=2) as client:
+        with pytest.raises(ServerError) as info:
+            await client.retrieve_job(JOB)
+    assert "Settings(max_attempts=...)" in str(info.value)
+    assert "--max-attempts" not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_unsupported_scheme_is_a_usage_error_not_a_network_one() -> None:
+    settings = Settings(base_url="ftp://api.courier.test", api_key=SECRET)
+    async with CourierClient(settings, clock=ManualClock()) as client:
+        with pytest.raises(UsageError, match="must start with https://"):
+            await client.retrieve_job(JOB)
+        assert client.stats.transport_errors == 0
+
+
+@pytest.mark.anyio
+async def test_a_redirect_is_never_followed() -> None:
+    moved = httpx.Response(301, headers={"Location": "https://evil.example/bulk?key=1"})
+    rec = Recorder(moved, httpx.Response(200, json={"jobId": JOB}))
+    async with make_client(rec) as client:
+        with pytest.raises(BadResponse) as info:
+            await client.create_job({"event": "e"})
+    assert len(rec.requests) == 1
+    text = str(info.value)
+    assert "redirect to https://evil.example," in text and "key=1" not in text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"job": {"status": "DONE", "enqueued": 0, "failures": 0, "received": 0}}, "job.status"),
+        ({"job": {"status": "COMPLETED", "enqueued": 1, "failures": 0}}, "job.received is missing"),
+        ({"job": {"status": "COMPLETED", "enqueued": True, "failures": 0, "received": 1}}, "True"),
+        (
+            {"job": {"status": "COMPLETED", "enqueued": -1, "failures": 0, "received": 1}},
+            "negative",
+        ),
+        ({"job": []}, "job is [], not an object"),
+        ([], "the body is [], not an object"),
+    ],
+)
+async def test_wrong_job_shapes_are_bad_responses(body: Any, problem: str) -> None:
+    async with make_client(Recorder(httpx.Response(200, json=body))) as client:
+        with pytest.raises(BadResponse, match=problem.replace("[", r"\[").replace("]", r"\]")):
+            await client.retrieve_job(JOB)
+
+
+@pytest.mark.anyio
+async def test_a_malformed_ingest_body_is_a_bad_response() -> None:
+    rec = Recorder(httpx.Response(200, json={"total": "x", "errors": []}))
+    async with make_client(rec) as client:
+        with pytest.raises(BadResponse, match="total is 'x', not an integer"):
+            await client.add_users(JOB, [{"recipient": "a"}])

@@ -37,6 +37,14 @@ endpoint                                     done  notes
                                                    UNROUTABLE items, ``ts`` in ms; ``type=``
 ``POST /messages/{id}/cancel``               [X]   200 + ``canceledAt`` before SENT, else 409
 ``POST /messages/{id}/resend``               [ ]   not in the vendored spec
+outbound webhook ``message:updated``         [X]   ``--webhook-url``: one signed POST per status
+                                                   change (ENQUEUED, SENT, DELIVERED,
+                                                   UNDELIVERABLE, UNROUTABLE, CANCELED); retries
+                                                   on Courier's schedule (time-scaled); outbox
+                                                   in the database
+OPENED / CLICKED (engagement)                [ ]   no message reaches them, so no such events
+other webhook types (``notification:*``,     [ ]   only ``message:updated``
+``audiences:*``)
 scopes / API versions (``BulkJobScope...``)  [ ]   one workspace, one scope
 =========================================== ===== =============================================
 
@@ -85,8 +93,9 @@ Faults (``--faults``) and the order of checks
 =============================================
 
 Keys: ``rate_limit``, ``error_rate``, ``drop_rate``, ``latency_ms``, ``max_users_per_call``
-(default 1000, always on), ``seed`` (see :mod:`bulkbatch.emulator.faults`). For every API
-request: auth (401, before the body is read or a rate-limit token is spent) →
+(default 1000, always on), ``seed``, and for the webhooks ``webhook_dup_rate``,
+``webhook_reorder_rate``, ``webhook_drop_rate`` (see :mod:`bulkbatch.emulator.faults`). For
+every API request: auth (401, before the body is read or a rate-limit token is spent) →
 ``Content-Length`` (413) → latency → rate limit (429 + ``Retry-After``) → drop-before →
 error (500) → Idempotency-Key replay → query/JSON/size (502)/spec validation (400) → the
 operation → drop-after (response committed, connection closed). ``/_emulator/*`` never sees
@@ -113,6 +122,27 @@ string was accepted, across all jobs since the last reset; 0 when none),
 ``idempotent_replays``, ``idempotency_mismatches``; with ``--check-contract`` also
 ``contract_checked``, ``contract_violations`` and ``contract_violation_details``. Counters
 persist with ``--db``. ``POST /_emulator/reset`` clears everything.
+
+With ``--webhook-url`` also: ``webhooks_events`` (status changes), ``webhooks_duplicated`` /
+``webhooks_reordered`` (deliveries added / held back by the faults), ``webhooks_sent`` (POST
+attempts), ``webhooks_delivered`` (2xx answers), ``webhooks_retried`` (failed attempts
+rescheduled), ``webhooks_dropped`` (given up: ``webhook_drop_rate``, a non-retryable 4xx, or
+104 failed attempts) and ``webhooks_pending`` (outbox rows). Always ``webhooks_events +
+webhooks_duplicated == webhooks_delivered + webhooks_dropped + webhooks_pending``; wait for
+``webhooks_pending == 0``. ``POST /_emulator/webhooks/flush`` makes every waiting delivery due now.
+
+Webhooks (``--webhook-url``, :mod:`bulkbatch.emulator.webhooks`)
+===============================================================
+
+One ``{"type": "message:updated", "data": ...}`` POST per message status change; ``data`` is
+``GET /messages/{id}`` as it stood at that status plus ``recipientId`` (and ``canceledAt`` for
+CANCELED). Signed with ``--webhook-secret`` (``courier-signature: t=<ms>,signature=<hex
+HMAC-SHA256 of "<t>.<body>">``), unsigned without one. Sent by a background thread from an
+``outbox`` table written in the same transaction as the status change (a restart with
+``--db`` still delivers). 2xx = delivered; network errors, timeouts (``--webhook-timeout``,
+10 s), 3xx, 408, 429 and 5xx are retried after 5, 10, 20, 40, 60, 120, 240, 480, 720, 900 s
+then every 900 s (× ``--webhook-time-scale``, default 0.001), 104 attempts at most; other 4xx
+are given up at once. The secret is never logged, shown or stored.
 """
 
 from bulkbatch.emulator.app import create_app

@@ -15,7 +15,14 @@ from bulkbatch.emulator.backend import Backend, Progression
 from bulkbatch.emulator.control import control_routes
 from bulkbatch.emulator.faults import EmulatorConfigError, FaultInjector, FaultSpec
 from bulkbatch.emulator.handlers import ApiEndpoint, EmulatorState, operations
+from bulkbatch.emulator.outbox import Outbox
 from bulkbatch.emulator.rules import parse_routes
+from bulkbatch.emulator.webhooks import (
+    DEFAULT_TIME_SCALE,
+    TIMEOUT_S,
+    WebhookConfig,
+    WebhookSender,
+)
 
 __all__ = ["create_app"]
 
@@ -37,6 +44,10 @@ def create_app(
     flavor: str = "current",
     routes: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
     check_contract: bool = False,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    webhook_time_scale: float = DEFAULT_TIME_SCALE,
+    webhook_timeout: float = TIMEOUT_S,
 ) -> Starlette:
     """Build the emulator's ASGI app; ``app.state.emulator`` holds its :class:`EmulatorState`.
 
@@ -46,9 +57,17 @@ def create_app(
         event's messages are routed (default: email)
     :param check_contract: validate every response against the spec (openapi-core) and
         count violations in the stats
+    :param webhook_url: POST a signed ``message:updated`` event there for every message
+        status change (:mod:`bulkbatch.emulator.webhooks`); the sender thread is started by
+        ``app.state.emulator.start()`` (``Emulator`` and ``serve`` do it)
+    :param webhook_secret: sign the events with it (``courier-signature``); kept in memory
+        only. Without it the events are unsigned, as Courier's are without a secret
+    :param webhook_time_scale: multiply Courier's retry delays (and the reorder hold) by it;
+        1 = real timing
+    :param webhook_timeout: seconds to wait for the receiver's answer (Courier: 10)
 
     Raises :class:`~bulkbatch.emulator.faults.EmulatorConfigError` for a bad ``faults``,
-    ``progression``, ``flavor``, ``routes``, ``db`` or an empty ``api_key``.
+    ``progression``, ``flavor``, ``routes``, ``db``, webhook setting or an empty ``api_key``.
     """
     if api_key is not None and not api_key.strip():
         raise EmulatorConfigError(
@@ -57,14 +76,26 @@ def create_app(
         )
     spec = FaultSpec.parse(faults)
     parsed = Progression.parse(progression)
+    webhook = None
+    if webhook_url is not None:
+        webhook = WebhookConfig(webhook_url, webhook_secret, webhook_time_scale, webhook_timeout)
+    elif webhook_secret is not None:
+        raise EmulatorConfigError(
+            "a webhook secret without a webhook URL does nothing; pass --webhook-url too"
+        )
     backend = Backend(db, parsed, flavor=flavor, routes=parse_routes(routes))
+    injector = FaultInjector(spec)
+    sender = None
+    if webhook is not None:
+        backend.webhooks = Outbox(backend, injector, webhook.hold_ms)
+        sender = WebhookSender(backend.webhooks, webhook)
     contract = None
     if check_contract:
         from bulkbatch.emulator.contract import ContractChecker
 
         contract = ContractChecker()
     state = EmulatorState(
-        backend=backend, faults=FaultInjector(spec), api_key=api_key, contract=contract
+        backend=backend, faults=injector, api_key=api_key, contract=contract, webhooks=sender
     )
     api_routes: list[BaseRoute] = [
         Route(path, ApiEndpoint(state, op), methods=[method]) for method, path, op in operations()

@@ -22,12 +22,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from bulkbatch.emulator import spec
 from bulkbatch.emulator.faults import EmulatorConfigError
+from bulkbatch.emulator.outbox import CANCELED_STEP, OUTBOX_SCHEMA
 from bulkbatch.emulator.rules import (
     DAY_MS,
     YEAR_MS,
@@ -43,7 +44,10 @@ from bulkbatch.emulator.rules import (
     render,
     user_outcome,
 )
-from bulkbatch.emulator.states import CANCELABLE, MessageStates
+from bulkbatch.emulator.states import CANCELABLE, CANCELED, MessageStates, Timeline
+
+if TYPE_CHECKING:
+    from bulkbatch.emulator.outbox import Outbox
 
 __all__ = [
     "DAY_MS",
@@ -60,6 +64,16 @@ JsonDict = dict[str, Any]
 PAGE_SIZE = 100  # GET /bulk/{id}/users (courier-bulk-api.md §2.5)
 MESSAGES_PAGE_SIZE = 10  # GET /messages: "Only 10 can be fetched at a time" (tracking §3.1)
 FLAVORS = ("current", "tutorial")
+# Webhook counters (``webhooks_pending`` is the outbox's row count): see outbox.py.
+WEBHOOK_COUNTERS = (
+    "webhooks_events",
+    "webhooks_duplicated",
+    "webhooks_reordered",
+    "webhooks_sent",
+    "webhooks_delivered",
+    "webhooks_retried",
+    "webhooks_dropped",
+)
 COUNTER_NAMES = (
     "jobs_created",
     "runs",
@@ -70,6 +84,7 @@ COUNTER_NAMES = (
     "dropped_connections",
     "idempotent_replays",
     "idempotency_mismatches",
+    *WEBHOOK_COUNTERS,
 )
 
 
@@ -141,7 +156,7 @@ def _open(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA temp_store=MEMORY")
         conn.execute("PRAGMA cache_size=-65536")
         _migrate(conn)
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA + OUTBOX_SCHEMA)
     except sqlite3.DatabaseError as exc:
         if conn is not None:
             conn.close()
@@ -208,6 +223,7 @@ class Backend:
         self._counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._by_status: dict[str, int] = {}
         self._max_cache: tuple[int, int] | None = None
+        self.webhooks: Outbox | None = None  # set by create_app with --webhook-url
         row = self._conn.execute("SELECT value FROM meta WHERE key='counters'").fetchone()
         if row:
             saved = orjson.loads(row[0])
@@ -219,6 +235,14 @@ class Backend:
             self._offset_ms = int(offset[0])
 
     # -- housekeeping -------------------------------------------------------------------
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._conn
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
 
     def close(self) -> None:
         with self._lock:
@@ -241,13 +265,15 @@ class Backend:
         """Forget every job, user, message, idempotency record and counter."""
         with self._lock:
             self._conn.execute("BEGIN")
-            for table in ("jobs", "users", "idempotency", "meta"):
+            for table in ("jobs", "users", "idempotency", "meta", "outbox", "webhook_jobs"):
                 self._conn.execute(f"DELETE FROM {table}")
             self._conn.execute("COMMIT")
             self._counters = dict.fromkeys(COUNTER_NAMES, 0)
             self._by_status = {}
             self._max_cache = None
             self._offset_ms = 0
+            if self.webhooks is not None:
+                self.webhooks.reset()
 
     # -- counters -------------------------------------------------------------------------
 
@@ -268,7 +294,7 @@ class Backend:
     def stats(self) -> JsonDict:
         with self._lock:
             c = self._counters
-            return {
+            stats = {
                 "jobs_created": c["jobs_created"],
                 "runs": c["runs"],
                 "requests": c["requests"],
@@ -281,6 +307,10 @@ class Backend:
                 "idempotent_replays": c["idempotent_replays"],
                 "idempotency_mismatches": c["idempotency_mismatches"],
             }
+            if self.webhooks is not None:  # only with --webhook-url
+                stats.update({name: c[name] for name in WEBHOOK_COUNTERS})
+                stats["webhooks_pending"] = self.webhooks.pending()
+            return stats
 
     def _max_accepted_per_recipient(self) -> int:
         # Derived from persisted rows: within a job a recipient is unique, so only a
@@ -532,10 +562,16 @@ class Backend:
                 "(SELECT COUNT(*) FROM users WHERE job=:job AND status='ENQUEUED') WHERE num=:job",
                 {"at": at_ms, "job": num},
             )
+            if self.webhooks is not None:
+                self.webhooks.on_complete(num)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def settle_due_jobs(self) -> None:
+        with self._lock:
+            self._settle_due_jobs()
 
     def _settle_due_jobs(self) -> None:
         """``seconds:T``: complete every PROCESSING job whose time has come."""
@@ -610,8 +646,13 @@ class Backend:
 
     def _details(self, row: tuple[Any, ...], now: int, providers: bool) -> JsonDict:
         """MessageDetails (+ ``providers`` for ``GET /messages/{id}`` only)."""
-        _id, mid, recipient, outcome, channel, enq, step, _r, sent, done, canceled, ev, nt = row
+        outcome, enq, step = row[3], row[5], row[6]
+        sent, done, canceled = row[8], row[9], row[10]
         at = self.states.timeline((outcome, enq, step, sent, done, canceled), now)
+        return self._details_at(row, at, providers)
+
+    def _details_at(self, row: tuple[Any, ...], at: Timeline, providers: bool) -> JsonDict:
+        _id, mid, recipient, _o, channel, enq, _s, _r, _sent, _done, _c, ev, nt = row
         details: JsonDict = {
             "id": mid,
             "status": at.status,
@@ -641,8 +682,32 @@ class Backend:
                 }
                 if "delivered" in details:
                     provider["delivered"] = details["delivered"]
+                if at.status == "UNDELIVERABLE":
+                    provider["error"] = details["error"]
                 details["providers"].append(provider)
         return details
+
+    def webhook_payload(self, user_id: int, step: int) -> JsonDict | None:
+        """The ``message:updated`` event of a message at ``step`` (``CANCELED_STEP``: its
+        cancellation): ``data`` is ``GET /messages/{id}`` as it stood then, plus the
+        webhook-only ``recipientId`` (and ``canceledAt``). ``None`` if the message is gone."""
+        with self._lock:
+            found = self._conn.execute(
+                f"SELECT {self._MESSAGE_COLUMNS} {self._MESSAGE_FROM} WHERE u.id = ?", (user_id,)
+            ).fetchone()
+            if found is None or found[1] is None:
+                return None
+            row = tuple(found)
+            outcome, enq, sent, done, canceled = row[3], row[5], row[8], row[9], row[10]
+            if step == CANCELED_STEP:
+                at = Timeline(CANCELED, 0, enq, None, None, canceled)
+            else:
+                at = self.states.at_step(outcome, enq, step, sent, done)
+            data = self._details_at(row, at, providers=True)
+            data["recipientId"] = row[2]
+            if step == CANCELED_STEP:
+                data["canceledAt"] = canceled
+            return {"type": "message:updated", "data": data}
 
     def _advance(self, rows: list[tuple[Any, ...]], now: int) -> list[tuple[Any, ...]]:
         """``polls:N``: count one read of each message; every N-th read advances a step."""
@@ -651,11 +716,15 @@ class Backend:
         n = self.progression.polls
         out = []
         updates = []
+        changed: list[tuple[int, int]] = []
         for row in rows:
             rid, mid, rec, outcome, channel, enq, step, reads, sent, done, canceled, ev, nt = row
             reads += 1
             if reads % n == 0 and canceled is None:
+                before = step
                 step, sent, done = self.states.advance(outcome, step, sent, done, now)
+                if step != before:
+                    changed.append((rid, step))
             updates.append((step, reads, sent, done, rid))
             out.append(
                 (rid, mid, rec, outcome, channel, enq, step, reads, sent, done, canceled, ev, nt)
@@ -663,6 +732,8 @@ class Backend:
         self._conn.executemany(
             "UPDATE users SET step=?, reads=?, sent_ms=?, done_ms=? WHERE id=?", updates
         )
+        if self.webhooks is not None:
+            self.webhooks.add(changed)
         return out
 
     def _message_row(self, message_id: str) -> tuple[Any, ...]:
@@ -691,6 +762,8 @@ class Backend:
             if details["status"] not in CANCELABLE:
                 return 409, details
             self._conn.execute("UPDATE users SET canceled_ms=? WHERE id=?", (now, row[0]))
+            if self.webhooks is not None:
+                self.webhooks.add([(row[0], CANCELED_STEP)])
             details = self._details((*row[:10], now, *row[11:]), now, providers=False)
             details["canceledAt"] = now
             return 200, details

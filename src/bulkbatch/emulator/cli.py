@@ -7,6 +7,7 @@ import click
 from bulkbatch.emulator.backend import Progression
 from bulkbatch.emulator.faults import EmulatorConfigError, FaultSpec
 from bulkbatch.emulator.rules import parse_routes
+from bulkbatch.emulator.webhooks import DEFAULT_TIME_SCALE, TIMEOUT_S
 
 __all__ = ["emulator_command"]
 
@@ -32,6 +33,17 @@ def _check_key(ctx: click.Context, param: click.Parameter, value: str | None) ->
         raise click.BadParameter(
             "the key is empty, which would accept any request; pass a non-empty key, or "
             "leave the option (and BULKBATCH_EMULATOR_API_KEY) unset to turn auth off",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
+def _check_secret(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value:
+        raise click.BadParameter(
+            "the secret is empty; pass a non-empty secret, or leave the option (and "
+            "BULKBATCH_EMULATOR_WEBHOOK_SECRET) unset to send unsigned events",
             ctx=ctx,
             param=param,
         )
@@ -106,7 +118,9 @@ def _parse_progression(ctx: click.Context, param: click.Parameter, value: str) -
     "with Retry-After), error_rate (0..1; 500), drop_rate (0..1; connection closed with no "
     "response, half of them after the request was committed), latency_ms (added to every "
     "API request), max_users_per_call (default 1000; more users in one ingest call get 502, "
-    "faults or not), seed (default 0).",
+    "faults or not), seed (default 0); for --webhook-url: webhook_dup_rate (0..1; an event "
+    "POSTed twice), webhook_reorder_rate (0..1; held back so later events overtake it), "
+    "webhook_drop_rate (0..1; never POSTed, counted dropped).",
 )
 @click.option(
     "--progression",
@@ -116,6 +130,41 @@ def _parse_progression(ctx: click.Context, param: click.Parameter, value: str) -
     help="When a run job completes: 'immediate'; 'polls:N' (the N-th GET /bulk/{id} after "
     "run completes it; each message advances ENQUEUED -> SENT -> DELIVERED one step per N "
     "reads); 'seconds:T' (T seconds after run; messages advance one step every T seconds).",
+)
+@click.option(
+    "--webhook-url",
+    default=None,
+    metavar="URL",
+    help="POST a Courier 'message:updated' event to URL for every message status change "
+    "(ENQUEUED, SENT, DELIVERED, UNDELIVERABLE, UNROUTABLE, CANCELED), from a background "
+    "sender with an outbox in the database (a restart with --db still delivers). "
+    "Default: no webhooks.",
+)
+@click.option(
+    "--webhook-secret",
+    envvar="BULKBATCH_EMULATOR_WEBHOOK_SECRET",
+    show_envvar=True,
+    default=None,
+    metavar="SECRET",
+    callback=_check_secret,
+    help="Sign the events: 'courier-signature: t=<ms>,signature=<hex HMAC-SHA256 of "
+    '"<t>.<body>">\'. Kept in memory only (never logged or written to --db). Default: '
+    "unsigned, as Courier sends them without a secret.",
+)
+@click.option(
+    "--webhook-time-scale",
+    default=DEFAULT_TIME_SCALE,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Multiply Courier's webhook retry delays (5 s, 10 s, ... then every 15 min, 104 "
+    "attempts) by this; 1 = real timing.",
+)
+@click.option(
+    "--webhook-timeout",
+    default=TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to wait for the receiver's answer before retrying (Courier: 10).",
 )
 def emulator_command(
     host: str,
@@ -127,13 +176,18 @@ def emulator_command(
     check_contract: bool,
     faults: FaultSpec,
     progression: Progression,
+    webhook_url: str | None,
+    webhook_secret: str | None,
+    webhook_time_scale: float,
+    webhook_timeout: float,
 ) -> None:
     """Serve a local Courier-compatible Bulk + Messages API.
 
     Prints one line, 'bulkbatch emulator listening on URL', when ready, and serves until
     Ctrl-C or SIGTERM. Point a client at it with COURIER_BASE_URL=URL. Control endpoints:
     GET /_emulator/stats, POST /_emulator/reset, POST /_emulator/clock,
-    GET /_emulator/config (they need the key too when --api-key is set).
+    GET /_emulator/config, POST /_emulator/webhooks/flush (they need the key too when
+    --api-key is set).
 
     Example:
 
@@ -158,6 +212,10 @@ def emulator_command(
             flavor=flavor,
             routes=routes,
             check_contract=check_contract,
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+            webhook_time_scale=webhook_time_scale,
+            webhook_timeout=webhook_timeout,
         )
     except EmulatorConfigError as exc:
         raise click.ClickException(str(exc)) from None

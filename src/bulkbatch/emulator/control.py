@@ -7,7 +7,10 @@
 ``POST /_emulator/clock``  ``{"advance_seconds": N}`` (0 <= N <= 10 years): move the emulator
                            clock forward (idempotency expiry, ``seconds:T`` progression);
                            returns ``now_ms``
-``GET /_emulator/config``  the flavor, routes, progression and fault spec in effect
+``GET /_emulator/config``  the flavor, routes, progression and fault spec in effect (and
+                           the webhook settings, never the secret)
+``POST /_emulator/         make every waiting webhook delivery (retries, held-back ones) due
+webhooks/flush``           now; returns ``{"pending": N}``; 409 when webhooks are off
 ========================== ================================================================
 
 No faults or latency apply here. With ``--api-key`` these routes need the same
@@ -85,12 +88,25 @@ def control_routes(state: EmulatorState) -> list[Route]:
                 "auth": state.api_key is not None,
                 "check_contract": state.contract is not None,
                 "db": backend.path,
+                "webhooks": state.webhooks.config.public() if state.webhooks else None,
             }
         )
+
+    async def flush_webhooks(request: Request) -> Response:
+        if state.webhooks is None or state.backend.webhooks is None:
+            return _json(
+                {
+                    "message": "Webhooks are off; start the emulator with --webhook-url.",
+                    "type": "invalid_request_error",
+                },
+                409,
+            )
+        return _json({"pending": state.backend.webhooks.flush()})
 
     return [
         Route("/_emulator/stats", guarded(stats), methods=["GET"]),
         Route("/_emulator/reset", guarded(reset), methods=["POST"]),
         Route("/_emulator/clock", guarded(clock), methods=["POST"]),
         Route("/_emulator/config", guarded(config), methods=["GET"]),
+        Route("/_emulator/webhooks/flush", guarded(flush_webhooks), methods=["POST"]),
     ]

@@ -17,9 +17,17 @@ drop_rate            0       probability the connection is closed with no comple
 latency_ms           0       milliseconds added to every API request
 max_users_per_call   1000    more users than this in one ``POST /bulk/{id}`` → 502 (always on)
 seed                 0       seed of the random draws; same seed + same request order → same faults
+webhook_dup_rate     0       probability a webhook event is delivered twice (two POSTs)
+webhook_reorder_rate 0       probability a webhook delivery is held back
+                             (:data:`~bulkbatch.emulator.webhooks.REORDER_HOLD_S`, time-scaled)
+                             so later events overtake it
+webhook_drop_rate    0       probability a webhook event is lost: never POSTed, counted in
+                             ``webhooks_dropped`` as if every retry had failed
 ==================== ======= ============================================================
 
-Faults touch the Courier API paths only, never ``/_emulator/*``.
+The API faults touch the Courier API paths only, never ``/_emulator/*``; the webhook faults
+touch only the outbound webhooks (``--webhook-url``). Both are drawn from their own seeded
+generators, so turning webhooks on does not change which API requests fail.
 """
 
 from __future__ import annotations
@@ -32,11 +40,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-__all__ = ["Decision", "EmulatorConfigError", "FaultInjector", "FaultSpec", "TokenBucket"]
+__all__ = [
+    "Decision",
+    "EmulatorConfigError",
+    "FaultInjector",
+    "FaultSpec",
+    "TokenBucket",
+    "WebhookDraw",
+]
 
 FAULTS_FORM = (
     "comma-separated key=value pairs from rate_limit (req/s > 0), error_rate (0..1), "
-    "drop_rate (0..1), latency_ms (>= 0), max_users_per_call (int >= 1), seed (int); "
+    "drop_rate (0..1), latency_ms (>= 0), max_users_per_call (int >= 1), seed (int), "
+    "webhook_dup_rate, webhook_reorder_rate, webhook_drop_rate (0..1); "
     "e.g. 'rate_limit=50,error_rate=0.05,seed=7'"
 )
 
@@ -55,13 +71,16 @@ class FaultSpec:
     latency_ms: float = 0.0
     max_users_per_call: int = 1000
     seed: int = 0
+    webhook_dup_rate: float = 0.0
+    webhook_reorder_rate: float = 0.0
+    webhook_drop_rate: float = 0.0
 
     @classmethod
     def parse(cls, spec: str | FaultSpec | None) -> FaultSpec:
         """Parse ``"key=value,..."``; ``None`` or ``""`` gives the defaults.
 
         >>> FaultSpec.parse("error_rate=0.5,seed=3")
-        FaultSpec(rate_limit=None, error_rate=0.5, drop_rate=0.0, latency_ms=0.0, max_users_per_call=1000, seed=3)
+        FaultSpec(rate_limit=None, error_rate=0.5, drop_rate=0.0, latency_ms=0.0, max_users_per_call=1000, seed=3, webhook_dup_rate=0.0, webhook_reorder_rate=0.0, webhook_drop_rate=0.0)
         """
         if isinstance(spec, FaultSpec):
             return spec
@@ -106,7 +125,7 @@ def _in_range(key: str, number: float) -> bool:
         return False
     if key == "rate_limit":
         return number > 0
-    if key in ("error_rate", "drop_rate"):
+    if key in ("error_rate", "drop_rate") or key.startswith("webhook_"):
         return 0.0 <= number <= 1.0
     if key == "latency_ms":
         return number >= 0
@@ -138,6 +157,14 @@ class TokenBucket:
         return (1.0 - self._tokens) / self.rate
 
 
+@dataclass(frozen=True)
+class WebhookDraw:
+    """The webhook faults drawn for one event: lost, or one hold-back flag per copy to POST."""
+
+    dropped: bool
+    held: tuple[bool, ...]
+
+
 class Decision(enum.Enum):
     """What the fault injector decided for one request."""
 
@@ -163,6 +190,7 @@ class FaultInjector:
     def reset(self) -> None:
         with self._lock:
             self._rng = random.Random(self.spec.seed)
+            self._webhook_rng = random.Random(f"webhooks:{self.spec.seed}")
             rate = self.spec.rate_limit
             self._bucket = (
                 TokenBucket(rate, max(1.0, rate), self._clock) if rate is not None else None
@@ -182,3 +210,15 @@ class FaultInjector:
             if spec.error_rate > 0 and self._rng.random() < spec.error_rate:
                 return Decision.ERROR, 0
         return Decision.PASS, 0
+
+    def draw_webhook(self) -> WebhookDraw:
+        """Webhook faults for one event, in this order: drop → duplicate → hold back (per copy)."""
+        spec = self.spec
+        with self._lock:
+            rng = self._webhook_rng
+            if spec.webhook_drop_rate > 0 and rng.random() < spec.webhook_drop_rate:
+                return WebhookDraw(True, ())
+            dup = spec.webhook_dup_rate > 0 and rng.random() < spec.webhook_dup_rate
+            rate = spec.webhook_reorder_rate
+            held = tuple(rate > 0 and rng.random() < rate for _ in range(2 if dup else 1))
+            return WebhookDraw(False, held)

@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from bulkbatch.emulator import spec
 from bulkbatch.emulator.backend import ApiError, Backend, ValidationError, parse_expiration
 from bulkbatch.emulator.faults import Decision, FaultInjector
+from bulkbatch.emulator.webhooks import WebhookSender
 
 __all__ = [
     "DROP_LOG_MESSAGE",
@@ -68,6 +69,18 @@ class EmulatorState:
     faults: FaultInjector
     api_key: str | None = None
     contract: Any = None  # a contract.ContractChecker when --check-contract is on
+    webhooks: WebhookSender | None = None  # with --webhook-url
+
+    def start(self) -> None:
+        """Start the background work (the webhook sender) once the app is served."""
+        if self.webhooks is not None:
+            self.webhooks.start()
+
+    def close(self) -> None:
+        """Stop the background work, then write the counters and close the database."""
+        if self.webhooks is not None:
+            self.webhooks.stop()
+        self.backend.close()
 
     def stats(self) -> dict[str, Any]:
         """``GET /_emulator/stats``: the backend's counters (+ the contract check's)."""

@@ -22,6 +22,7 @@ from bulkbatch.emulator.backend import Progression
 from bulkbatch.emulator.faults import EmulatorConfigError, FaultSpec
 from bulkbatch.emulator.handlers import DROP_LOG_MESSAGE, EmulatorState
 from bulkbatch.emulator.rules import parse_routes
+from bulkbatch.emulator.webhooks import DEFAULT_TIME_SCALE, TIMEOUT_S
 
 __all__ = ["Emulator", "serve"]
 
@@ -141,6 +142,10 @@ class Emulator:
         flavor: str = "current",
         routes: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
         check_contract: bool = False,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        webhook_time_scale: float = DEFAULT_TIME_SCALE,
+        webhook_timeout: float = TIMEOUT_S,
     ) -> None:
         if api_key is not None and not api_key.strip():
             raise EmulatorConfigError(
@@ -158,6 +163,10 @@ class Emulator:
         self.flavor = flavor
         self.routes = parse_routes(routes)
         self.check_contract = check_contract
+        self.webhook_url = webhook_url
+        self._webhook_secret = webhook_secret
+        self.webhook_time_scale = webhook_time_scale
+        self.webhook_timeout = webhook_timeout
         self.url = ""
         self.app: Starlette | None = None
         self._server: _Server | None = None
@@ -169,7 +178,8 @@ class Emulator:
         return (
             f"Emulator({state}, db={os.fspath(self.db) if self.db else None!r}, "
             f"flavor={self.flavor!r}, progression={str(self.progression)!r}, "
-            f"faults={str(self.faults)!r}, auth={self._api_key is not None})"
+            f"faults={str(self.faults)!r}, auth={self._api_key is not None}, "
+            f"webhooks={self.webhook_url is not None})"
         )
 
     @property
@@ -191,9 +201,14 @@ class Emulator:
             flavor=self.flavor,
             routes=self.routes,
             check_contract=self.check_contract,
+            webhook_url=self.webhook_url,
+            webhook_secret=self._webhook_secret,
+            webhook_time_scale=self.webhook_time_scale,
+            webhook_timeout=self.webhook_timeout,
         )
         self._sock = _bind(self.host, self.port)
         self.url = _url(self.host, self._sock)
+        self.state.start()
         self._server = _Server(_config(self.app, log_config=None))
         self._thread = threading.Thread(
             target=self._server.run,
@@ -216,7 +231,7 @@ class Emulator:
         if self._thread is not None:
             self._thread.join(timeout=15)
         if self.app is not None:
-            self.state.backend.close()
+            self.state.close()
         if self._sock is not None:
             self._sock.close()
         self._server = self._thread = self._sock = None
@@ -253,6 +268,10 @@ def serve(
     flavor: str = "current",
     routes: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
     check_contract: bool = False,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    webhook_time_scale: float = DEFAULT_TIME_SCALE,
+    webhook_timeout: float = TIMEOUT_S,
 ) -> None:
     """Serve until SIGINT/SIGTERM; call ``on_ready(url)`` once listening. Returns normally.
 
@@ -268,7 +287,12 @@ def serve(
         flavor=flavor,
         routes=routes,
         check_contract=check_contract,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        webhook_time_scale=webhook_time_scale,
+        webhook_timeout=webhook_timeout,
     )
+    state: EmulatorState = app.state.emulator
     sock = _bind(host, port)
     url = _url(host, sock)
     log_config = dict(uvicorn.config.LOGGING_CONFIG)
@@ -278,8 +302,8 @@ def serve(
         handle_signals=True,
     )
     try:
+        state.start()
         server.run(sockets=[sock])
     finally:
-        state: EmulatorState = app.state.emulator
-        state.backend.close()
+        state.close()
         sock.close()

@@ -29,7 +29,7 @@ from typing import Any
 
 from bulkbatch.emulator.rules import Progression
 
-__all__ = ["CANCELABLE", "JOB_STATUSES", "PATHS", "MessageStates", "Timeline"]
+__all__ = ["CANCELABLE", "CANCELED", "JOB_STATUSES", "PATHS", "MessageStates", "Timeline"]
 
 JOB_STATUSES = ("CREATED", "PROCESSING", "COMPLETED")
 PATHS: dict[str, tuple[str, ...]] = {
@@ -77,14 +77,20 @@ class MessageStates:
     def timeline(self, row: tuple[Any, ...], now: int) -> Timeline:
         """``row`` = ``(outcome, enqueued_ms, step, sent_ms, done_ms, canceled_ms)``."""
         outcome, enq, step, sent, done, canceled = row
-        final = self.final_step(outcome)
         if canceled is not None:
             return Timeline(CANCELED, step, enq, None, None, canceled)
         if self.progression.mode == "seconds":
+            step = max(0, min(self.final_step(outcome), (now - enq) // self.progression.step_ms))
+        return self.at_step(outcome, enq, step, sent, done)
+
+    def at_step(self, outcome: str, enq: int, step: int, sent: Any, done: Any) -> Timeline:
+        """Where the message stood when it reached ``step`` (a webhook event's snapshot):
+        only the timestamps of the steps up to ``step`` are set."""
+        final = self.final_step(outcome)
+        step = max(0, min(final, step))
+        if self.progression.mode == "seconds":
             each = self.progression.step_ms
-            step = max(0, min(final, (now - enq) // each))
-            sent = enq + each if step >= 1 and PATHS[outcome][1] == "SENT" else None
-            done = enq + final * each if step >= final else None
+            sent, done = enq + each, enq + final * each
         if step < 1 or PATHS[outcome][1] != "SENT":
             sent = None
         done = done if step >= final else None

@@ -7,11 +7,13 @@ a log line, or anything written to a run directory.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bulkbatch.errors import UsageError
+from bulkbatch.options import option
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -56,7 +58,6 @@ class Settings:
     :param rate: the most requests per second to send (token bucket); ``None`` means
         unknown: start at ``start_rate`` and adapt to 429s (AIMD)
     :param concurrency: the most requests in flight at once
-    :param batch_size: users per ingest call (at most 1000)
     :param timeout: seconds to wait for one HTTP response
     :param max_attempts: tries per request before giving up (retryable errors only)
     :param max_backoff: the cap, in seconds, of one wait between tries
@@ -68,24 +69,26 @@ class Settings:
     rate: float | None = None
     start_rate: float = 50.0
     concurrency: int = DEFAULT_CONCURRENCY
-    batch_size: int = MAX_BATCH_SIZE
     timeout: float = 30.0
     max_attempts: int = 8
     max_backoff: float = 30.0
     poll_interval: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+        # The options shared with the command line are checked by their one definition
+        # (bulkbatch.options), so the wording names the real flag.
+        option("rate").check(self.rate)
+        option("concurrency").check(self.concurrency)
+        option("http_timeout").check(self.timeout)
+        option("poll_interval").check(self.poll_interval)
+        for name in ("start_rate", "max_backoff"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise UsageError(f"Settings({name}={value!r}): use a number above 0.")
+        if not (isinstance(self.max_attempts, int) and self.max_attempts >= 1):
             raise UsageError(
-                f"--batch-size {self.batch_size} is out of range; "
-                f"use a value from 1 to {MAX_BATCH_SIZE} (Courier fails larger ingest calls)."
+                f"Settings(max_attempts={self.max_attempts!r}): use a whole number of at least 1."
             )
-        if self.rate is not None and self.rate <= 0:
-            raise UsageError(f"--rate {self.rate} must be above 0 requests per second.")
-        if self.concurrency < 1:
-            raise UsageError(f"--concurrency {self.concurrency} must be at least 1.")
-        if self.max_attempts < 1:
-            raise UsageError(f"--max-attempts {self.max_attempts} must be at least 1.")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

@@ -1,0 +1,180 @@
+"""DuckDB, in one place: opening a run database, its memory cap, SQL quoting, and running
+blocking queries from async code (worker thread, interrupt on cancel, out-of-memory as a clear
+error).
+
+Every stage gets its connection from :func:`open_run_db` and quotes with :func:`quote_ident`
+and :func:`quote_literal`; nothing else in bulkbatch sets DuckDB options or spells quoting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import duckdb
+
+from bulkbatch.errors import StateError
+
+__all__ = [
+    "DB_FILE",
+    "MEMORY_LIMIT",
+    "MEMORY_LIMIT_ENV",
+    "configure_connection",
+    "fetch_one",
+    "in_thread",
+    "memory_limit",
+    "open_run_db",
+    "quote_ident",
+    "quote_literal",
+]
+
+T = TypeVar("T")
+
+DB_FILE = "run.duckdb"
+MEMORY_LIMIT = "320MB"
+"""DuckDB's memory cap for any connection bulkbatch opens (it spills to ``<run dir>/.spill``
+beyond it): measured to keep a 10M-row run within a few hundred MiB.
+``BULKBATCH_MEMORY_LIMIT`` (e.g. ``1GB``) overrides it."""
+MEMORY_LIMIT_ENV = "BULKBATCH_MEMORY_LIMIT"
+_PID = re.compile(r"PID (\d+)")
+
+
+def memory_limit() -> str:
+    """The DuckDB memory cap in force: ``BULKBATCH_MEMORY_LIMIT`` or :data:`MEMORY_LIMIT`."""
+    return os.environ.get(MEMORY_LIMIT_ENV, "").strip() or MEMORY_LIMIT
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """``text`` as a single-quoted SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def fetch_one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
+    """The first row of ``sql``, fetching the whole result.
+
+    DuckDB refuses other work (``register``, ...) on a connection whose last result was not
+    fetched to the end, so never use ``fetchone()`` on the pipeline's connection.
+    """
+    rows = con.execute(sql).fetchall()
+    return tuple(rows[0]) if rows else ()
+
+
+def parse_bytes(text: str) -> int | None:
+    """``512MB`` / ``2GiB`` / ``1000`` as a number of bytes; None when it is not a size."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        return None
+    unit = (m.group(2) or "B").upper().replace("I", "")
+    scale = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def _check_limit() -> int:
+    limit = memory_limit()
+    size = parse_bytes(limit)
+    if not size:
+        raise StateError(
+            f"{MEMORY_LIMIT_ENV}={limit!r} is not a memory size DuckDB understands; use a size "
+            f"such as 512MB or 2GB, or unset it for the default {MEMORY_LIMIT}."
+        )
+    return size
+
+
+def configure_connection(con: duckdb.DuckDBPyConnection) -> None:
+    """Keep insertion order, turn DuckDB's progress bar off (it writes to stdout), and cap its
+    memory at :func:`memory_limit` (only ever lowered) on ``con``."""
+    cap = _check_limit()
+    con.execute("SET preserve_insertion_order = true")
+    with contextlib.suppress(duckdb.Error):
+        # Library code never prints. Inside Jupyter, DuckDB refuses to change this setting
+        # when ipywidgets is missing; its bar is then off anyway.
+        con.execute("SET enable_progress_bar = false")
+    current = parse_bytes(str(fetch_one(con, "SELECT current_setting('memory_limit')")[0]))
+    if current is None or current > cap:
+        con.execute(f"SET memory_limit = '{cap}B'")
+
+
+def open_run_db(run_dir: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open ``run_dir/run.duckdb``: one process at a time (DuckDB's file lock), capped in
+    memory, spilling to ``run_dir/.spill``."""
+    path = run_dir / DB_FILE
+    if read_only and not path.exists():
+        raise StateError(
+            f"{run_dir} has no {DB_FILE}: the run never got past its start, so nothing was "
+            f"sent. Run the same 'bulkbatch send' command again."
+        )
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            m = _PID.search(text)
+            who = f" (pid {m.group(1)})" if m else ""
+            raise StateError(
+                f"Run directory {run_dir} is in use by another bulkbatch process{who}. "
+                f"Wait for it to finish or stop it, then run 'bulkbatch resume {run_dir}'."
+            ) from None
+        raise StateError(f"Cannot open the run database {path}: {_first_line(text)}") from None
+    except duckdb.Error as exc:
+        raise StateError(
+            f"The run database {path} cannot be opened ({_first_line(str(exc))}). If the disk "
+            "filled up, free space and retry; otherwise start the campaign again in a new "
+            "run directory (nothing acknowledged is sent twice)."
+        ) from None
+    if not read_only:
+        try:
+            configure_connection(con)
+        except StateError:
+            con.close()
+            raise
+        con.execute(f"SET temp_directory = {quote_literal(str(run_dir / '.spill'))}")
+    return con
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else text
+
+
+async def in_thread(con: duckdb.DuckDBPyConnection, fn: Callable[[], T], run_dir: Path) -> T:
+    """Run blocking DuckDB work in a worker thread, interrupting it on cancellation.
+
+    A thread cannot be cancelled, so on Ctrl-C (or any cancellation) the query running on
+    ``con`` is interrupted and the thread is waited for before the cancellation goes on; that
+    way the connection is free to close and the run stops within a moment, not after a
+    ten-minute plan finishes. DuckDB running out of its budget becomes a clear
+    :class:`StateError` naming the setting.
+    """
+    finished = threading.Event()
+
+    def work() -> T:
+        try:
+            return fn()
+        finally:
+            finished.set()
+
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except duckdb.OutOfMemoryException as exc:
+        detail = _first_line(str(exc)).removeprefix("Out of Memory Error: ")
+        raise StateError(
+            f"DuckDB ran out of its {memory_limit()} memory budget ({detail}). Nothing is "
+            f"lost and nobody was sent twice; give it more with {MEMORY_LIMIT_ENV}=2GB, then "
+            f"run 'bulkbatch resume {run_dir}'."
+        ) from None
+    except anyio.get_cancelled_exc_class():
+        con.interrupt()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(finished.wait)
+        raise

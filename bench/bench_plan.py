@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_plan.py            # 1M and 10M rows
     .venv/bin/python bench/bench_plan.py --quick    # 100k and 1M rows
     .venv/bin/python bench/bench_plan.py --rows 1000000 --repeat 3 --jobs auto
+    .venv/bin/python bench/bench_plan.py --rows 1000000 --jobs auto --format csv
 
 Audiences are generated once into bench/data/ (gitignored) with ``bulkbatch.synth``
 (2 % duplicates). Each measurement runs load + plan in a fresh subprocess on a fresh run
@@ -10,6 +11,7 @@ database opened like a real run (``bulkbatch.state.open_run_db``: 384MB memory l
 directory in the run dir); peak RSS is polled with psutil (the child and its children) every
 20 ms. ``--jobs`` picks one job, jobs of 100k users, or the pipeline's automatic job size
 (``auto_job_size``: about 4 × ``concurrency`` jobs); medians are reported over ``--repeat`` runs.
+``--format csv`` benchmarks the same audience as CSV (text read, then column types inferred).
 """
 
 from __future__ import annotations
@@ -45,18 +47,22 @@ con = open_run_db(run)
 t0 = time.perf_counter()
 load = load_inputs(con, LoadOptions((sys.argv[1],)))
 t1 = time.perf_counter()
-opts = PlanOptions(event="welcome", data={"promo": "SPRING"}, max_job_size=mjs)
+opts = PlanOptions(data={"promo": "SPRING"}, max_job_size=mjs)
 info = build_plan(con, opts, run)
 t2 = time.perf_counter()
 print(load.rows, info.to_send, info.duplicates, info.rejected, info.batches, t1 - t0, t2 - t1)
 """
 
 
-def audience(rows: int) -> Path:
-    path = DATA / f"audience_{rows}.parquet"
+def audience(rows: int, fmt: str = "parquet") -> Path:
+    path = DATA / f"audience_{rows}.{fmt}"
     if not path.exists():
         t = time.perf_counter()
-        generate(path, rows, duplicate_rate=0.02, seed=0)
+        partial = path.with_name(path.name + ".partial")
+        generate(
+            partial, rows, fmt="csv" if fmt == "csv" else "parquet", duplicate_rate=0.02, seed=0
+        )
+        partial.replace(path)  # never leave a half-written audience behind
         print(f"generated {path.name} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     return path
 
@@ -135,6 +141,9 @@ def main() -> None:
         "(rows / concurrency, at least 10k), or all three (default)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; medians reported")
+    parser.add_argument(
+        "--format", choices=["parquet", "csv"], default="parquet", help="audience file format"
+    )
     args = parser.parse_args()
     sizes = [100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000]
     if args.rows:
@@ -142,7 +151,7 @@ def main() -> None:
     modes = list(JOBS) if args.jobs == "all" else [args.jobs]
     lines = [
         (
-            f"load + plan, {platform.machine()}, {psutil.cpu_count()} CPUs, "
+            f"load + plan ({args.format}), {platform.machine()}, {psutil.cpu_count()} CPUs, "
             f"Python {platform.python_version()}"
         ),
         "",
@@ -156,7 +165,7 @@ def main() -> None:
     ]
     for n in sizes:
         for mode in modes:
-            r = median_run(audience(n), job_size(mode, n), args.repeat)
+            r = median_run(audience(n, args.format), job_size(mode, n), args.repeat)
             lines.append(
                 f"| {r['rows']:,} | {mode} | {r['to_send']:,} | {r['duplicates']:,} | {r['rejected']:,} "
                 f"| {r['batches']:,} | {r['load_s']:.1f} | {r['plan_s']:.1f} | {r['wall_s']:.1f} "

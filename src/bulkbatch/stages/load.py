@@ -17,18 +17,22 @@ Rules
   in path order, and the rows of a file in file order. It is assigned during the read by DuckDB's
   streaming ``row_number() OVER ()`` with ``preserve_insertion_order`` on (this function sets it),
   so there is no extra copy of the table and the order holds with several threads.
-* **CSV**: delimiter, quote, header and encoding are sniffed by DuckDB unless given; a UTF-8 BOM
-  is tolerated. Every CSV column is read as text (``all_varchar``) so ids keep their leading
-  zeros and phone numbers their ``+``; JSON text columns (``data``, ``preferences``) are parsed
-  by the plan stage. Parquet and NDJSON keep their types.
+* **CSV** (:mod:`bulkbatch.stages.csvread`): delimiter, quote and header are sniffed by DuckDB
+  unless given; a UTF-8 BOM is tolerated; ``encoding`` may be any encoding Python knows
+  (``cp1252`` too). Columns are read as text, then a column whose every value is a number, a
+  boolean, a date or a timestamp gets that type (``infer_types``), except id-like columns
+  (``*id``, zip/postal/phone names, values with a leading zero or ``+``), which stay text.
+  Lines that do not fit the header's shape (ragged rows, a report's footer) become empty input
+  rows recorded in ``load_rejects``. JSON text columns (``data``, ``preferences``) are parsed by
+  the plan stage. Parquet and NDJSON keep their types.
 * Input columns named ``row_number`` or ``source`` are renamed ``input_row_number`` /
   ``input_source``.
 * Errors are :class:`~bulkbatch.errors.InputError` (or :class:`~bulkbatch.errors.UsageError`
   for a bad option), one line naming the file and, when DuckDB says so, the line, and the fix.
   No raw ``duckdb.Error`` escapes.
 * Memory: the function sets ``preserve_insertion_order = true`` on the connection it is given
-  and lowers ``memory_limit`` to :data:`MEMORY_LIMIT` when the connection's limit is higher, so
-  DuckDB spills to disk instead of growing with the input.
+  and caps ``memory_limit`` (:func:`bulkbatch.db.configure_connection`), so DuckDB spills to
+  disk instead of growing with the input.
 """
 
 from __future__ import annotations
@@ -40,29 +44,26 @@ import os
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import duckdb
 
+from bulkbatch.db import configure_connection, fetch_one, quote_ident, quote_literal
 from bulkbatch.errors import InputError, UsageError
-from bulkbatch.state import MEMORY_LIMIT_ENV
+from bulkbatch.options import option
+from bulkbatch.stages.csvread import SOURCE_COL, CsvFile, csv_rejects, infer_types, open_csv
 
 __all__ = [
     "INPUT_EXTENSIONS",
-    "MEMORY_LIMIT",
     "LoadInfo",
     "LoadOptions",
-    "configure_connection",
-    "fetch_one",
+    "fingerprint_files",
     "load_frame",
     "load_inputs",
-    "quote_ident",
+    "resolve_sources",
 ]
-
-MEMORY_LIMIT = "1GB"
-"""DuckDB memory limit set by load and plan (DuckDB spills to disk above it)."""
 
 INPUT_EXTENSIONS: tuple[str, ...] = (
     ".parquet",
@@ -91,26 +92,6 @@ _FORMAT_BY_EXT: tuple[tuple[str, str], ...] = (
     (".jsonl.gz", "ndjson"),
     (".json.gz", "ndjson"),
 )
-_ENCODINGS = {
-    "utf-8": "utf-8",
-    "utf8": "utf-8",
-    "utf-8-sig": "utf-8",
-    "utf-16": "utf-16",
-    "utf16": "utf-16",
-    "latin-1": "latin-1",
-    "latin1": "latin-1",
-    "iso-8859-1": "latin-1",
-    "iso8859-1": "latin-1",
-}
-_SOURCE_COL = "__bb_source"
-_REJECTS = "_bb_csv_rejects"
-_REJECT_SCANS = "_bb_csv_reject_scans"
-_LINE_PROBLEMS = {
-    "TOO MANY COLUMNS": "has more fields than the header",
-    "MISSING COLUMNS": "has fewer fields than the header",
-    "UNQUOTED VALUE": "has a quote in the wrong place",
-    "LINE SIZE OVER MAXIMUM": "is longer than the CSV reader allows",
-}
 _RESERVED = {"row_number": "input_row_number", "source": "input_source"}
 
 
@@ -122,8 +103,11 @@ class LoadOptions:
     :param format: ``auto`` (by extension), ``csv``, ``parquet`` or ``ndjson``
     :param delimiter: CSV delimiter; ``None`` = sniffed
     :param quote: CSV quote character; ``None`` = sniffed
-    :param encoding: CSV encoding (``utf-8``, ``utf-16``, ``latin-1``); ``None`` = UTF-8
+    :param encoding: CSV encoding (``utf-8``, ``utf-16``, ``latin-1``, ``cp1252``, or any
+        other Python codec name); ``None`` = UTF-8
     :param header: whether CSV files have a header row; ``None`` = sniffed
+    :param infer_types: give CSV columns the type all their values share (id-like columns
+        stay text); ``False`` keeps every CSV column text
     """
 
     sources: tuple[str, ...]
@@ -132,6 +116,7 @@ class LoadOptions:
     quote: str | None = None
     encoding: str | None = None
     header: bool | None = None
+    infer_types: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,6 +129,8 @@ class LoadInfo:
     :param fingerprint: sha256 over (path, size, mtime_ns) of each file, or over the content of
         an in-memory frame; changes when the data changes
     :param seconds: wall time of the load
+    :param bad_lines: CSV lines that did not parse (kept as empty rows; plan rejects them)
+    :param inferred_types: CSV columns given a type other than text, e.g. ``{"age": "BIGINT"}``
     """
 
     rows: int
@@ -151,51 +138,8 @@ class LoadInfo:
     columns: tuple[str, ...]
     fingerprint: str
     seconds: float
-
-
-def quote_ident(name: str) -> str:
-    """``name`` as a double-quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def fetch_one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
-    """The first row of ``sql``, fetching the whole result.
-
-    DuckDB 2.0 refuses other work (``register``, ...) on a connection whose last result was
-    not fetched to the end, so never use ``fetchone()`` on the pipeline's connection.
-    """
-    rows = con.execute(sql).fetchall()
-    return tuple(rows[0]) if rows else ()
-
-
-def configure_connection(con: duckdb.DuckDBPyConnection) -> None:
-    """Keep insertion order, turn DuckDB's progress bar off (it writes to stdout), and cap
-    DuckDB's memory (only ever lowered) on ``con``."""
-    try:
-        con.execute("SET preserve_insertion_order = true")
-        con.execute("SET enable_progress_bar = false")  # library code never prints
-        row = fetch_one(con, "SELECT current_setting('memory_limit')")
-        current = _parse_bytes(str(row[0]))
-        # The user's BULKBATCH_MEMORY_LIMIT wins over this module's default cap.
-        limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip() or MEMORY_LIMIT
-        cap = _parse_bytes(limit) or _parse_bytes(MEMORY_LIMIT) or 0
-        if current is None or current > cap:
-            con.execute(f"SET memory_limit = '{cap}B'")
-    except duckdb.Error:  # pragma: no cover - settings are best effort
-        pass
-
-
-def _parse_bytes(text: str) -> int | None:
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        return None
-    unit = (m.group(2) or "B").upper().replace("I", "")
-    scale = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[unit]
-    return int(float(m.group(1)) * scale)
+    bad_lines: int = 0
+    inferred_types: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- resolving files
@@ -210,6 +154,25 @@ def _is_input_file(path: Path) -> bool:
     return path.is_file() and any(name.endswith(ext) for ext in INPUT_EXTENSIONS)
 
 
+def _folder_files(source: str, path: Path) -> list[str]:
+    found = sorted(p for p in path.rglob("*") if _is_input_file(p))
+    if not found:
+        raise InputError(
+            f"No input files in folder {source}: expected *.parquet, *.csv, *.csv.gz, "
+            "*.ndjson, *.jsonl or *.json files. Check the folder, or name the files."
+        )
+    return [str(p.resolve()) for p in found]
+
+
+def _glob_files(source: str) -> list[str]:
+    matches = sorted(
+        m for m in glob.glob(os.path.expanduser(source), recursive=True) if Path(m).is_file()
+    )
+    if not matches:
+        raise InputError(f"No files match {source}. Check the pattern and the folder it points at.")
+    return [str(Path(m).resolve()) for m in matches]
+
+
 def resolve_sources(sources: Sequence[str]) -> list[str]:
     """The files ``sources`` stand for, in load order (absolute, resolved paths)."""
     if not sources:
@@ -218,26 +181,11 @@ def resolve_sources(sources: Sequence[str]) -> list[str]:
     for source in sources:
         path = Path(source).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if _is_input_file(p))
-            if not found:
-                raise InputError(
-                    f"No input files in folder {source}: expected *.parquet, *.csv, *.csv.gz, "
-                    "*.ndjson, *.jsonl or *.json files. Check the folder, or name the files."
-                )
-            files.extend(str(p.resolve()) for p in found)
+            files.extend(_folder_files(source, path))
         elif path.is_file():
             files.append(str(path.resolve()))
         elif _has_glob(source):
-            matches = sorted(
-                m
-                for m in glob.glob(os.path.expanduser(source), recursive=True)
-                if Path(m).is_file()
-            )
-            if not matches:
-                raise InputError(
-                    f"No files match {source}. Check the pattern and the folder it points at."
-                )
-            files.extend(str(Path(m).resolve()) for m in matches)
+            files.extend(_glob_files(source))
         else:
             raise InputError(
                 f"Input not found: {source}. "
@@ -253,9 +201,10 @@ def _format_of(file: str, fmt: str) -> str:
     for ext, kind in sorted(_FORMAT_BY_EXT, key=lambda e: -len(e[0])):
         if name.endswith(ext):
             return kind
+    f = option("format").flag
     raise UsageError(
         f"Cannot tell the format of {file} from its extension: "
-        "pass --format csv, --format parquet or --format ndjson."
+        f"pass {f} csv, {f} parquet or {f} ndjson."
     )
 
 
@@ -269,38 +218,6 @@ def fingerprint_files(files: Iterable[str]) -> str:
 
 
 # ------------------------------------------------------------------------------- reading
-
-
-def _reader(kind: str, files: Sequence[str], options: LoadOptions) -> str:
-    file_list = "[" + ", ".join(_lit(f) for f in files) + "]"
-    common = f"filename = {_lit(_SOURCE_COL)}, union_by_name = true"
-    if kind == "parquet":
-        return f"read_parquet({file_list}, {common})"
-    if kind == "ndjson":
-        return f"read_json({file_list}, format = 'auto', {common})"
-    # Lines that do not parse (ragged rows, stray quotes) are recorded instead of failing the
-    # whole file or derailing the dialect sniffer; they become ``bad_row`` rejects.
-    args = [
-        file_list,
-        f"filename = {_lit(_SOURCE_COL)}",
-        "all_varchar = true",
-        f"store_rejects = true, rejects_table = '{_REJECTS}', rejects_scan = '{_REJECT_SCANS}'",
-    ]
-    if options.delimiter is not None:
-        args.append(f"delim = {_lit(options.delimiter)}")
-    if options.quote is not None:
-        args.append(f"quote = {_lit(options.quote)}")
-    if options.header is not None:
-        args.append(f"header = {'true' if options.header else 'false'}")
-    if options.encoding is not None:
-        enc = _ENCODINGS.get(options.encoding.strip().lower())
-        if enc is None:
-            raise UsageError(
-                f"Unsupported --encoding {options.encoding}: use utf-8, utf-16 or latin-1 "
-                "(or convert the file to UTF-8 first)."
-            )
-        args.append(f"encoding = {_lit(enc)}")
-    return f"read_csv({', '.join(args)})"
 
 
 _FILE_PATTERNS = (
@@ -317,48 +234,64 @@ def _describe_files(files: Sequence[str]) -> str:
     return f"{files[0]} (and {len(files) - 1} more)"
 
 
-def _read_error(exc: duckdb.Error, kind: str, files: Sequence[str]) -> InputError:
-    """One line for a DuckDB read failure: the file, the line when known, and the fix."""
-    text = str(exc)
-    file = next((m.group(1) for p in _FILE_PATTERNS if (m := p.search(text))), None)
-    where = file or _describe_files(files)
-    line_m = re.search(r"CSV Error on Line: (\d+)", text) or re.search(r"in line (\d+)", text)
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+def _error_text(text: str, kind: str) -> str:
+    """The first meaningful sentence of a DuckDB read error."""
+    first = text.strip().splitlines()[0] if text.strip() else "unknown error"
     first = re.sub(r"^[A-Za-z ]*Error: ", "", first).strip()
     first = re.sub(r"^CSV Error on Line: \d+\s*", "", first).strip()
-    if kind == "csv":
+    if kind == "csv" and (not first or first.startswith("Original Line")):
         details = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
-        if not first or first.startswith("Original Line"):
-            first = next(
-                (ln for ln in details if not ln.startswith(("Original Line", "Possible"))),
-                first,
-            )
-    first = first.rstrip(". ")
-    line = f" (line {line_m.group(1)})" if line_m else ""
+        first = next(
+            (ln for ln in details if not ln.startswith(("Original Line", "Possible"))), first
+        )
+    return first.rstrip(". ")
+
+
+def _read_fix(text: str, kind: str) -> str:
+    enc = option("encoding").flag
     if "unicode" in text.lower() or "not utf-8" in text.lower():
-        fix = "Pass --encoding with the file's encoding (e.g. --encoding latin-1), or save it as UTF-8."
-    elif kind == "csv":
-        fix = "Check the file, or set --delimiter / --quote / --header to match it."
-    elif kind == "parquet":
-        fix = "Check that it is a complete Parquet file (re-export it), or pass the right --format."
-    else:
-        fix = "Check that each line is one JSON object (NDJSON), or pass the right --format."
-    return InputError(f"Cannot read {where}{line}: {first}. {fix}")
+        return f"Pass {enc} with the file's encoding (e.g. {enc} latin-1), or save it as UTF-8."
+    if kind == "csv":
+        d, q = option("delimiter").flag, option("quote").flag
+        return f"Check the file, or set {d} / {q} to match it."
+    if kind == "parquet":
+        return (
+            "Check that it is a complete Parquet file (re-export it), or pass the right "
+            f"{option('format').flag}."
+        )
+    return (
+        "Check that each line is one JSON object (NDJSON), or pass the right "
+        f"{option('format').flag}."
+    )
+
+
+def _read_error(
+    exc: duckdb.Error, kind: str, files: Sequence[str], read_path: str | None = None
+) -> InputError:
+    """One line for a DuckDB read failure: the file, the line when known, and the fix
+    (``read_path``, a transcoded copy DuckDB read, is named as the original file)."""
+    text = str(exc)
+    if read_path is not None and files:
+        text = text.replace(read_path, files[0])
+    file = next((m.group(1) for p in _FILE_PATTERNS if (m := p.search(text))), None)
+    if kind == "csv" and len(files) == 1:
+        file = files[0]  # DuckDB may name a transcoded copy
+    where = file or _describe_files(files)
+    line_m = re.search(r"CSV Error on Line: (\d+)", text) or re.search(r"in line (\d+)", text)
+    line = f" (line {line_m.group(1)})" if line_m else ""
+    return InputError(
+        f"Cannot read {where}{line}: {_error_text(text, kind)}. {_read_fix(text, kind)}"
+    )
 
 
 def _describe(con: duckdb.DuckDBPyConnection, query: str) -> list[tuple[str, str]]:
     rows = con.execute(f"DESCRIBE SELECT * FROM {query}").fetchall()
-    return [(str(r[0]), str(r[1])) for r in rows]
+    return [(str(r[0]), str(r[1])) for r in rows if r[0] != SOURCE_COL]
 
 
-def _select_list(columns: Sequence[tuple[str, str]], offset: int) -> str:
-    parts = [
-        f"{offset} + row_number() OVER () AS row_number",
-        f"{quote_ident(_SOURCE_COL)} AS source",
-    ]
+def _select_list(columns: Sequence[tuple[str, str]], offset: int, source: str) -> str:
+    parts = [f"{offset} + row_number() OVER () AS row_number", f"{source} AS source"]
     for name, _ in columns:
-        if name == _SOURCE_COL:
-            continue
         parts.append(f"{quote_ident(name)} AS {quote_ident(_RESERVED.get(name, name))}")
     return ", ".join(parts)
 
@@ -368,8 +301,6 @@ def _widen(con: duckdb.DuckDBPyConnection, described: Sequence[tuple[str, str]])
     whose type differs between groups into text (JSON strings lose their quotes)."""
     have = {str(r[0]): str(r[1]) for r in con.execute("DESCRIBE inputs").fetchall()}
     for raw, typ in described:
-        if raw == _SOURCE_COL:
-            continue
         name = quote_ident(_RESERVED.get(raw, raw))
         old = have.get(_RESERVED.get(raw, raw))
         if old is None:
@@ -384,6 +315,132 @@ def _widen(con: duckdb.DuckDBPyConnection, described: Sequence[tuple[str, str]])
             con.execute(f"ALTER TABLE inputs ALTER COLUMN {name} TYPE VARCHAR USING ({using})")
 
 
+def _groups(files: Sequence[str], fmt: str) -> list[tuple[str, list[str]]]:
+    """Consecutive files of one format, read in one call. CSV files are read one at a time:
+    DuckDB records unparseable lines (store_rejects) only without union_by_name; different
+    columns are still unioned by name when appended."""
+    groups: list[tuple[str, list[str]]] = []
+    for f in files:
+        kind = _format_of(f, fmt)
+        if groups and groups[-1][0] == kind and kind != "csv":
+            groups[-1][1].append(f)
+        else:
+            groups.append((kind, [f]))
+    return groups
+
+
+def _file_list(files: Sequence[str]) -> str:
+    return "[" + ", ".join(quote_literal(f) for f in files) + "]"
+
+
+def _reader(kind: str, files: Sequence[str]) -> str:
+    common = f"filename = {quote_literal(SOURCE_COL)}, union_by_name = true"
+    if kind == "parquet":
+        return f"read_parquet({_file_list(files)}, {common})"
+    return f"read_json({_file_list(files)}, format = 'auto', {common})"
+
+
+def _deep_ndjson_reader(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> str:
+    """A ``read_json`` that reads every top-level key as JSON, for NDJSON whose nesting is too
+    deep for DuckDB's type detection (128 levels): the plan rejects the deep values as
+    ``bad_json`` and sends the rest."""
+    keys = con.execute(
+        "SELECT k FROM (SELECT unnest(json_keys(json)) AS k, row_number() OVER () AS i "
+        f"FROM read_ndjson_objects({_file_list(files)})) GROUP BY k ORDER BY min(i)"
+    ).fetchall()
+    columns = ", ".join(f"{quote_literal(str(k[0]))}: 'JSON'" for k in keys)
+    return (
+        f"read_json({_file_list(files)}, format = 'newline_delimited', "
+        f"columns = {{{columns}}}, filename = {quote_literal(SOURCE_COL)})"
+    )
+
+
+@dataclass
+class _Loaded:
+    """What the groups read so far added up to."""
+
+    created: bool = False
+    rows: int = 0
+    columns: list[str] = field(default_factory=list)
+    csv_columns: set[str] = field(default_factory=set)
+    typed_columns: set[str] = field(default_factory=set)
+    bad_lines: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+def _append(
+    con: duckdb.DuckDBPyConnection, loaded: _Loaded, reader: str, source: str
+) -> list[tuple[str, str]]:
+    """Read one group into ``inputs`` (creating it for the first); its columns."""
+    described = _describe(con, reader)
+    select = _select_list(described, loaded.rows, source)
+    if not loaded.created:
+        con.execute(f"CREATE OR REPLACE TABLE inputs AS SELECT {select} FROM {reader}")
+        loaded.created = True
+    else:
+        _widen(con, described)
+        con.execute(f"INSERT INTO inputs BY NAME SELECT {select} FROM {reader}")
+    loaded.rows = int(fetch_one(con, "SELECT count(*) FROM inputs")[0])
+    names = [_RESERVED.get(n, n) for n, _ in described]
+    loaded.columns.extend(n for n in names if n not in loaded.columns)
+    return described
+
+
+def _load_group(
+    con: duckdb.DuckDBPyConnection,
+    loaded: _Loaded,
+    kind: str,
+    group: list[str],
+    options: LoadOptions,
+) -> None:
+    if kind != "csv":
+        try:
+            try:
+                reader = _reader(kind, group)
+                described = _append(con, loaded, reader, quote_ident(SOURCE_COL))
+            except duckdb.InvalidInputException as exc:
+                if kind != "ndjson" or "maximum recursion depth" not in str(exc):
+                    raise
+                reader = _deep_ndjson_reader(con, group)
+                described = _append(con, loaded, reader, quote_ident(SOURCE_COL))
+        except duckdb.OutOfMemoryException:
+            raise  # not a bad file: the pipeline reports the memory budget
+        except duckdb.Error as exc:
+            raise _read_error(exc, kind, group) from None
+        loaded.typed_columns.update(_RESERVED.get(n, n) for n, _ in described)
+        return
+    csv: CsvFile = open_csv(con, group[0], options)
+    try:
+        described = _append(con, loaded, csv.reader, csv.source)
+        loaded.bad_lines.extend(csv_rejects(con, csv))
+    except duckdb.OutOfMemoryException:
+        raise
+    except duckdb.Error as exc:
+        raise _read_error(exc, kind, group, csv.read_path) from None
+    finally:
+        csv.close()
+    loaded.csv_columns.update(_RESERVED.get(n, n) for n, _ in described)
+
+
+def _append_bad_lines(con: duckdb.DuckDBPyConnection, loaded: _Loaded) -> None:
+    """Unparseable lines are input rows too (the accounting must add up): they follow the
+    readable rows, in file and line order, with nothing but their source filled in."""
+    bad = loaded.bad_lines
+    if not bad:
+        return
+    first = loaded.rows + 1
+    con.execute(
+        "INSERT INTO inputs (row_number, source) SELECT * FROM (VALUES "
+        + ", ".join("(?, ?)" for _ in bad)
+        + ")",
+        [v for n, (src, _, _) in enumerate(bad, first) for v in (n, src)],
+    )
+    con.execute(
+        "INSERT INTO load_rejects VALUES " + ", ".join("(?, ?, ?, ?)" for _ in bad),
+        [v for n, (src, line, reason) in enumerate(bad, first) for v in (n, src, line, reason)],
+    )
+    loaded.rows += len(bad)
+
+
 def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInfo:
     """Read ``options.sources`` into table ``inputs`` (replacing it), streamed by DuckDB.
 
@@ -392,115 +449,45 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
     """
     started = time.perf_counter()
     files = resolve_sources(options.sources)
-    kinds = [_format_of(f, options.format) for f in files]
-    groups: list[tuple[str, list[str]]] = []
-    for f, kind in zip(files, kinds, strict=True):
-        # CSV files are read one at a time: DuckDB records unparseable lines (store_rejects)
-        # only without union_by_name; different columns are still unioned by name below.
-        if groups and groups[-1][0] == kind and kind != "csv":
-            groups[-1][1].append(f)
-        else:
-            groups.append((kind, [f]))
+    groups = _groups(files, options.format)
     configure_connection(con)
     con.execute(
         "CREATE OR REPLACE TABLE load_rejects "
         "(row_number BIGINT, source VARCHAR, line BIGINT, reason VARCHAR)"
     )
-    columns: list[str] = []
-    rows = 0
-    bad_lines: list[tuple[str, int, str]] = []
-    for index, (kind, group) in enumerate(groups):
-        reader = _reader(kind, group, options)
-        try:
-            described = _describe(con, reader)
-            names = [_RESERVED.get(n, n) for n, _ in described if n != _SOURCE_COL]
-            select = _select_list(described, rows)
-            if index == 0:
-                con.execute(f"CREATE OR REPLACE TABLE inputs AS SELECT {select} FROM {reader}")
-            else:
-                _widen(con, described)
-                con.execute(f"INSERT INTO inputs BY NAME SELECT {select} FROM {reader}")
-            count = fetch_one(con, "SELECT count(*) FROM inputs")
-        except duckdb.OutOfMemoryException:
-            raise  # not a bad file: the pipeline reports the memory budget
-        except duckdb.Error as exc:
-            raise _read_error(exc, kind, group) from None
-        columns.extend(n for n in names if n not in columns)
-        rows = int(count[0])
-        if kind == "csv":
-            bad_lines.extend(_csv_rejects(con, group))
-    if bad_lines:
-        # Unparseable lines are input rows too (the accounting must add up): they follow the
-        # readable rows, in file and line order, with nothing but their source filled in.
-        con.execute(
-            "INSERT INTO inputs (row_number, source) SELECT * FROM (VALUES "
-            + ", ".join("(?, ?)" for _ in bad_lines)
-            + ")",
-            [v for n, (src, _, _) in enumerate(bad_lines, rows + 1) for v in (n, src)],
-        )
-        con.execute(
-            "INSERT INTO load_rejects VALUES " + ", ".join("(?, ?, ?, ?)" for _ in bad_lines),
-            [
-                v
-                for n, (src, line, reason) in enumerate(bad_lines, rows + 1)
-                for v in (n, src, line, reason)
-            ],
-        )
-        rows += len(bad_lines)
-    if rows == 0:
+    loaded = _Loaded()
+    for kind, group in groups:
+        _load_group(con, loaded, kind, group, options)
+    _append_bad_lines(con, loaded)
+    if loaded.rows == 0:
         raise InputError(
             f"Input is empty: {_describe_files(files)} has no data rows. "
             "Check that the export finished, or point at the right file."
         )
+    inferred: dict[str, str] = {}
+    if options.infer_types:
+        text_columns = _text_columns(con, loaded.csv_columns - loaded.typed_columns)
+        try:
+            inferred = infer_types(con, text_columns)
+        except duckdb.OutOfMemoryException:
+            raise
+        except duckdb.Error as exc:
+            raise _read_error(exc, "csv", files) from None
     return LoadInfo(
-        rows=rows,
+        rows=loaded.rows,
         files=tuple(files),
-        columns=tuple(columns),
+        columns=tuple(loaded.columns),
         fingerprint=fingerprint_files(files),
         seconds=time.perf_counter() - started,
+        bad_lines=len(loaded.bad_lines),
+        inferred_types=inferred,
     )
 
 
-def _first_sentences(message: str) -> str:
-    text = " ".join(str(message).split())
-    return text if text.endswith(".") else text + "."
-
-
-def _csv_rejects(
-    con: duckdb.DuckDBPyConnection, files: Sequence[str]
-) -> list[tuple[str, int, str]]:
-    """The lines DuckDB could not parse in ``files``: (file, line, reason), in order.
-
-    A file that is not valid UTF-8 is a whole-file problem with one fix (``--encoding``),
-    so it stays an error rather than a reject per accented line.
-    """
-    found = con.execute(
-        f"""
-        SELECT s.file_path, e.line, list(DISTINCT e.error_type), any_value(e.csv_line),
-               min(e.error_message)
-        FROM {_REJECTS} e JOIN {_REJECT_SCANS} s USING (scan_id, file_id)
-        GROUP BY ALL ORDER BY s.file_path, e.line
-        """
-    ).fetchall()
-    con.execute(f"DROP TABLE IF EXISTS {_REJECTS}")
-    con.execute(f"DROP TABLE IF EXISTS {_REJECT_SCANS}")
-    order = {f: i for i, f in enumerate(files)}
-    out: list[tuple[int, str, int, str]] = []
-    for path, line, types, text, message in found:
-        if "INVALID UNICODE" in types or "INVALID ENCODING" in types:
-            raise InputError(
-                f"Cannot read {path} (line {line}): {_first_sentences(message)} Pass "
-                "--encoding with the file's encoding (e.g. --encoding latin-1), or save it "
-                "as UTF-8."
-            )
-        problem = "; ".join(_LINE_PROBLEMS.get(t, f"{t.lower()}: {message}") for t in types)
-        snippet = (text or "").strip()
-        snippet = snippet if len(snippet) <= 120 else snippet[:117] + "..."
-        out.append(
-            (order.get(path, len(order)), path, int(line), f"line {line} {problem}: {snippet}")
-        )
-    out.sort()
-    return [(path, line, reason) for _, path, line, reason in out]
+def _text_columns(con: duckdb.DuckDBPyConnection, names: set[str]) -> list[str]:
+    """The ``inputs`` columns among ``names`` that are text, in table order."""
+    described = con.execute("DESCRIBE inputs").fetchall()
+    return [str(r[0]) for r in described if str(r[0]) in names and str(r[1]) == "VARCHAR"]
 
 
 def _frame_source(frame: object) -> tuple[str, object]:
@@ -540,8 +527,8 @@ def load_frame(con: duckdb.DuckDBPyConnection, frame: object) -> LoadInfo:
         else:
             con.register(view, scannable)
             body = quote_ident(view)
-        described = [(n, t) for n, t in _describe(con, body) if n != _SOURCE_COL]
-        parts = ["row_number() OVER () AS row_number", f"{_lit(name)} AS source"]
+        described = _describe(con, body)
+        parts = ["row_number() OVER () AS row_number", f"{quote_literal(name)} AS source"]
         parts += [f"{quote_ident(n)} AS {quote_ident(_RESERVED.get(n, n))}" for n, _ in described]
         con.execute(f"CREATE OR REPLACE TABLE inputs AS SELECT {', '.join(parts)} FROM {body}")
         row = fetch_one(

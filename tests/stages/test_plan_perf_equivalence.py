@@ -25,7 +25,6 @@ def con() -> duckdb.DuckDBPyConnection:
 
 def plan_of(con: duckdb.DuckDBPyConnection, frame: dict[str, Any], **kw: Any) -> PlanInfo:
     load_frame(con, pl.DataFrame(frame))
-    kw.setdefault("event", "welcome")
     return build_plan(con, PlanOptions(**kw))
 
 

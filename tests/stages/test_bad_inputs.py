@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 
 from bulkbatch.cli import cli
 
-BAD = Path(__file__).parent / "data" / "bad"
+BAD = Path(__file__).resolve().parents[1] / "data" / "bad"
 
 
 def _csv(name: str, text: str, encoding: str = "utf-8") -> Path:

@@ -1,7 +1,9 @@
-"""Hypothesis properties of the plan: partition, dedupe policy, batch sizes, merge."""
+"""Hypothesis properties of the plan: partition, dedupe policy, batch sizes, merge, JSON
+depth, and ``--where`` as one expression."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import duckdb
@@ -10,8 +12,11 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bulkbatch.errors import UsageError
+from bulkbatch.spec import MAX_JSON_DEPTH, json_depth
 from bulkbatch.stages.load import load_frame
 from bulkbatch.stages.plan import PlanOptions, build_plan
+from bulkbatch.stages.plan.columns import json_depth_sql, too_deep_sql
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -54,7 +59,6 @@ def test_every_row_lands_once_and_batches_fit(rows, dedupe, batch_size, max_job_
     info = build_plan(
         con,
         PlanOptions(
-            event="e",
             dedupe=dedupe,
             batch_size=batch_size,
             max_job_size=max_job_size,
@@ -93,7 +97,7 @@ def test_every_row_lands_once_and_batches_fit(rows, dedupe, batch_size, max_job_
 def test_dedupe_keeps_exactly_one_per_key_by_policy(rows, dedupe):
     con = duckdb.connect()
     _load(con, rows)
-    build_plan(con, PlanOptions(event="e", dedupe=dedupe))
+    build_plan(con, PlanOptions(dedupe=dedupe))
     valid = con.execute(
         "SELECT recipient, list(row_number ORDER BY row_number) FROM "
         "(SELECT recipient, row_number FROM plan UNION ALL "
@@ -142,9 +146,97 @@ def test_merge_is_per_user_wins(global_data, user_data):
             }
         ),
     )
-    build_plan(con, PlanOptions(event="e", data=global_data, channel=None))
+    build_plan(con, PlanOptions(data=global_data, channel=None))
     got = [
         orjson.loads(r[0]).get("data", {})
         for r in con.execute("SELECT user_json FROM plan ORDER BY row_number").fetchall()
     ]
     assert got == [merge(global_data, d) for d in user_data]
+
+
+# ------------------------------------------------------------------------- JSON depth
+
+# Strings full of brackets, quotes and escapes: only brackets outside strings count.
+tricky_text = st.text(alphabet='[]{}"\\ab', max_size=6)
+json_values = st.recursive(
+    st.one_of(st.integers(-5, 5), tricky_text, st.booleans(), st.none()),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(tricky_text, children, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+def _wrap(value: Any, depth: int, kinds: list[bool]) -> Any:
+    for i in range(depth):
+        value = {"k": value} if kinds[i % len(kinds)] else [value]
+    return value
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    inner=json_values,
+    depth=st.integers(0, 140),
+    kinds=st.lists(st.booleans(), min_size=1, max_size=5),
+)
+def test_sql_json_depth_matches_python(inner, depth, kinds):
+    """The SQL depth check and depth count agree with ``spec.json_depth`` on any JSON."""
+    value = _wrap(inner, depth, kinds)
+    expected = json_depth(value, limit=10_000)
+    con = duckdb.connect()
+    row = con.execute(
+        f"SELECT {too_deep_sql('x')}, {json_depth_sql('x')} FROM (SELECT ?::VARCHAR AS x)",
+        [json.dumps(value)],
+    ).fetchall()[0]
+    assert bool(row[0]) == (expected > MAX_JSON_DEPTH)
+    assert row[1] == expected
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(depths=st.lists(st.integers(1, 90), min_size=1, max_size=6))
+def test_data_deeper_than_the_limit_is_rejected_and_named(depths):
+    con = duckdb.connect()
+    datas = [json.dumps(_wrap(1, d, [True])) for d in depths]
+    load_frame(con, pa.table({"user_id": [f"u{i}" for i in range(len(depths))], "data": datas}))
+    info = build_plan(con, PlanOptions(channel=None))
+    deep = [i + 1 for i, d in enumerate(depths) if d > MAX_JSON_DEPTH]
+    assert info.to_send == len(depths) - len(deep)
+    got = con.execute("SELECT row_number, reason FROM rejects ORDER BY 1").fetchall()
+    assert got == [
+        (
+            n,
+            (
+                f'column "data" nests {depths[n - 1]} levels deep; the most Courier takes is '
+                f"{MAX_JSON_DEPTH}"
+            ),
+        )
+        for n in deep
+    ]
+
+
+# ------------------------------------------------------------------------- --where
+
+_TOKENS = [
+    "true", "false", "user_id", "=", "'u1'", "(", ")", ";", " OR ", " AND ", "NOT ", "--",
+    "/*", "*/", "\n", ",", " AS __bb_where", " FROM inputs", "SELECT ", "1", "COPY (SELECT 1) TO",
+    " '{out}'", "IS NULL", " IN ", "'", '"', "row_number % 2 = 0",
+]  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=12))
+def test_where_runs_as_one_expression_or_not_at_all(parts, tmp_path_factory):
+    """Any text: refused with a UsageError naming --where, or planned as one filter; nothing
+    else ever runs (no file is written) and the accounting holds."""
+    out = tmp_path_factory.mktemp("where") / "x.csv"
+    where = "".join(parts).format(out=out)
+    con = duckdb.connect()
+    load_frame(con, pa.table({"user_id": ["u1", "u2", None, "u4"]}))
+    try:
+        info = build_plan(con, PlanOptions(where=where, channel=None))
+    except UsageError as exc:
+        assert str(exc).startswith(("Bad --where ", "The plan query failed: ")), str(exc)
+    else:
+        assert info.to_send + info.duplicates + info.rejected == 4
+    assert not out.exists()

@@ -62,10 +62,10 @@ def test_csv_overrides_and_latin1(con, tmp_path):
 def test_unknown_encoding(con, tmp_path):
     f = write(tmp_path / "a.csv", "user_id\nu1\n")
     with pytest.raises(UsageError) as e:
-        load_inputs(con, LoadOptions((str(f),), encoding="cp1252"))
+        load_inputs(con, LoadOptions((str(f),), encoding="klingon"))
     assert str(e.value) == (
-        "Unsupported --encoding cp1252: use utf-8, utf-16 or latin-1 "
-        "(or convert the file to UTF-8 first)."
+        "Unsupported --encoding klingon: use utf-8, utf-16, latin-1, cp1252 or another "
+        "encoding Python knows (or convert the file to UTF-8 first)."
     )
 
 
@@ -265,3 +265,14 @@ def test_load_frame_empty(con):
     assert str(e.value) == (
         "Input is empty: the polars.DataFrame has no rows. Pass a frame with at least one row."
     )
+
+
+def test_csv_types_hold_for_every_row_not_just_the_first(con, tmp_path):
+    lines = ["user_id,late,broken,code,phone_nr"]
+    lines += [f"u{i},,{i},{i + 100},{i}" for i in range(5000)]  # 'late' is empty at first
+    lines += ["u5000,7,x,0042,5"]  # 'broken' turns text; 'code' has a leading zero
+    f = write(tmp_path / "big.csv", "\n".join(lines) + "\n")
+    info = load_inputs(con, LoadOptions((str(f),)))
+    assert info.inferred_types == {"late": "BIGINT"}  # phone_nr: id-like name, stays text
+    last = rows(con, "SELECT late, broken, code FROM inputs WHERE user_id = 'u5000'")
+    assert last == [(7, "x", "0042")]

@@ -12,18 +12,16 @@ import polars as pl
 import pytest
 
 from bulkbatch.errors import InputError, PlanError, UsageError
+from bulkbatch.spec import parse_map_option
 from bulkbatch.stages.load import LoadOptions, load_frame, load_inputs
 from bulkbatch.stages.plan import (
     PlanInfo,
     PlanOptions,
     build_plan,
     content_variables,
-    job_message,
-    parse_data_option,
-    parse_map_option,
 )
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "recipients_sample.csv"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "recipients_sample.csv"
 
 
 @pytest.fixture
@@ -35,7 +33,6 @@ def con() -> duckdb.DuckDBPyConnection:
 
 def plan_of(con, frame: Any, **kw: Any) -> PlanInfo:
     load_frame(con, pl.DataFrame(frame) if isinstance(frame, dict) else frame)
-    kw.setdefault("event", "welcome")
     return build_plan(con, PlanOptions(**kw))
 
 
@@ -55,7 +52,7 @@ def rejects(con) -> list[tuple[int, str, str]]:
 
 def test_sample_audience_plan(con, tmp_path):
     load_inputs(con, LoadOptions((str(SAMPLE),)))
-    info = build_plan(con, PlanOptions(event="welcome"), tmp_path)
+    info = build_plan(con, PlanOptions(), tmp_path)
     assert info.rows_read == 2000
     assert info.rows_read == info.to_send + info.duplicates + info.rejected
     assert info.rejected_by_reason == {"no_address": 6, "bad_email": 3}
@@ -121,7 +118,8 @@ def test_user_object_shape_and_recipient_rule(con):
     got = users(con)
     assert got[0] == {
         "recipient": "u1",
-        "profile": {"email": "ann@example.com", "phone_number": "+1 555 000 1111"},
+        # an unambiguous international number is sent as E.164 (#18)
+        "profile": {"email": "ann@example.com", "phone_number": "+15550001111"},
         "to": {"user_id": "u1", "locale": "fr", "tenant_id": "t1"},
     }
     assert got[1] == {"recipient": "email:bob@x.org", "profile": {"email": "bob@x.org"}}
@@ -206,7 +204,7 @@ def test_struct_data_column_from_parquet(con, tmp_path):
         f"UNION ALL SELECT 'u2', {{'plan': NULL, 'n': 3}}) TO '{f}'"
     )
     load_inputs(con, LoadOptions((str(f),)))
-    build_plan(con, PlanOptions(event="e", data={"plan": "free", "n": 0}))
+    build_plan(con, PlanOptions(data={"plan": "free", "n": 0}))
     assert [u["data"] for u in users(con)] == [{"plan": "pro", "n": 0}, {"plan": "free", "n": 3}]
 
 
@@ -214,7 +212,7 @@ def test_ndjson_nested_data(con, tmp_path):
     f = tmp_path / "a.ndjson"
     f.write_text('{"user_id": "u1", "data": {"a": {"b": 1}}}\n{"user_id": 2, "data": null}\n')
     load_inputs(con, LoadOptions((str(f),)))
-    build_plan(con, PlanOptions(event="e"))
+    build_plan(con, PlanOptions())
     assert users(con) == [
         {"recipient": "u1", "to": {"user_id": "u1"}, "data": {"a": {"b": 1}}},
         {"recipient": "2", "to": {"user_id": "2"}},
@@ -424,10 +422,9 @@ def test_max_job_size_splits_jobs(con):
 def test_batch_size_out_of_range(con, size):
     with pytest.raises(UsageError) as e:
         plan_of(con, {"user_id": ["a"]}, batch_size=size)
-    assert str(e.value) == (
-        f"--batch-size {size} is out of range; use a value from 1 to 1000 "
-        "(Courier fails larger ingest calls)."
-    )
+    # the wording is the option's own (bulkbatch.options), as on the command line
+    bound = "at least 1 and at most 1000" if size < 1 else "at most 1000"
+    assert str(e.value) == f"--batch-size {size} must be {bound} (Python: batch_size=)."
 
 
 # ---------------------------------------------------------------------------- warnings
@@ -453,7 +450,9 @@ def test_warning_to_email_without_profile_email(con):
             "reports them UNROUTABLE). Add an e-mail column, or use --where to leave them out."
         ),
     ]
-    assert plan_of(con, {"user_id": ["a"], "to.email": ["a@x.com"]}, channel="sms").warnings == []
+    # an sms job does not care about e-mail addresses (it warns about phone numbers instead)
+    sms = plan_of(con, {"user_id": ["a"], "to.email": ["a@x.com"]}, channel="sms").warnings
+    assert not any("e-mail" in w for w in sms)
 
 
 def test_warning_missing_content_variables(con):
@@ -462,7 +461,6 @@ def test_warning_missing_content_variables(con):
         {"email": ["a@x.com", "b@x.com"], "data.first_name": ["Ann", None]},
         content={"title": "Hi {{first_name}}", "body": "{{ promo }} {{ shop.url }}"},
         data={"shop": {"url": "https://x"}},
-        event=None,
     )
     assert info.warnings == [
         (
@@ -481,7 +479,7 @@ def test_no_address_column(con, tmp_path):
     f.write_text("name,city\nAnn,Oslo\n")
     load_inputs(con, LoadOptions((str(f),)))
     with pytest.raises(InputError) as e:
-        build_plan(con, PlanOptions(event="e"))
+        build_plan(con, PlanOptions())
     assert str(e.value) == (
         f"No address column in {f.resolve()}: found name, city. Name a column user_id, email, "
         "phone_number or list_id, or map one with --map to.user_id=COLUMN or "
@@ -498,66 +496,6 @@ def test_unknown_map_column(con):
     )
 
 
-def test_parse_map_option_errors():
-    assert parse_map_option(["Email=mail", "data.x=y"]) == {"profile.email": "mail", "data.x": "y"}
-    with pytest.raises(UsageError) as e:
-        parse_map_option(["user_id"])
-    assert (
-        str(e.value) == "Bad --map 'user_id': use TARGET=COLUMN, e.g. --map to.user_id=customer_id."
-    )
-    with pytest.raises(UsageError) as e:
-        parse_map_option(["nickname=x"])
-    assert str(e.value) == (
-        "Unknown --map target 'nickname': use user_id, email, phone_number, locale, tenant_id, "
-        "list_id, data, preferences, or data.NAME, profile.NAME or to.NAME."
-    )
-    with pytest.raises(UsageError) as e:
-        parse_map_option(["user_id=a", "to.user_id=b"])
-    assert str(e.value) == "--map to.user_id is given twice (a and b); keep one."
-
-
-def test_parse_data_option(tmp_path):
-    assert parse_data_option('{"a": 1}') == {"a": 1}
-    f = tmp_path / "d.json"
-    f.write_text('{"b": [1]}')
-    assert parse_data_option(f"@{f}") == {"b": [1]}
-    with pytest.raises(UsageError) as e:
-        parse_data_option('{"a": 1,}')
-    assert str(e.value) == (
-        "--data is not valid JSON: Expecting property name enclosed in double quotes at line 1, "
-        """column 9. Pass a JSON object, e.g. --data '{"promo": "SPRING"}', or --data @file.json."""
-    )
-    with pytest.raises(UsageError) as e:
-        parse_data_option("[1]")
-    assert str(e.value) == (
-        "--data must be a JSON object, not list. "
-        """Wrap the values in an object, e.g. --data '{"promo": "SPRING"}'."""
-    )
-    with pytest.raises(UsageError) as e:
-        parse_data_option(f"@{tmp_path / 'nope.json'}")
-    assert (
-        str(e.value)
-        == f"--data file not found: {tmp_path / 'nope.json'}. Check the path after '@'."
-    )
-
-
-def test_job_message():
-    assert job_message(PlanOptions(event="welcome", brand="b", data={"a": 1}, locale="fr")) == {
-        "event": "welcome",
-        "brand": "b",
-        "data": {"a": 1},
-        "locale": "fr",
-        "message": {"routing": {"method": "single", "channels": ["email"]}},
-    }
-    assert job_message(PlanOptions(template="T1", channel=None)) == {"template": "T1"}
-    with pytest.raises(UsageError) as e:
-        job_message(PlanOptions())
-    assert str(e.value) == (
-        "No message to send: pass --event EVENT (a Courier event or notification id), "
-        "--template ID, or --content."
-    )
-
-
 def test_fingerprint_tracks_options(con):
     a = plan_of(con, {"user_id": ["a"]})
     b = plan_of(con, {"user_id": ["a"]})
@@ -571,3 +509,126 @@ def test_estimated_seconds(con):
     info = plan_of(con, {"user_id": [f"u{i}" for i in range(30)]}, batch_size=10)
     assert info.estimated_seconds(None) is None
     assert info.estimated_seconds(5) == pytest.approx((3 + 2) / 5)
+
+
+# ------------------------------------------------------- #15 defect 3: JSON nested too deep
+
+
+def _nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+def test_deep_data_is_rejected_and_the_rest_sent(con, tmp_path):
+    f = tmp_path / "deep.csv"
+    rows = [("u1", _nested(10_000)), ("u2", _nested(64)), ("u3", _nested(65)), ("u4", "{}")]
+    f.write_text(
+        "user_id,data\n" + "".join(f'{u},"{d.replace(chr(34), chr(34) * 2)}"\n' for u, d in rows)
+    )
+    load_inputs(con, LoadOptions((str(f),)))
+    for _ in range(2):  # a resumed run plans again: it must not crash either time
+        info = build_plan(con, PlanOptions(), tmp_path / "run")
+        assert (info.to_send, info.rejected_by_reason) == (2, {"bad_json": 2})
+    assert rejects(con) == [
+        (1, "bad_json", 'column "data" nests 10000 levels deep; the most Courier takes is 64'),
+        (3, "bad_json", 'column "data" nests 65 levels deep; the most Courier takes is 64'),
+    ]
+    assert [u["recipient"] for u in info.sample_users] == ["u2", "u4"]
+
+
+def test_deep_preferences_and_json_data_columns(con, tmp_path):
+    f = tmp_path / "deep.ndjson"
+    f.write_text(
+        '{"user_id": "u1", "preferences": ' + _nested(70) + "}\n"
+        '{"user_id": "u2", "data.x": ' + _nested(64) + "}\n"  # 64 + its key: 65 in data
+        '{"user_id": "u3", "data.x": ' + _nested(63) + "}\n"
+    )
+    load_inputs(con, LoadOptions((str(f),)))
+    info = build_plan(con, PlanOptions())
+    assert info.to_send == 1
+    assert rejects(con) == [
+        (1, "bad_json", 'column "preferences" nests 70 levels deep; the most Courier takes is 64'),
+        (2, "bad_json", 'column "data.x" nests 65 levels deep; the most Courier takes is 64'),
+    ]
+
+
+def test_ndjson_too_deep_for_type_detection_still_loads(con, tmp_path):
+    f = tmp_path / "deep.ndjson"
+    f.write_text(
+        f'{{"user_id": "u1", "data": {_nested(10_000)}}}\n{{"user_id": 2, "data": {{}}}}\n'
+    )
+    load_inputs(con, LoadOptions((str(f),)))
+    info = build_plan(con, PlanOptions())
+    assert (info.to_send, info.rejected_by_reason) == (1, {"bad_json": 1})
+    assert users(con) == [{"recipient": "2", "to": {"user_id": "2"}}]
+
+
+# --------------------------------------------------- #15 defect 4: --where is one expression
+
+
+INJECTION = "true); COPY (SELECT 1) TO '{out}'; SELECT (true"
+
+
+@pytest.mark.parametrize(
+    ("where", "why"),
+    [
+        (INJECTION, "it holds 3 SQL statements, not one expression; nothing was run"),
+        ("true) TO '{out}' --", "syntax error"),
+        ("true) AS __bb_where, (1", "it is more than one expression; nothing was run"),
+        ("true) AS __bb_where FROM inputs WHERE (true", "syntax error"),
+        ("(SELECT count(*) FROM read_csv('{out}')) > 0", "it holds a subquery"),
+        ("user_id IN (SELECT 'a')", "it holds a subquery"),
+        ("true; COPY (SELECT 1) TO '{out}'", "syntax error"),
+        ("true); SELECT (true", "it holds 2 SQL statements"),
+    ],
+)
+def test_where_is_refused_unless_one_expression(con, tmp_path, where, why):
+    out = tmp_path / "x.csv"
+    with pytest.raises(UsageError) as e:
+        plan_of(con, {"user_id": ["a", "b"]}, where=where.format(out=out))
+    assert str(e.value).startswith(f"Bad --where {where.format(out=out)!r}: ")
+    assert why in str(e.value)
+    assert not out.exists()
+    assert con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'plan'"
+    ).fetchall() == [(0,)]
+
+
+def test_where_comment_cannot_eat_the_query(con):
+    info = plan_of(con, {"user_id": ["a", "b"]}, where="user_id = 'a' -- the rest is mine")
+    assert info.to_send == 1 and rejects(con) == [(2, "filtered", "excluded by --where")]
+
+
+# --------------------------------------------------------------- locale and the channel
+
+
+def test_locale_fills_users_without_one(con):
+    plan_of(con, {"user_id": ["a", "b", "c"], "locale": ["fr", None, " "]}, locale="de_DE")
+    assert [u["to"].get("locale") for u in users(con)] == ["fr", "de_DE", "de_DE"]
+    plan_of(con, {"user_id": ["a"]}, locale="en_US")
+    assert users(con) == [{"recipient": "a", "to": {"user_id": "a", "locale": "en_US"}}]
+
+
+def test_channel_sms_counts_users_without_a_phone(con):
+    ids = [f"u{i}" for i in range(990)]
+    phones = ["+15550100000" if i >= 240 else None for i in range(990)]
+    info = plan_of(con, {"user_id": ids, "phone_number": phones}, channel="sms")
+    assert info.to_send == 990 and info.rejected == 0  # never rejected for the channel
+    assert info.unreachable == 240
+    assert info.warnings == [
+        (
+            "240 of 990 users have no phone number; Courier cannot text them (it reports them "
+            "UNROUTABLE). Map one with --map phone_number=COLUMN, or use --where to leave them out."
+        )
+    ]
+
+
+def test_channel_push_counts_users_without_a_user_id(con):
+    info = plan_of(con, {"user_id": ["a", None], "email": ["a@x.com", "b@x.com"]}, channel="push")
+    assert info.to_send == 2
+    assert info.warnings == [
+        (
+            "1 of 2 users have no user_id; Courier cannot push them without one (it reports them "
+            "UNROUTABLE). Map one with --map user_id=COLUMN, or use --where to leave them out."
+        )
+    ]
+    assert plan_of(con, {"email": ["a@x.com"]}, channel=None).warnings == []

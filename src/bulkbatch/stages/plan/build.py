@@ -1,0 +1,307 @@
+"""``build_plan``: run the plan's queries in order (rules: :mod:`bulkbatch.stages.plan`)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import duckdb
+import orjson
+
+from bulkbatch.db import configure_connection, fetch_one, quote_ident, quote_literal
+from bulkbatch.errors import InputError, PlanError, UsageError
+from bulkbatch.options import option
+from bulkbatch.stages.plan.columns import Cols
+from bulkbatch.stages.plan.filters import audience_of, check_where, first_line
+from bulkbatch.stages.plan.mapping import (
+    path_columns,
+    resolve_mapping,
+    unused_columns,
+    unused_note,
+)
+from bulkbatch.stages.plan.model import ADDRESS_TARGETS, PlanOptions
+from bulkbatch.stages.plan.queries import Queries, build_queries, keys_sql, order_sql, users_sql
+from bulkbatch.stages.plan.report import PlanInfo, make_report, write_files
+
+__all__ = ["build_plan"]
+
+_TEMP_TABLES = ("_bb_keys", "_bb_groups", "_bb_order", "_bb_large")
+
+
+def _fingerprint(options: PlanOptions) -> str:
+    shape = {
+        "data": dict(options.data),
+        "locale": options.locale,
+        "mapping": dict(sorted(options.mapping.items())),
+        "where": options.where,
+        "sql": options.sql,
+        "dedupe": options.dedupe,
+        "batch_size": options.batch_size,
+        "max_job_size": options.max_job_size or None,
+        "max_user_bytes": options.max_user_bytes,
+    }
+    return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _sources(con: duckdb.DuckDBPyConnection) -> str:
+    rows = con.execute("SELECT DISTINCT source FROM inputs ORDER BY 1 LIMIT 4").fetchall()
+    names = [str(r[0]) for r in rows]
+    if not names:
+        return "the input"
+    if len(names) > 3:
+        return ", ".join(names[:3]) + " and more"
+    return ", ".join(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Audience:
+    """The rows to plan: a FROM clause, its column types, and what the plan uses of it."""
+
+    source: str
+    types: dict[str, str]
+    label: str
+    columns: list[str]
+    targets: dict[str, str]
+    paths: dict[str, tuple[str, str]]
+
+
+def _with_paths(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    types: dict[str, str],
+    paths: Mapping[str, tuple[str, str]],
+) -> tuple[str, dict[str, str]]:
+    """The audience with each dotted ``--map`` path selected as a column named by it."""
+    if not paths:
+        return source, types
+    extra = ", ".join(f"{expr} AS {quote_ident(name)}" for name, (_, expr) in paths.items())
+    wrapped = f"(SELECT *, {extra} FROM {source}) AS p"
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {wrapped}").fetchall()
+    except duckdb.Error as exc:
+        flag = option("mapping").flag
+        raise UsageError(
+            f"Bad {flag} path ({', '.join(paths)}): {first_line(exc)}. Name a field the "
+            "struct or JSON column has, e.g. traits.email."
+        ) from None
+    return wrapped, {str(r[0]): str(r[1]) for r in described}
+
+
+def _audience(con: duckdb.DuckDBPyConnection, options: PlanOptions) -> _Audience:
+    try:
+        described = con.execute("DESCRIBE inputs").fetchall()
+    except duckdb.Error:
+        raise PlanError(
+            "There is no inputs table in the run database: run the load stage first."
+        ) from None
+    input_types = {str(r[0]): str(r[1]) for r in described}
+    source, types, label = audience_of(con, options.sql, input_types)
+    columns = [c for c in types if c not in ("row_number", "source")]
+    paths = path_columns(types, options.mapping)
+    source, types = _with_paths(con, source, types, paths)
+    targets = resolve_mapping([*columns, *paths], options.mapping)
+    if not any(t in targets for t in ADDRESS_TARGETS):
+        mp = option("mapping").flag
+        raise InputError(
+            f"No address column in {_sources(con)}: found {', '.join(columns)}. "
+            "Name a column user_id, email, phone_number or list_id, or map one with "
+            f"{mp} to.user_id=COLUMN or {mp} profile.email=COLUMN."
+        )
+    return _Audience(source, types, label, columns, targets, paths)
+
+
+def _mark_bad_rows(con: duckdb.DuckDBPyConnection) -> None:
+    """Lines the CSV reader could not parse (table ``load_rejects``, written by load) are
+    input rows with nothing in them; reject them as ``bad_row`` with the line and why."""
+    exists = fetch_one(
+        con,
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'load_rejects' AND NOT temporary",
+    )
+    if exists and exists[0]:
+        con.execute(
+            "UPDATE _bb_keys SET reason_code = 'bad_row', reason = lr.reason, recipient = NULL "
+            "FROM load_rejects lr WHERE _bb_keys.row_number = lr.row_number"
+        )
+
+
+def _mark_too_large(
+    con: duckdb.DuckDBPyConnection, q: Queries, options: PlanOptions, audience: str
+) -> None:
+    """Reject as ``too_large`` the valid rows whose user JSON is over ``max_user_bytes``.
+
+    Only rows whose size bound (``_check``) is over the limit can be; their JSON is built and
+    measured here. The update keeps ``_bb_keys`` in its physical order."""
+    if not fetch_one(con, "SELECT count(*) FROM _bb_keys WHERE _check")[0]:
+        return
+    limit = int(options.max_user_bytes)
+    users = users_sql(
+        q, audience, "row_number IN (SELECT row_number FROM _bb_keys WHERE _check)", ()
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _bb_large AS SELECT row_number, strlen(user_json) AS n "
+        f"FROM ({users}) WHERE strlen(user_json) > {limit}"
+    )
+    con.execute(
+        "UPDATE _bb_keys SET reason_code = 'too_large', reason = 'user JSON is ' || l.n || "
+        f"' bytes, over the {limit}-byte limit ({option('max_user_bytes').flag})' "
+        "FROM _bb_large l WHERE _bb_keys.row_number = l.row_number"
+    )
+    con.execute("DROP TABLE IF EXISTS _bb_large")
+
+
+def _write_rejects(con: duckdb.DuckDBPyConnection, options: PlanOptions, audience: str) -> None:
+    filtered_sql = ""
+    if options.sql:
+        filtered_sql = (
+            "UNION ALL SELECT row_number, 'filtered', "
+            f"{quote_literal('excluded by ' + option('sql').flag)} FROM inputs "
+            f"WHERE row_number NOT IN (SELECT row_number FROM {audience})"
+        )
+    con.execute(
+        "CREATE TABLE rejects AS SELECT row_number::BIGINT AS row_number, "
+        "reason_code::VARCHAR AS reason_code, reason::VARCHAR AS reason FROM ("
+        "SELECT row_number, reason_code, reason FROM _bb_keys "
+        f"WHERE reason_code IS NOT NULL {filtered_sql}) ORDER BY row_number"
+    )
+
+
+def _dedupe(con: duckdb.DuckDBPyConnection, options: PlanOptions) -> None:
+    """Group the valid rows by recipient; write ``duplicates`` (or fail, with ``fail``)."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _bb_groups AS SELECT recipient, "
+        "min(row_number) AS first_row, max(row_number) AS last_row, count(*) AS n "
+        "FROM _bb_keys WHERE reason_code IS NULL GROUP BY recipient HAVING count(*) > 1"
+    )
+    groups = fetch_one(con, "SELECT count(*), coalesce(sum(n - 1), 0) FROM _bb_groups")
+    if options.dedupe == "fail" and groups[0]:
+        first = con.execute(
+            "SELECT g.recipient, list(s.row_number ORDER BY s.row_number) FROM "
+            "(SELECT * FROM _bb_groups ORDER BY first_row LIMIT 1) g JOIN _bb_keys s "
+            "ON s.recipient = g.recipient AND s.reason_code IS NULL GROUP BY g.recipient"
+        ).fetchall()[0]
+        rows = ", ".join(str(r) for r in first[1])
+        flag = option("dedupe").flag
+        raise PlanError(
+            f"{flag} fail: {groups[1]} duplicate row(s) in {groups[0]} recipient "
+            f"group(s), e.g. {first[0]!r} on rows {rows}. Remove them from the input, "
+            f"or pass {flag} first or {flag} last to keep one row per recipient."
+        )
+    kept = "first_row" if options.dedupe in ("first", "fail") else "last_row"
+    con.execute(
+        "CREATE TABLE duplicates AS SELECT s.row_number::BIGINT AS row_number, "
+        "s.recipient::VARCHAR AS recipient, "
+        f"g.{kept}::BIGINT AS kept_row_number FROM _bb_keys s JOIN _bb_groups g "
+        f"ON s.recipient = g.recipient WHERE s.reason_code IS NULL "
+        f"AND s.row_number <> g.{kept} ORDER BY s.row_number"
+    )
+
+
+_PLAN_COLUMNS = (
+    "row_number::BIGINT AS row_number, recipient::VARCHAR AS recipient, "
+    "__bb_job::INTEGER AS job_no, __bb_batch::INTEGER AS batch_no, "
+    "user_json::VARCHAR AS user_json"
+)
+
+
+def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> None:
+    """Create ``plan`` in ``batch_no, row_number`` order, building each user's JSON once,
+    only for the users to send (a hash join with the narrow ``_bb_order``, then one sort on
+    the two integer keys)."""
+    source = (
+        f"(SELECT * FROM {audience} JOIN (SELECT row_number AS __bb_row, job_no AS __bb_job, "
+        "batch_no AS __bb_batch FROM _bb_order) o ON o.__bb_row = row_number)"
+    )
+    users = users_sql(q, source, "true", ("__bb_job", "__bb_batch"))
+    # zstd for the stored user JSON: faster to write than DuckDB's automatic choice (which
+    # analyses every column; the sorted insert compresses on one thread) and half the size.
+    previous = str(fetch_one(con, "SELECT current_setting('force_compression')")[0])
+    try:
+        con.execute("SET force_compression = 'zstd'")
+    except duckdb.Error:  # pragma: no cover - a DuckDB without zstd storage
+        previous = ""
+    # One thread for this sort: it orders every user's JSON (gigabytes at 10M) under the
+    # run's memory cap, and each sorting thread pins its own blocks; with 64 jobs at 10M,
+    # two threads ran out of the 320MB budget.
+    threads = int(fetch_one(con, "SELECT current_setting('threads')")[0])
+    con.execute("SET threads = 1")
+    try:
+        con.execute(
+            f"CREATE TABLE plan AS SELECT {_PLAN_COLUMNS} FROM ({users}) "
+            "ORDER BY batch_no, row_number"
+        )
+    finally:
+        con.execute(f"SET threads = {threads}")
+        if previous:
+            con.execute(f"SET force_compression = {quote_literal(previous)}")
+
+
+def _run(con: duckdb.DuckDBPyConnection, options: PlanOptions, q: Queries, audience: str) -> None:
+    """Create ``rejects``, ``duplicates`` and ``plan`` (and the temp tables the report reads)."""
+    for table in ("plan", "rejects", "duplicates"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _bb_keys AS {keys_sql(q, options, audience)}")
+    _mark_too_large(con, q, options, audience)
+    _mark_bad_rows(con)
+    _write_rejects(con, options, audience)
+    _dedupe(con, options)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _bb_order AS {order_sql(options)}")
+    _write_plan(con, q, audience)
+
+
+def build_plan(
+    con: duckdb.DuckDBPyConnection, options: PlanOptions, run_dir: Path | None = None
+) -> PlanInfo:
+    """Plan the send from table ``inputs``; see :mod:`bulkbatch.stages.plan` for every rule.
+
+    Creates ``plan``, ``rejects`` and ``duplicates``; writes ``plan.parquet``,
+    ``rejects.parquet`` and ``duplicates.parquet`` into ``run_dir`` when given.
+
+    How (for speed and flat memory): validation, deduplication and the batch/job numbering
+    run on a narrow key table (``row_number``, ``recipient``, reason); the user JSON is built
+    once, only for the users to send, in the pass that writes ``plan``.
+
+    :raises UsageError: an unknown ``--map`` column or path, bad ``--where``/``--sql``
+    :raises InputError: the input has no address column at all
+    :raises PlanError: ``--dedupe fail`` met duplicates, or DuckDB failed
+    """
+    started = time.perf_counter()
+    configure_connection(con)
+    aud = _audience(con, options)
+    where, referenced = None, frozenset[str]()
+    if options.where:
+        where, referenced = check_where(con, options.where, aud.source, aud.columns)
+    q = build_queries(options, Cols(aud.types), aud.targets, where, aud.label)
+    unused = unused_columns(aud.columns, aud.targets, aud.paths, referenced)
+    try:
+        _run(con, options, q, aud.source)
+        info = make_report(
+            con,
+            options,
+            aud.targets,
+            started,
+            fingerprint=_fingerprint(options),
+            unused=unused,
+            unused_note=unused_note(unused),
+        )
+    except duckdb.OutOfMemoryException:
+        raise  # not a bad query: the pipeline reports the memory budget
+    except duckdb.Error as exc:
+        if options.where or options.sql:
+            w, s = option("where").flag, option("sql").flag
+            raise UsageError(
+                f"The plan query failed: {first_line(exc)}. "
+                f"Check {w} / {s} (the error may come from a value they meet)."
+            ) from None
+        raise PlanError(f"The plan query failed: {first_line(exc)}.") from None
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            for table in _TEMP_TABLES:
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+    if run_dir is None:
+        return info
+    paths = write_files(con, Path(run_dir))
+    return dataclasses.replace(info, duplicates_file=paths["duplicates.parquet"])

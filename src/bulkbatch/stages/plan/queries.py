@@ -1,0 +1,374 @@
+"""The SQL of one plan: per-row address, validation and reason, the user JSON, and the narrow
+key, user and order queries built from them (rules: :mod:`bulkbatch.stages.plan`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from bulkbatch.db import quote_ident, quote_literal
+from bulkbatch.spec import MAX_JSON_DEPTH
+from bulkbatch.stages.plan.columns import (
+    E164,
+    Cols,
+    json_depth_sql,
+    json_key,
+    object_sql,
+    phone_sql,
+)
+from bulkbatch.stages.plan.model import ADDRESS_TARGETS, EMAIL_REGEX, REASONS, PlanOptions
+
+__all__ = ["Queries", "build_queries", "keys_sql", "order_sql", "users_sql"]
+
+# Every output byte comes from an input byte at most this many times over: a value can appear
+# twice (the recipient and its own member), JSON escaping turns one byte into at most six
+# (\u00XX), lower() grows UTF-8 by at most half, re-serialised JSON numbers by under 5x.
+BOUND_FACTOR = 16
+_BOUND_SLACK = 4096
+_NESTED_TARGETS = ("data", "preferences")
+_TEXT_TARGETS = ("to.locale", "to.tenant_id", "to.email")
+_CHANNEL_ADDRESS = {"email": "_email", "sms": "_phone", "push": "_uid", "inbox": "_uid"}
+
+
+@dataclass(frozen=True)
+class Queries:
+    """SQL pieces over one audience row. ``address``, ``keep``, ``validity``, ``extras`` and
+    ``payload`` are the first projection (``a``), over the audience; ``recipient`` is over
+    ``a``; ``reason``/``reason_text``/``user`` are over ``a`` plus ``recipient``
+    (``reason_text`` also needs ``_code``); ``flags`` are over ``a``."""
+
+    address: list[str]
+    keep: str
+    validity: list[str]
+    extras: list[str]
+    payload: list[str]
+    recipient: str
+    reason: str
+    reason_text: str
+    user: str
+    flags: list[str]
+    flag_inputs: list[str]
+    bound: str
+
+
+@dataclass
+class _Members:
+    """The user object's members, as (key, JSON-text expression) pairs, plus the extra
+    per-target columns (``_x<n>``) they refer to."""
+
+    extras: list[str] = field(default_factory=list)
+    profile: list[tuple[str, str]] = field(default_factory=list)
+    to: list[tuple[str, str]] = field(default_factory=list)
+    data: list[tuple[str, str]] = field(default_factory=list)
+    data_nested: bool = False
+    to_email: str | None = None
+    deep: list[tuple[str, str, str]] = field(default_factory=list)
+    """(label, too-deep condition, depth expression) of nested ``data.<name>`` columns."""
+
+
+def _text_or_null(cols: Cols, targets: Mapping[str, str], target: str) -> str:
+    return cols.text(targets[target]) if target in targets else "NULL::VARCHAR"
+
+
+def _address(cols: Cols, targets: Mapping[str, str]) -> list[str]:
+    uid = _text_or_null(cols, targets, "to.user_id")
+    email = _text_or_null(cols, targets, "profile.email")
+    email = f"lower({email})" if "profile.email" in targets else email
+    list_id = _text_or_null(cols, targets, "to.list_id")
+    phone = "NULL::VARCHAR"
+    if "profile.phone_number" in targets:
+        phone = phone_sql(cols.text(targets["profile.phone_number"]))
+    return [
+        "row_number",
+        f"{uid} AS _uid",
+        f"{email} AS _email",
+        f"{phone}::VARCHAR AS _phone",
+        f"{list_id} AS _list",
+    ]
+
+
+def _member_value(cols: Cols, target: str, col: str, locale: str | None) -> str:
+    if target == "to.locale" and locale:
+        return f"to_json(coalesce({cols.text(col)}, {quote_literal(locale)}))::VARCHAR"
+    if target in _TEXT_TARGETS:
+        return f"to_json({cols.text(col)})::VARCHAR"
+    return cols.value(col)
+
+
+def _members(cols: Cols, targets: Mapping[str, str], locale: str | None) -> _Members:
+    m = _Members(
+        profile=[
+            ("email", "to_json(_email)::VARCHAR"),
+            ("phone_number", "to_json(_phone)::VARCHAR"),
+        ],
+        to=[("user_id", "to_json(_uid)::VARCHAR")],
+    )
+    for target, col in sorted(targets.items()):
+        if target in ADDRESS_TARGETS or target in _NESTED_TARGETS:
+            continue
+        name = f"_x{len(m.extras)}"
+        expr = _member_value(cols, target, col, locale)
+        m.extras.append(f"{expr} AS {name}")
+        if target == "to.email":
+            m.to_email = f"{expr} AS {name}"
+        prefix, _, key = target.partition(".")
+        if prefix == "profile":
+            m.profile.append((key, name))
+        elif prefix == "to":
+            m.to.append((key, name))
+        else:
+            m.data.append((key, name))
+            if cols.nested(col):
+                m.data_nested = True
+                _deep_member(m, cols, target, col)
+    if locale and "to.locale" not in targets:
+        m.to.append(("locale", quote_literal(orjson.dumps(locale).decode())))
+    if "to.list_id" in targets:
+        m.to.append(("list_id", "to_json(_list)::VARCHAR"))
+    return m
+
+
+def _deep_member(m: _Members, cols: Cols, target: str, col: str) -> None:
+    """Record the depth check of a nested ``data.<name>`` column: its keys count too."""
+    keys = target.count(".")
+    limit = MAX_JSON_DEPTH - keys
+    check = cols.too_deep(col, limit)
+    text = cols.json_text(col, limit)
+    if check != "false" and text is not None:
+        m.deep.append((col, check, f"{keys} + {json_depth_sql(text)}"))
+
+
+def _validity(cols: Cols, targets: Mapping[str, str], m: _Members) -> tuple[list[str], list[str]]:
+    """(validity columns ``_dbad``, ``_pbad``, ``_deep``; payload columns ``_dcol``, ``_pcol``)."""
+    validity: list[str] = []
+    payload: list[str] = []
+    deep = list(m.deep)
+    for target, short in (("data", "d"), ("preferences", "p")):
+        if target not in targets:
+            validity.append(f"false AS _{short}bad")
+            payload.append(f"NULL::VARCHAR AS _{short}col")
+            continue
+        col = targets[target]
+        _, bad = cols.obj(col)
+        validity.append(f"{bad} AS _{short}bad")
+        payload.append(f"{cols.valid_obj(col)} AS _{short}col")
+        check = cols.too_deep(col)
+        text = cols.json_text(col)
+        if check != "false" and text is not None:
+            deep.insert(len(deep) if short == "p" else 0, (col, check, json_depth_sql(text)))
+    if deep:
+        said = f"' levels deep; the most Courier takes is {MAX_JSON_DEPTH}'"
+        cases = " ".join(
+            f"WHEN {check} THEN {quote_literal('column ' + quote_ident(col) + ' nests ')} "
+            f"|| ({depth}) || {said}"
+            for col, check, depth in deep
+        )
+        validity.append(f"CASE {cases} END AS _deep")
+    else:
+        validity.append("NULL::VARCHAR AS _deep")
+    return validity, payload
+
+
+def _data_expr(options: PlanOptions, targets: Mapping[str, str], m: _Members) -> str:
+    """The merged ``data`` (global under per-user, ``data.<name>`` columns over ``data``)."""
+    global_data = orjson.dumps(dict(options.data)).decode() if options.data else None
+    cols_obj = object_sql(m.data) if m.data else None
+    if cols_obj is not None and m.data_nested:
+        cols_obj = f"json_merge_patch('{{}}', {cols_obj})::VARCHAR"
+    parts: list[str] = []
+    if global_data is not None:
+        parts.append(quote_literal(global_data))
+    if "data" in targets:
+        parts.append("json_merge_patch('{}', coalesce(_dcol, '{}'))")
+    if cols_obj is not None:
+        parts.append(f"coalesce({cols_obj}, '{{}}')")
+    if not parts:
+        return "NULL"
+    if len(parts) == 1 and cols_obj is not None:
+        return cols_obj
+    return f"nullif(json_merge_patch('{{}}', {', '.join(parts)})::VARCHAR, '{{}}')"
+
+
+def _user_expr(options: PlanOptions, targets: Mapping[str, str], m: _Members) -> str:
+    pref = (
+        "nullif(json_merge_patch('{}', _pcol)::VARCHAR, '{}')"
+        if "preferences" in targets
+        else "NULL"
+    )
+    members = (
+        ("profile", object_sql(m.profile)),
+        ("to", object_sql(m.to)),
+        ("data", _data_expr(options, targets, m)),
+        ("preferences", pref),
+    )
+    body = ", ".join(f"',' || {json_key(k)} || ({v})" for k, v in members)
+    return f"'{{\"recipient\":' || to_json(recipient)::VARCHAR || concat({body}) || '}}'"
+
+
+def _phone_digits(expr: str) -> str:
+    return f"length(regexp_replace({expr}, '[^0-9]', '', 'g'))"
+
+
+_REASON = f"""
+        CASE
+          WHEN NOT _keep THEN 'filtered'
+          WHEN recipient IS NULL THEN 'no_address'
+          WHEN _email IS NOT NULL AND NOT regexp_full_match(_email, {quote_literal(EMAIL_REGEX)})
+            THEN 'bad_email'
+          WHEN _phone IS NOT NULL AND NOT {_phone_digits("_phone")} BETWEEN 7 AND 15
+            THEN 'bad_phone'
+          WHEN _dbad OR _pbad OR _deep IS NOT NULL THEN 'bad_json'
+        END"""
+
+_RECIPIENT = """
+            CASE WHEN _uid IS NOT NULL THEN _uid
+                 WHEN _email IS NOT NULL THEN 'email:' || _email
+                 WHEN _phone IS NOT NULL THEN 'phone:'
+                      || CASE WHEN starts_with(_phone, '+') THEN '+' ELSE '' END
+                      || regexp_replace(_phone, '[^0-9]', '', 'g')
+                 WHEN _list IS NOT NULL THEN 'list:' || _list
+            END"""
+
+
+def _reason_text(targets: Mapping[str, str], where_label: str) -> str:
+    data_col = quote_ident(targets.get("data", "data"))
+    pref_col = quote_ident(targets.get("preferences", "preferences"))
+    return f"""
+        CASE _code
+          WHEN 'filtered' THEN {quote_literal("excluded by " + where_label)}
+          WHEN 'no_address' THEN {quote_literal(REASONS["no_address"])}
+          WHEN 'bad_email' THEN 'e-mail ' || to_json(_email)::VARCHAR
+                                 || ' does not look like an e-mail address'
+          WHEN 'bad_phone' THEN 'phone number ' || to_json(_phone)::VARCHAR || ' has '
+                                 || {_phone_digits("_phone")} || ' digits; expected 7 to 15'
+          WHEN 'bad_json' THEN CASE
+              WHEN _dbad THEN {quote_literal("column " + data_col + " is not a JSON object")}
+              WHEN _pbad THEN {quote_literal("column " + pref_col + " is not a JSON object")}
+              ELSE _deep END
+        END"""
+
+
+def _bound(cols: Cols, targets: Mapping[str, str], options: PlanOptions) -> str:
+    """SQL: an upper bound of the user JSON's length (``too_large`` measures only rows whose
+    bound is over the limit)."""
+    used = sorted(set(targets.values()))
+    fixed = len(orjson.dumps(dict(options.data))) + len(options.locale or "")
+    constant = fixed + sum(len(json_key(k)) for k in targets) + 64 * (len(targets) + 8)
+    lengths = " + ".join(cols.bound(c) for c in used) or "0"
+    return f"({BOUND_FACTOR} * ({lengths} + {constant}) + {_BOUND_SLACK})"
+
+
+def _flags(options: PlanOptions, m: _Members) -> tuple[list[str], list[str]]:
+    """(the pre-flight flag columns of the key table, the ``a`` columns they need)."""
+    to_email_only = "false"
+    inputs: list[str] = []
+    if m.to_email is not None:
+        name = m.to_email.rsplit(" AS ", 1)[1]
+        to_email_only = f"{name} IS NOT NULL AND _email IS NULL"
+        inputs.append(m.to_email)
+    channel = _CHANNEL_ADDRESS.get(options.channel or "")
+    missing = f"{channel} IS NULL" if channel else "false"
+    return [
+        f"{missing} AS _no_channel_address",
+        f"{to_email_only} AS _to_email_only",
+        (
+            f"_phone IS NOT NULL AND NOT regexp_full_match(_phone, {quote_literal(E164)}) "
+            "AS _phone_as_given"
+        ),
+    ], inputs
+
+
+def build_queries(
+    options: PlanOptions, cols: Cols, targets: Mapping[str, str], where: str | None, label: str
+) -> Queries:
+    """The expressions for one row: address columns, validation and reason, and the user JSON
+    (only meaningful for valid rows). ``where`` is the checked ``--where`` item, or None."""
+    m = _members(cols, targets, options.locale)
+    validity, payload = _validity(cols, targets, m)
+    flags, flag_inputs = _flags(options, m)
+    keep = f"coalesce(CAST({where} AS BOOLEAN), false)" if where else "true"
+    return Queries(
+        address=_address(cols, targets),
+        keep=f"{keep} AS _keep",
+        validity=validity,
+        extras=m.extras,
+        payload=payload,
+        recipient=_RECIPIENT,
+        reason=_REASON,
+        reason_text=_reason_text(targets, label),
+        user=_user_expr(options, targets, m),
+        flags=flags,
+        flag_inputs=flag_inputs,
+        bound=_bound(cols, targets, options),
+    )
+
+
+def keys_sql(q: Queries, options: PlanOptions, audience: str) -> str:
+    """One narrow row per audience row, in the audience's order: row_number, recipient,
+    reason_code, reason, the pre-flight flags, and whether the row's user JSON must be measured
+    (``_check``: valid, and its size bound is over ``max_user_bytes``). No user JSON is built."""
+    first = [*q.address, q.keep, *q.validity, f"{q.bound} AS _bound", *q.flag_inputs]
+    return f"""
+    WITH a AS (
+        SELECT {", ".join(first)} FROM {audience}
+    ), b AS (
+        SELECT *, {q.recipient} AS recipient FROM a
+    ), c AS (
+        SELECT *, {q.reason} AS _code FROM b
+    )
+    SELECT row_number, recipient, _code AS reason_code, {q.reason_text} AS reason,
+           {", ".join(q.flags)},
+           _code IS NULL AND _bound > {int(options.max_user_bytes)} AS _check
+    FROM c
+    """
+
+
+def users_sql(q: Queries, source: str, where: str, carry: Sequence[str]) -> str:
+    """``row_number, recipient, user_json`` (plus the ``carry`` columns of ``source``) for the
+    rows of ``source`` (the audience, possibly joined) that pass ``where``; keeps their order."""
+    first = [*q.address, *q.extras, *q.payload, *carry]
+    kept = ", ".join(carry)
+    return f"""
+    WITH a AS (
+        SELECT {", ".join(first)} FROM {source} WHERE {where}
+    ), b AS (
+        SELECT *, {q.recipient} AS recipient FROM a
+    )
+    SELECT row_number, recipient, {q.user} AS user_json{", " + kept if kept else ""} FROM b
+    """
+
+
+def order_sql(options: PlanOptions) -> str:
+    """``row_number, job_no, batch_no`` of every user to send (narrow; any order)."""
+    bs = int(options.batch_size)
+    source = (
+        "SELECT row_number, recipient FROM _bb_keys WHERE reason_code IS NULL "
+        "AND row_number NOT IN (SELECT row_number FROM duplicates)"
+    )
+    if not options.max_job_size:
+        return f"""
+        SELECT row_number, 0 AS job_no,
+               (row_number() OVER (ORDER BY row_number) - 1) // {bs} AS batch_no
+        FROM ({source})
+        """
+    mjs = int(options.max_job_size)
+    return f"""
+    WITH p AS ({source}),
+    j AS (
+        SELECT row_number, (row_number() OVER (ORDER BY md5(recipient), row_number) - 1)
+               // {mjs} AS job_no
+        FROM p
+    ),
+    k AS (
+        SELECT *, row_number() OVER (PARTITION BY job_no ORDER BY row_number) - 1 AS pos FROM j
+    ),
+    c AS (SELECT job_no, (count(*) + {bs} - 1) // {bs} AS nb FROM j GROUP BY job_no),
+    o AS (
+        SELECT job_no, coalesce(sum(nb) OVER (ORDER BY job_no ROWS BETWEEN UNBOUNDED
+               PRECEDING AND 1 PRECEDING), 0) AS first_batch
+        FROM c
+    )
+    SELECT row_number, job_no, first_batch + pos // {bs} AS batch_no FROM k JOIN o USING (job_no)
+    """

@@ -1,0 +1,338 @@
+"""The plan report (:class:`PlanInfo`): counts, duplicate groups, pre-flight warnings and
+notes, a sample of users as sent; and the plan files written into the run directory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from bulkbatch.db import fetch_one, quote_ident, quote_literal
+from bulkbatch.errors import AccountingError, PlanError
+from bulkbatch.options import option
+from bulkbatch.stages.plan.filters import first_line
+from bulkbatch.stages.plan.model import ADDRESS_TARGETS, PlanOptions, content_variables
+
+__all__ = ["PLAN_FILES", "PlanInfo", "make_report", "write_files"]
+
+SAMPLE_USERS = 3
+DUP_GROUPS = 5
+PLAN_FILES = ("plan.parquet", "rejects.parquet", "duplicates.parquet")
+"""The files :func:`write_files` writes into the run directory."""
+
+
+@dataclass(frozen=True)
+class PlanInfo:
+    """The plan report: counts, the first duplicate groups, rejects by reason, warnings and
+    notes, a sample of users as sent, and the batch/job layout."""
+
+    rows_read: int
+    to_send: int
+    duplicates: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    duplicate_groups: list[dict[str, Any]]
+    warnings: list[str]
+    sample_users: list[dict[str, Any]]
+    batches: int
+    jobs: int
+    batch_size: int
+    key_columns: tuple[str, ...]
+    fingerprint: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    """Information that needs no action (unused columns, phone numbers sent as given)."""
+    unused_columns: tuple[str, ...] = ()
+    """Input columns nothing sends, maps or filters on (see the note for how to map one)."""
+    unreachable: int = 0
+    """Users to send without the address the expected channel needs."""
+    phones_as_given: int = 0
+    """Users to send whose phone number could not be made E.164 and is sent as given."""
+    duplicates_file: str | None = None
+    """``duplicates.parquet`` in the run directory, when the plan wrote files."""
+
+    def estimated_seconds(self, rate: float | None) -> float | None:
+        """Seconds the send needs at ``rate`` requests/s: batches plus create+run per job."""
+        if rate is None or rate <= 0:
+            return None
+        return (self.batches + self.jobs * 2) / rate
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["key_columns"] = list(self.key_columns)
+        d["unused_columns"] = list(self.unused_columns)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlanInfo:
+        values = dict(d)
+        values["key_columns"] = tuple(values.get("key_columns", ()))
+        values["unused_columns"] = tuple(values.get("unused_columns", ()))
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def render(self, rate: float | None = None) -> str:
+        """The report as plain text lines (the CLI may style it)."""
+        lines = [
+            f"rows read     {self.rows_read:>12,}",
+            f"to send       {self.to_send:>12,}",
+            f"duplicates    {self.duplicates:>12,}",
+            f"rejected      {self.rejected:>12,}",
+        ]
+        for code, n in sorted(self.rejected_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  {code:<12}{n:>12,}")
+        if self.duplicate_groups:
+            lines.append("duplicate groups (first few):")
+            for g in self.duplicate_groups:
+                rows = ", ".join(str(r) for r in g["rows"])
+                lines.append(f"  {g['recipient']}: rows {rows}; kept row {g['kept']}")
+            if self.duplicates_file:
+                lines.append(f"  all duplicates: {self.duplicates_file}")
+        lines.append(
+            f"batches       {self.batches:>12,}  (up to {self.batch_size} users each, "
+            f"{self.jobs} job{'s' if self.jobs != 1 else ''})"
+        )
+        est = self.estimated_seconds(rate)
+        if est is not None:
+            lines.append(f"estimated     {est:>11,.1f}s  at {rate:g} requests/s")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        lines.extend(f"note: {n}" for n in self.notes)
+        if self.sample_users:
+            lines.append("sample users:")
+            lines.extend(f"  {orjson.dumps(u).decode()}" for u in self.sample_users)
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def _counts(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int, int, int, dict[str, int]]:
+    """(rows read, to send, batches, jobs, duplicates, rejects by reason); checks they add up."""
+    rows_read = int(fetch_one(con, "SELECT count(*) FROM inputs")[0])
+    to_send, batches, jobs = (
+        int(v)
+        for v in fetch_one(
+            con,
+            "SELECT count(*), coalesce(max(batch_no) + 1, 0), coalesce(max(job_no) + 1, 0) "
+            "FROM plan",
+        )
+    )
+    dups = int(fetch_one(con, "SELECT count(*) FROM duplicates")[0])
+    by_reason = {
+        str(code): int(n)
+        for code, n in con.execute(
+            "SELECT reason_code, count(*) FROM rejects GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
+    }
+    rejected = sum(by_reason.values())
+    if rows_read != to_send + dups + rejected:
+        raise AccountingError(
+            f"The plan does not add up: {rows_read} rows read, but {to_send} to send + {dups} "
+            f"duplicates + {rejected} rejected. This is a bug in bulkbatch; please report it."
+        )
+    return rows_read, to_send, batches, jobs, dups, by_reason
+
+
+def _duplicate_groups(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    rows = con.execute(
+        "SELECT g.recipient, list(s.row_number ORDER BY s.row_number), any_value(d.kept) FROM "
+        f"(SELECT * FROM _bb_groups ORDER BY first_row LIMIT {DUP_GROUPS}) g "
+        "JOIN _bb_keys s ON s.recipient = g.recipient AND s.reason_code IS NULL "
+        "JOIN (SELECT recipient, any_value(kept_row_number) AS kept FROM duplicates "
+        "GROUP BY 1) d ON d.recipient = g.recipient "
+        "GROUP BY g.recipient ORDER BY min(s.row_number)"
+    ).fetchall()
+    return [
+        {"recipient": str(r), "rows": [int(x) for x in rs], "kept": int(k)} for r, rs, k in rows
+    ]
+
+
+def _sample(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The first users as sent. A user Python cannot decode (it never should: deep JSON is
+    rejected) is left out rather than failing the plan."""
+    out: list[dict[str, Any]] = []
+    for (text,) in con.execute(
+        f"SELECT user_json FROM plan ORDER BY batch_no, row_number LIMIT {SAMPLE_USERS}"
+    ).fetchall():
+        try:
+            out.append(orjson.loads(str(text)))
+        except orjson.JSONDecodeError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class _Flags:
+    sent: int
+    unreachable: int
+    to_email_only: int
+    phones_as_given: int
+
+
+def _flags(con: duckdb.DuckDBPyConnection) -> _Flags:
+    row = fetch_one(
+        con,
+        "SELECT count(*), count(*) FILTER (WHERE _no_channel_address), "
+        "count(*) FILTER (WHERE _to_email_only), count(*) FILTER (WHERE _phone_as_given) "
+        "FROM _bb_keys s WHERE s.reason_code IS NULL "
+        "AND s.row_number NOT IN (SELECT row_number FROM duplicates)",
+    )
+    return _Flags(*(int(v) for v in row))
+
+
+def _channel_warnings(options: PlanOptions, targets: Mapping[str, str], flags: _Flags) -> list[str]:
+    mp, where = option("mapping").flag, option("where").flag
+    n, total = flags.unreachable, flags.sent
+    out: list[str] = []
+    if options.channel == "email":
+        if flags.to_email_only:
+            out.append(
+                f"{flags.to_email_only} user(s) have to.email but no profile.email: Courier "
+                "does not route e-mail jobs by to.email, so they will get nothing. Map the "
+                f"address to profile.email ({mp} profile.email={targets.get('to.email', 'COLUMN')})."
+            )
+        if n and n != flags.to_email_only:
+            out.append(
+                f"{n} user(s) to send have no profile.email, so this e-mail job cannot reach "
+                "them (Courier reports them UNROUTABLE). Add an e-mail column, or use "
+                f"{where} to leave them out."
+            )
+    elif options.channel == "sms" and n:
+        out.append(
+            f"{n:,} of {total:,} users have no phone number; Courier cannot text them (it "
+            f"reports them UNROUTABLE). Map one with {mp} phone_number=COLUMN, or use {where} "
+            "to leave them out."
+        )
+    elif options.channel in ("push", "inbox") and n:
+        out.append(
+            f"{n:,} of {total:,} users have no user_id; Courier cannot {options.channel} them "
+            f"without one (it reports them UNROUTABLE). Map one with {mp} user_id=COLUMN, or "
+            f"use {where} to leave them out."
+        )
+    return out
+
+
+def _var_path(name: str) -> str:
+    return "$.data" + "".join("." + orjson.dumps(p).decode() for p in name.split("."))
+
+
+def _content_warnings(con: duckdb.DuckDBPyConnection, options: PlanOptions) -> list[str]:
+    variables = content_variables(options.content) if options.content else []
+    if not variables:
+        return []
+    missing = [f"NOT json_exists(user_json, {quote_literal(_var_path(v))})" for v in variables]
+    checks = ", ".join(f"count(*) FILTER (WHERE {m})" for m in missing)
+    row = fetch_one(
+        con, f"SELECT count(*) FILTER (WHERE {' OR '.join(missing)}), {checks} FROM plan"
+    )
+    if not row[0]:
+        return []
+    detail = ", ".join(f"{{{{{v}}}}} ({n})" for v, n in zip(variables, row[1:], strict=True) if n)
+    text = (
+        f"{row[0]} user(s) lack data for the content's variables: {detail}. Add the values to "
+        f"the input (data.NAME columns) or to {option('data').flag}, or they render empty."
+    )
+    return [text]
+
+
+def _phone_note(flags: _Flags) -> list[str]:
+    if not flags.phones_as_given:
+        return []
+    text = (
+        f"{flags.phones_as_given:,} phone number(s) are not in international form (a + or 00, "
+        "then 8 to 15 digits) and are sent as given; add the country code so Courier can "
+        "text them."
+    )
+    return [text]
+
+
+def make_report(
+    con: duckdb.DuckDBPyConnection,
+    options: PlanOptions,
+    targets: Mapping[str, str],
+    started: float,
+    *,
+    fingerprint: str,
+    unused: Sequence[str] = (),
+    unused_note: str | None = None,
+) -> PlanInfo:
+    """The :class:`PlanInfo` of the tables just written (``_bb_keys``/``_bb_groups`` live).
+
+    :raises AccountingError: the rows do not add up
+    """
+    rows_read, to_send, batches, jobs, dups, by_reason = _counts(con)
+    flags = _flags(con)
+    warnings = _channel_warnings(options, targets, flags) + _content_warnings(con, options)
+    notes = _phone_note(flags) + ([unused_note] if unused_note else [])
+    return PlanInfo(
+        rows_read=rows_read,
+        to_send=to_send,
+        duplicates=dups,
+        rejected=sum(by_reason.values()),
+        rejected_by_reason=by_reason,
+        duplicate_groups=_duplicate_groups(con),
+        warnings=warnings,
+        sample_users=_sample(con),
+        batches=batches,
+        jobs=jobs,
+        batch_size=options.batch_size,
+        key_columns=tuple(dict.fromkeys(targets[t] for t in ADDRESS_TARGETS if t in targets)),
+        fingerprint=fingerprint,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+        unused_columns=tuple(unused),
+        unreachable=flags.unreachable,
+        phones_as_given=flags.phones_as_given,
+    )
+
+
+# ------------------------------------------------------------------------------ the files
+
+
+def _input_columns(con: duckdb.DuckDBPyConnection, taken: Sequence[str]) -> str:
+    """``i.<col> AS <col>`` for every input column but row_number; a name already in
+    ``taken`` gets an ``input_`` prefix."""
+    cols = [str(r[0]) for r in con.execute("DESCRIBE inputs").fetchall() if r[0] != "row_number"]
+    return ", ".join(
+        f"i.{quote_ident(c)} AS {quote_ident('input_' + c if c in taken else c)}" for c in cols
+    )
+
+
+def write_files(con: duckdb.DuckDBPyConnection, run_dir: Path) -> dict[str, str]:
+    """Write ``plan.parquet``, ``rejects.parquet`` and ``duplicates.parquet`` (each with the
+    input columns, for fixing or reviewing them) into ``run_dir``; their paths by name.
+
+    :raises PlanError: the directory is not writable
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: str(run_dir / name) for name in PLAN_FILES}
+    try:
+        con.execute(
+            "COPY (SELECT row_number, job_no, batch_no, recipient, user_json FROM plan) "
+            f"TO {quote_literal(paths['plan.parquet'])} "
+            "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
+        )
+        for table, name, keys in (
+            ("rejects", "rejects.parquet", ("reason_code", "reason")),
+            ("duplicates", "duplicates.parquet", ("recipient", "kept_row_number")),
+        ):
+            picked = _input_columns(con, keys)
+            chosen = ", ".join(f"t.{k}" for k in keys)
+            con.execute(
+                f"COPY (SELECT t.row_number, {chosen}, {picked} FROM {table} t "
+                "JOIN inputs i USING (row_number) ORDER BY t.row_number) "
+                f"TO {quote_literal(paths[name])} (FORMAT parquet, COMPRESSION zstd)"
+            )
+    except duckdb.OutOfMemoryException:
+        raise  # not an unwritable directory: the pipeline reports the memory budget
+    except duckdb.Error as exc:
+        raise PlanError(
+            f"Cannot write the plan files to {run_dir}: {first_line(exc)}. "
+            "Check that the run directory is writable and the disk has space."
+        ) from None
+    return paths

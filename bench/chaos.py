@@ -67,7 +67,10 @@ class Server:
             self.proc.stdout.close()
 
     def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = httpx.get(f"{self.url}/_emulator/stats", timeout=30).json()
+        auth = {"Authorization": f"Bearer {API_KEY}"}  # control routes need the key when one is set
+        r = httpx.get(f"{self.url}/_emulator/stats", headers=auth, timeout=30)
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
         return data
 
     def env(self) -> dict[str, str]:
@@ -86,12 +89,12 @@ def send_args(audience: Path, run_dir: Path) -> list[str]:
     return [
         "send", str(audience), "--event", "welcome", "--run-dir", str(run_dir),
         "--batch-size", "250", "--concurrency", "4", "--poll-interval", "0.05",
-        "--allow-failures", "--json",
+        "--json",
     ]  # fmt: skip
 
 
 def resume_args(run_dir: Path) -> list[str]:
-    return ["resume", str(run_dir), "--allow-failures", "--json"]
+    return ["resume", str(run_dir), "--json"]
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

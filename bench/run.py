@@ -10,7 +10,7 @@ Programs (each its own subprocess; wall time and peak RSS of its whole process t
 every 50 ms):
 
 * ``bulkbatch`` — ``bulkbatch --quiet send AUDIENCE --event welcome --run-dir TMP
-  --allow-failures --json --poll-interval 0.2`` (its ``--json`` report gives per-stage times);
+  --json --poll-interval 0.2`` (its ``--json`` report gives per-stage times);
 * ``naive`` — ``bench/naive_sdk.py``: the official ``trycourier`` SDK used as the docs show;
 * ``floor`` — ``bench/floor.py``: the same bytes through loopback HTTP with no tool logic.
 
@@ -155,7 +155,6 @@ def program_cmd(
             "welcome",
             "--run-dir",
             str(work / "run"),
-            "--allow-failures",
             "--json",
             "--poll-interval",
             "0.2",
@@ -454,7 +453,7 @@ def render(
         "",
         (
             "- bulkbatch: `bulkbatch --quiet send AUDIENCE --event welcome --run-dir TMP/run "
-            f"--allow-failures --json --poll-interval 0.2{' ' + ' '.join(args.bb_extra) if args.bb_extra else ''}`"
+            f"--json --poll-interval 0.2{' ' + ' '.join(args.bb_extra) if args.bb_extra else ''}`"
         ),
         (
             "- naive: `python bench/naive_sdk.py AUDIENCE TMP/naive.parquet` — trycourier SDK as "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,12 +11,18 @@ import pytest
 
 from tests.support import EmulatorProcess
 
+# Never the developer's own campaign registry or once-per ledger, even in fixtures wider than
+# a test (each test then gets its own directory, below).
+os.environ["BULKBATCH_DATA_DIR"] = tempfile.mkdtemp(prefix="bulkbatch-test-data-")
+
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never depend on (or leak) the developer's Courier settings."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never depend on (or leak) the developer's Courier settings, and each test has
+    its own per-user data directory (campaign registry, default once-per ledger)."""
     for name in ("COURIER_API_KEY", "COURIER_BASE_URL", "BULKBATCH_EMULATOR_API_KEY"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BULKBATCH_DATA_DIR", str(tmp_path_factory.mktemp("bulkbatch-data")))
 
 
 @pytest.fixture

@@ -69,7 +69,10 @@ class EmulatorProcess:
         self.stop()
 
     def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = httpx.get(f"{self.url}/_emulator/stats", timeout=10).json()
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        response = httpx.get(f"{self.url}/_emulator/stats", headers=headers, timeout=10)
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
         return data
 
     def env(self) -> dict[str, str]:

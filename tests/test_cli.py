@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import bulkbatch
+import bulkbatch.webhooks
 from bulkbatch.cli import cli
 from tests.support import ROOT, SAMPLE
 
@@ -27,7 +28,21 @@ def runner() -> CliRunner:
 
 def test_the_commands_are_the_documented_ones() -> None:
     assert (
-        sorted(["demo", "emulator", "plan", "report", "results", "resume", "send", "status"])
+        sorted(
+            [
+                "cancel",
+                "demo",
+                "emulator",
+                "plan",
+                "report",
+                "results",
+                "resume",
+                "runs",
+                "send",
+                "status",
+                "webhooks",
+            ]
+        )
         == COMMANDS
     )
 
@@ -46,6 +61,9 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme(
 
 # Every command is one call into the Python API under the same name.
 PYTHON_EQUIVALENT = {
+    "cancel": bulkbatch.cancel,
+    "runs": bulkbatch.runs,
+    "webhooks": bulkbatch.webhooks.export_events,
     "demo": bulkbatch.demo,
     "emulator": bulkbatch.Emulator,
     "plan": bulkbatch.plan,
@@ -61,7 +79,7 @@ PYTHON_EQUIVALENT = {
 def test_every_command_has_a_python_equivalent(name: str) -> None:
     fn = PYTHON_EQUIVALENT[name]
     assert callable(fn)
-    if name != "emulator":
+    if name not in ("emulator", "webhooks"):
         assert getattr(bulkbatch, name) is fn
 
 
@@ -99,26 +117,32 @@ def test_plan_json_report(runner: CliRunner, tmp_path: Path) -> None:
     assert (tmp_path / "p" / "rejects.parquet").exists()
 
 
-def test_failed_rows_exit_1_unless_allowed(runner: CliRunner, tmp_path: Path) -> None:
-    args = [
-        "--quiet",
-        "send",
-        str(SAMPLE),
-        "--event",
-        "welcome",
-        "--emulator",
-        "--poll-interval",
-        "0.05",
-    ]
-    failed = runner.invoke(cli, [*args, "--run-dir", str(tmp_path / "a")])
-    assert failed.exit_code == 1
-    assert failed.output.splitlines()[-1] == (
-        f"Error: 9 rows failed (rejected or ERROR); see {tmp_path / 'a' / 'results.parquet'}. "
-        "Pass --allow-failures to exit 0 when some rows fail."
+def test_rejected_rows_are_reported_and_fail_only_on_request(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """Exit 0 with 9 rejected rows reported; --fail-on-rejects / --max-reject-rate opt in."""
+    args = ["--quiet", "send", str(SAMPLE), "--event", "welcome", "--emulator",
+            "--poll-interval", "0.05"]  # fmt: skip
+    done = runner.invoke(cli, [*args, "--run-dir", str(tmp_path / "a")])
+    assert done.exit_code == 0, done.output
+    assert re.search(r"^  rejected +9 ", done.output, re.MULTILINE)
+    strict = runner.invoke(cli, [*args, "--run-dir", str(tmp_path / "b"), "--fail-on-rejects"])
+    assert strict.exit_code == 1
+    results = (tmp_path / "b" / "results.parquet").resolve()
+    assert strict.output.splitlines()[-1] == (
+        f"Error: 9 rows were rejected or ended in ERROR (--fail-on-rejects); see {results}."
     )
-    allowed = runner.invoke(cli, [*args, "--run-dir", str(tmp_path / "b"), "--allow-failures"])
-    assert allowed.exit_code == 0, allowed.output
-    assert re.search(r"^  rows in +2,000$", allowed.output, re.MULTILINE)
+    rate = [*args, "--run-id", "rate"]
+    loose = runner.invoke(
+        cli, [*rate, "--run-dir", str(tmp_path / "c"), "--max-reject-rate", "0.01"]
+    )
+    assert loose.exit_code == 0, loose.output
+    tight = runner.invoke(
+        cli, [*rate, "--run-dir", str(tmp_path / "d"), "--max-reject-rate", "0.001"]
+    )
+    assert tight.exit_code == 1
+    assert "9 of 2,000 rows (0." in tight.output
+    assert "were rejected or ended in ERROR, over --max-reject-rate 0.001" in tight.output
 
 
 def test_errors_are_one_line_with_the_fix(runner: CliRunner, tmp_path: Path) -> None:
@@ -145,7 +169,6 @@ def test_config_file(runner: CliRunner, tmp_path: Path) -> None:
         'event = "welcome"\n'
         'run-dir = "runs/nightly"\n'
         "emulator = true\n"
-        "allow-failures = true\n"
         "poll-interval = 0.05\n"
         '[data]\ncompany = "Acme"\n'
     )
@@ -193,7 +216,6 @@ def test_log_format_json_progress_lines(runner: CliRunner, tmp_path: Path) -> No
             "--emulator",
             "--run-dir",
             str(tmp_path / "r"),
-            "--allow-failures",
             "--json",
             "--poll-interval",
             "0.05",

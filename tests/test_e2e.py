@@ -71,7 +71,6 @@ def test_send_sample_row_by_row(tmp_path: Path) -> None:
             str(run_dir),
             "--poll-interval",
             "0.1",
-            "--allow-failures",
             "--json",
             env=emu.env(),
         )

@@ -47,9 +47,7 @@ def test_bad_key_is_one_line_and_never_shown(tmp_path: Path) -> None:
     # nothing was created, so the run resumes with the right key
     with EmulatorProcess() as emu:
         # a new emulator is a new base URL: the run binds to one only once a job exists
-        fixed = run_cli(
-            "--quiet", "resume", str(run_dir), "--allow-failures", "--json", env=emu.env()
-        )
+        fixed = run_cli("--quiet", "resume", str(run_dir), "--json", env=emu.env())
         assert fixed.returncode == 0, fixed.stderr
         assert emu.stats()["jobs_created"] == 1
 
@@ -83,13 +81,13 @@ def test_unknown_job_on_refresh_names_the_job(tmp_path: Path) -> None:
             "welcome",
             "--run-dir",
             str(run_dir),
-            "--allow-failures",
             env=emu.env(),
         )
         assert sent.returncode == 0, sent.stderr
         import httpx
 
-        httpx.post(f"{emu.url}/_emulator/reset", timeout=10)
+        auth = {"Authorization": f"Bearer {emu.api_key}"}
+        httpx.post(f"{emu.url}/_emulator/reset", headers=auth, timeout=10)
         proc = run_cli("status", str(run_dir), "--refresh", env=emu.env())
     job_id = orjson.loads((run_dir / "state.json").read_bytes())["jobs"][0]["job_id"]
     assert proc.returncode == 1
@@ -106,7 +104,7 @@ def test_locked_run_directory(tmp_path: Path) -> None:
         env = emu.env()
         first = subprocess.Popen(
             [sys.executable, "-m", "bulkbatch", "--quiet", "send", str(audience), "--event", "welcome",
-             "--run-dir", str(run_dir), "--rate", "10", "--batch-size", "200", "--allow-failures"],
+             "--run-dir", str(run_dir), "--rate", "10", "--batch-size", "200"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -122,7 +120,7 @@ def test_locked_run_directory(tmp_path: Path) -> None:
         )
         assert line.endswith(f"then run 'bulkbatch resume {run_dir}'.")
         # once the other process is gone, the same command finishes the run
-        done = run_cli("--quiet", "resume", str(run_dir), "--allow-failures", "--json", env=env)
+        done = run_cli("--quiet", "resume", str(run_dir), "--json", env=env)
         assert done.returncode == 0, done.stderr
         assert emu.stats()["max_accepted_per_recipient"] == 1
 
@@ -153,14 +151,14 @@ def test_disk_full_while_saving_state_leaves_a_resumable_run(
 
     with bulkbatch.Emulator(progression="immediate") as emu:
         settings = bulkbatch.Settings(base_url=emu.url, poll_interval=0.02, start_rate=2000)
-        monkeypatch.setattr("bulkbatch.state.os.replace", flaky_replace)
+        monkeypatch.setattr("bulkbatch.files.os.replace", flaky_replace)
         with pytest.raises(StateError) as e:
             bulkbatch.send(SAMPLE, event="welcome", settings=settings, run_dir=run_dir)
         assert str(e.value).startswith(
             f"Could not write {run_dir / 'state.json'}: No space left on device."
         )
         assert f"bulkbatch resume {run_dir}" in str(e.value)
-        monkeypatch.setattr("bulkbatch.state.os.replace", real_replace)
+        monkeypatch.setattr("bulkbatch.files.os.replace", real_replace)
         run = bulkbatch.resume(run_dir, settings=settings)
         stats = emu.stats()
     assert run.summary()["accounting_ok"] is True
@@ -183,7 +181,7 @@ def test_running_out_of_the_memory_budget_names_the_setting_and_resumes(tmp_path
         assert "BULKBATCH_MEMORY_LIMIT=2GB" in last
         assert f"'bulkbatch resume {run_dir}'" in last
         assert "Traceback" not in proc.stderr
-        resumed = run_cli("--quiet", "resume", str(run_dir), "--allow-failures", env=emu.env())
+        resumed = run_cli("--quiet", "resume", str(run_dir), env=emu.env())
     assert resumed.returncode == 0, resumed.stderr
     assert orjson.loads((run_dir / "summary.json").read_bytes())["accounting_ok"]
 

@@ -127,7 +127,7 @@ def sent_run(tmp_path_factory: pytest.TempPathFactory) -> bulkbatch.Run:
         str(SAMPLE),
         event="welcome",
         emulator="immediate",
-        run_options=bulkbatch.RunOptions(messages=True),
+        messages=True,
         settings=bulkbatch.Settings(poll_interval=0.1, start_rate=1000),
         run_dir=root / "runs" / "sent",
     )
@@ -190,7 +190,7 @@ def test_report_of_a_finished_run(
     assert text.count("<svg") >= 4  # rejects, statuses, funnel, throughput
 
     # Example rejects show row numbers and reason codes, never personal data in clear.
-    rejects = sent_run.rejects()
+    rejects = sent_run.read_rejects()
     first = rejects.sort("row_number").row(0, named=True)
     assert f"{first['row_number']:,}" in page.text
     assert "bad_email" in page.text and "no_address" in page.text
@@ -265,6 +265,7 @@ def test_report_without_delivery_data_says_how_to_get_it(
     shutil.copytree(sent_run.path, copy)
     con = duckdb.connect(str(copy / "run.duckdb"))
     con.execute("DELETE FROM messages")
+    con.execute("DROP TABLE IF EXISTS delivery")  # derived from messages (and webhooks)
     con.close()
     page = Page(write_report(copy).read_text(encoding="utf-8"))
     assert "No delivery data" in page.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import polars as pl
@@ -59,23 +60,26 @@ def test_second_run_skips_people_sent_by_the_first(tmp_path: Path) -> None:
         "duplicates": 0,
         "rejected": 0,
         "skipped": 1000,
+        "filtered": 0,
+        "canceled": 0,
     }
     assert other.summary()["counts"]["ingested"] == 100
-    df = tuesday.results()
+    df = tuesday.read_results()
     skipped = df.filter(pl.col("outcome") == "skipped")
     assert skipped["user_id"].to_list() == [f"u{i:05d}" for i in range(2000, 3000)]
-    assert skipped["reason"].unique().to_list() == [
-        "sent earlier under --once-per welcome-2026 by run monday"
-    ]
+    reason = f"sent under --once-per welcome-2026 by campaign {monday.campaign} "
+    assert skipped["reason"].unique().to_list() == [reason + f"({monday.path.resolve()})"]
     assert skipped["message_id"].null_count() == 1000
     sent = df.filter(pl.col("outcome") == "ingested")
     assert sent["user_id"].to_list() == [f"u{i:05d}" for i in range(3000, 4500)]
     assert sent["status"].unique().to_list() == ["ENQUEUED"]
     # nobody was accepted twice across the two welcome runs (promo is another campaign)
     assert stats["users_accepted"] == 3000 + 1500 + 100
-    assert (runs / "once-per.duckdb").exists()
+    # the ledger lives in the per-user data directory, not beside the working directory
+    assert (Path(os.environ["BULKBATCH_DATA_DIR"]) / "once-per.sqlite").exists()
+    assert not (runs / "once-per.duckdb").exists()
     # batches were re-cut: contiguous, at most 400, in the order of the input
-    plan = tuesday.plan()
+    plan = tuesday.read_plan()
     assert plan["batch_no"].to_list() == sorted(plan["batch_no"].to_list())
     assert plan.group_by("batch_no").len()["len"].max() == 400
     assert set(plan["batch_no"]) == set(range(4))
@@ -85,11 +89,14 @@ def test_everyone_already_sent_means_nothing_to_send(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     with bulkbatch.Emulator(progression="immediate") as emu:
         settings = FAST.with_(base_url=emu.url)
+        # The identical campaign again would be found and not sent at all; a new instance
+        # of it (a new --run-id) under the same key skips everyone instead.
         for name in ("first", "again"):
             run = bulkbatch.send(
                 audience(range(50)),
                 event="welcome",
                 once_per="k",
+                run_id=name,
                 settings=settings,
                 run_dir=runs / name,
             )

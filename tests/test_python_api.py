@@ -44,7 +44,7 @@ def test_every_source_kind_plans_the_same(kind: str, tmp_path: Path) -> None:
     info = run.plan_info
     assert (info.rows_read, info.to_send, info.duplicates, info.rejected) == (5, 2, 1, 2)
     assert info.rejected_by_reason == {"no_address": 1, "bad_email": 1}
-    assert sorted(run.plan()["recipient"].to_list()) == ["a", "b"]
+    assert sorted(run.read_plan()["recipient"].to_list()) == ["a", "b"]
 
 
 def test_python_objects_and_repr(tmp_path: Path) -> None:
@@ -53,10 +53,10 @@ def test_python_objects_and_repr(tmp_path: Path) -> None:
             SAMPLE, event="welcome", settings=FAST.with_(base_url=emu.url), run_dir=tmp_path / "r"
         )
     assert repr(run) == f"<Run r finished at {tmp_path / 'r'}>"
-    assert isinstance(run.results(), pl.DataFrame)
+    assert isinstance(run.read_results(), pl.DataFrame)
     assert isinstance(run.to_arrow(), pa.Table)
-    assert run.to_arrow().num_rows == run.results().height == 2000
-    assert run.rejects().height == run.summary()["counts"]["rejected"]
+    assert run.to_arrow().num_rows == run.read_results().height == 2000
+    assert run.read_rejects().height == run.summary()["counts"]["rejected"]
     status = run.status()
     assert status.finished and status.stage == "finished"
     assert bulkbatch.Run(tmp_path / "r").job_ids == run.job_ids
@@ -85,10 +85,10 @@ async def test_await_asend_and_aresume(tmp_path: Path) -> None:
             event="welcome",
             settings=settings,
             run_dir=tmp_path / "r",
-            run_options=bulkbatch.RunOptions(wait=False),
+            wait=False,
         )
         assert run.status().stage == "next: track"
-        await run.aresume(settings=settings, options=bulkbatch.RunOptions())
+        await run.aresume(settings=settings)
         assert run.status().finished
         assert emu.stats()["runs"] == 1
     assert run.summary()["statuses"] == {"ENQUEUED": run.summary()["counts"]["ingested"]}
@@ -102,10 +102,13 @@ def test_results_parquet_schema(tmp_path: Path) -> None:
     schema = pq.read_schema(tmp_path / "r" / "results.parquet")
     assert schema.names == [
         "row_number", "user_id", "email", "phone_number", "outcome", "reason", "reason_code",
-        "recipient", "job_id", "message_id", "status",
+        "recipient", "job_id", "message_id", "status", "delivery_status", "enqueued_at",
+        "sent_at", "delivered_at", "opened_at", "clicked_at", "delivery_reason", "cancel",
     ]  # fmt: skip
+    # a stable schema: the delivery columns are there (null) before any delivery is known
+    assert str(schema.field("delivered_at").type) == "timestamp[us]"
     assert str(schema.field("row_number").type) == "int64"
-    assert run.results()["row_number"].to_list() == list(range(1, 2001))
+    assert run.read_results()["row_number"].to_list() == list(range(1, 2001))
 
 
 def test_jobs_are_sized_for_concurrent_paging_by_default(tmp_path: Path) -> None:
@@ -113,7 +116,7 @@ def test_jobs_are_sized_for_concurrent_paging_by_default(tmp_path: Path) -> None
     auto = bulkbatch.plan(frame, event="welcome", run_dir=tmp_path / "auto")
     # 30k rows over 16 pagers would be 1,875 a job; jobs are at least 10,000 users
     assert auto.plan_info.jobs == 3
-    assert auto.plan()["job_no"].value_counts()["count"].max() <= 10_000
+    assert auto.read_plan()["job_no"].value_counts()["count"].max() <= 10_000
     one = bulkbatch.plan(frame, event="welcome", run_dir=tmp_path / "one", max_job_size=0)
     assert one.plan_info.jobs == 1
     big = pl.DataFrame({"user_id": [f"u{i}" for i in range(100_000)]})

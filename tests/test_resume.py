@@ -38,7 +38,6 @@ def _send_args(audience: Path, run_dir: Path) -> list[str]:
         "40",
         "--poll-interval",
         "0.1",
-        "--allow-failures",
         "--json",
     ]
 
@@ -84,9 +83,7 @@ def test_sigkill_mid_ingest_then_resume_matches_clean_run(audience: Path, tmp_pa
         assert 8_000 <= before["users_accepted"] < clean_summary["counts"]["ingested"]
         assert before["runs"] < len(clean_summary["jobs"])
 
-        resumed = bulkbatch(
-            "--quiet", "resume", str(run_dir), "--json", "--allow-failures", env=emu.env()
-        )
+        resumed = bulkbatch("--quiet", "resume", str(run_dir), "--json", env=emu.env())
         assert resumed.returncode == 0, resumed.stderr
         stats = emu.stats()
 
@@ -111,9 +108,7 @@ def test_resume_of_finished_run_changes_nothing(audience: Path, tmp_path: Path) 
     with EmulatorProcess() as emu:
         first = bulkbatch(*_send_args(audience, tmp_path / "r"), env=emu.env())
         assert first.returncode == 0, first.stderr
-        again = bulkbatch(
-            "--quiet", "resume", str(tmp_path / "r"), "--json", "--allow-failures", env=emu.env()
-        )
+        again = bulkbatch("--quiet", "resume", str(tmp_path / "r"), "--json", env=emu.env())
         assert again.returncode == 0, again.stderr
         stats = emu.stats()
     assert orjson.loads(again.stdout)["counts"] == orjson.loads(first.stdout)["counts"]
@@ -140,9 +135,9 @@ def test_send_into_existing_run_with_other_options_is_refused(
     assert other.returncode == 1
     run_dir = tmp_path / "r"
     assert other.stderr.strip() == (
-        f"Error: Run directory {run_dir} was started with other inputs or options, so it "
-        f"cannot continue with these. Run 'bulkbatch resume {run_dir}' to finish it as it "
-        "was, or pass a new --run-dir to start a separate run."
+        f"Error: Run directory {run_dir} holds another campaign (other inputs or options), so "
+        f"it cannot continue with these. Run 'bulkbatch resume {run_dir}' to finish it as it "
+        "was, or pass another --run-dir to start this one."
     )
 
 
@@ -166,9 +161,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(audience: Path, tmp_path: P
         assert "Traceback" not in err
         # every acknowledged batch is in the ledger: none is sent again on resume
         assert emu.stats()["runs"] < 2
-        resumed = bulkbatch(
-            "--quiet", "resume", str(run_dir), "--allow-failures", "--json", env=emu.env()
-        )
+        resumed = bulkbatch("--quiet", "resume", str(run_dir), "--json", env=emu.env())
         assert resumed.returncode == 0, resumed.stderr
         stats = emu.stats()
     summary = orjson.loads(resumed.stdout)

@@ -47,7 +47,6 @@ def test_faults_never_duplicate_or_lose_a_user(audience: Path, tmp_path: Path, f
             "5000",
             "--poll-interval",
             "0.05",
-            "--allow-failures",
             "--json",
             env=emu.env(),
         )

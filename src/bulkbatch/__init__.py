@@ -5,7 +5,7 @@ The same core serves the command line and Python::
     import bulkbatch
 
     run = bulkbatch.send("audience.parquet", event="welcome", data={"offer": "20%"})
-    run.results()          # polars DataFrame, one row per input row
+    run.read_results()     # polars DataFrame, one row per input row
     run.summary()          # the counts, which always add up
 
     with bulkbatch.Emulator() as emu:   # a local Courier to rehearse against
@@ -30,19 +30,22 @@ if TYPE_CHECKING:
     from bulkbatch.emulator import Emulator
     from bulkbatch.errors import BulkBatchError
     from bulkbatch.pipeline import (
+        Pipeline,
         Run,
-        RunOptions,
         RunStatus,
         asend,
+        cancel,
         plan,
         report,
         results,
         resume,
+        runs,
         send,
         status,
     )
     from bulkbatch.progress import ProgressEvent
     from bulkbatch.sample import demo
+    from bulkbatch.spec import RunSpec
     from bulkbatch.stages.load import LoadOptions
     from bulkbatch.stages.plan import PlanInfo, PlanOptions
 
@@ -60,10 +63,13 @@ _HOME = {
     "PlanOptions": "bulkbatch.stages.plan",
     "ProgressEvent": "bulkbatch.progress",
     "Run": "bulkbatch.pipeline",
-    "RunOptions": "bulkbatch.pipeline",
+    "Pipeline": "bulkbatch.pipeline",
+    "RunSpec": "bulkbatch.spec",
     "RunStatus": "bulkbatch.pipeline",
     "Settings": "bulkbatch.config",
     "asend": "bulkbatch.pipeline",
+    "cancel": "bulkbatch.pipeline",
+    "runs": "bulkbatch.pipeline",
     "demo": "bulkbatch.sample",
     "plan": "bulkbatch.pipeline",
     "report": "bulkbatch.pipeline",
@@ -78,21 +84,24 @@ __all__ = [
     "CourierClient",
     "Emulator",
     "LoadOptions",
+    "Pipeline",
     "PlanInfo",
     "PlanOptions",
     "ProgressEvent",
     "Run",
-    "RunOptions",
+    "RunSpec",
     "RunStatus",
     "Settings",
     "__version__",
     "asend",
+    "cancel",
     "demo",
     "errors",
     "plan",
     "report",
     "results",
     "resume",
+    "runs",
     "send",
     "status",
 ]

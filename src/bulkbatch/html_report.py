@@ -40,7 +40,8 @@ __all__ = ["mask_email", "mask_text", "mask_value", "write_report"]
 _EXAMPLES = 10
 _DUP_GROUPS = 5
 _MAX_BINS = 240
-_DELIVERY_NOTE = "bulkbatch results {run_dir} --messages"
+_DELIVERY_NOTE = "bulkbatch results {run_dir} --webhooks STORE --reconcile"
+_DELIVERY_NOTE_SMALL = "bulkbatch results {run_dir} --messages"
 
 
 # -- masking --------------------------------------------------------------------------
@@ -165,9 +166,11 @@ def _funnel(
     con: duckdb.DuckDBPyConnection, relation: str, where: str = ""
 ) -> list[tuple[str, int]]:
     row = con.execute(
-        "SELECT count(*) FILTER (WHERE enqueued IS NOT NULL OR delivery_status IS NOT NULL), "
-        "count(*) FILTER (WHERE sent IS NOT NULL), count(*) FILTER (WHERE delivered IS NOT NULL), "
-        "count(*) FILTER (WHERE opened IS NOT NULL), count(*) FILTER (WHERE clicked IS NOT NULL) "
+        "SELECT count(*) FILTER (WHERE enqueued_at IS NOT NULL OR delivery_status IS NOT NULL), "
+        "count(*) FILTER (WHERE sent_at IS NOT NULL), "
+        "count(*) FILTER (WHERE delivered_at IS NOT NULL), "
+        "count(*) FILTER (WHERE opened_at IS NOT NULL), "
+        "count(*) FILTER (WHERE clicked_at IS NOT NULL) "
         f"FROM {relation} {where}"
     ).fetchone()
     assert row is not None
@@ -232,14 +235,14 @@ def _from_db(facts: _Facts, con: duckdb.DuckDBPyConnection) -> None:
             "max(status) AS status FROM user_pages GROUP BY 1, 2) GROUP BY 1",
         )
         facts.statuses = statuses or None
-    if "messages" in tables:
-        has = con.execute("SELECT count(*) FROM messages").fetchone()
+    if "delivery" in tables:  # webhooks and/or GET /messages, merged (stages.delivery)
+        has = con.execute("SELECT count(*) FROM delivery").fetchone()
         if has and has[0]:
             facts.delivery = _counts(
                 con,
-                "SELECT coalesce(delivery_status, 'UNKNOWN'), count(*) FROM messages GROUP BY 1",
+                "SELECT coalesce(delivery_status, 'UNKNOWN'), count(*) FROM delivery GROUP BY 1",
             )
-            facts.funnel = _funnel(con, "messages")
+            facts.funnel = _funnel(con, "delivery")
     if "batches" in tables:
         facts.throughput, facts.bin_seconds = _throughput(con)
     # A few rejected rows: the row number, the reason, and the key columns (masked).
@@ -612,7 +615,9 @@ def _accounting(f: _Facts) -> str:
     plan = f.state.plan
     if f.summary:
         c = f.summary.get("counts", {})
-        keys = ("input_rows", "ingested", "duplicates", "rejected", "skipped")
+        keys = (
+            "input_rows", "ingested", "duplicates", "rejected", "filtered", "skipped", "canceled",
+        )  # fmt: skip
         values = {k: int(c.get(k, 0)) for k in keys}
         parts = sum(values[k] for k in keys[1:])
         ok = bool(f.summary.get("accounting_ok")) and parts == values["input_rows"]
@@ -621,13 +626,17 @@ def _accounting(f: _Facts) -> str:
             "ingested": "ingested",
             "duplicates": "duplicates",
             "rejected": "rejected",
-            "skipped": "skipped (sent before)",
+            "filtered": "filtered (--where/--sql)",
+            "skipped": "skipped (--once-per)",
+            "canceled": "canceled (never sent)",
         }
         rows = [[_e(labels[k]), f'<span data-count="{k}">{values[k]:,}</span>'] for k in keys]
         eq = (
             f"{values['input_rows']:,} = {values['ingested']:,} ingested + "
             f"{values['duplicates']:,} duplicates + {values['rejected']:,} rejected"
-            + (f" + {values['skipped']:,} skipped" if values["skipped"] else "")
+            + "".join(
+                f" + {values[k]:,} {k}" for k in ("filtered", "skipped", "canceled") if values[k]
+            )
         )
         badge = (
             '<span class="badge ok" data-accounting="ok">OK</span>'
@@ -814,11 +823,14 @@ def _delivery(f: _Facts) -> str:
         return _section("delivery", title, _not_sent("there is nothing to deliver"))
     if not f.delivery or not f.funnel:
         cmd = _DELIVERY_NOTE.format(run_dir=f.state.run_dir)
+        small = _DELIVERY_NOTE_SMALL.format(run_dir=f.state.run_dir)
         return _section(
             "delivery",
             title,
-            '<p class="note">No delivery data in this run. Fetch each message\'s status with '
-            f"<code>{_e(cmd)}</code>, then write the report again.</p>",
+            '<p class="note">No delivery data in this run. Join Courier\'s delivery webhooks '
+            f"(received by <code>bulkbatch webhooks serve</code>) with <code>{_e(cmd)}</code>, "
+            f"or, for a small audience, ask for each message with <code>{_e(small)}</code>; "
+            "then write the report again.</p>",
         )
     base = f.funnel[0][1] or 1
     failed = [(k, f.delivery.get(k, 0)) for k in ("UNDELIVERABLE", "UNROUTABLE")]

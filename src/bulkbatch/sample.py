@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bulkbatch.config import Settings
-from bulkbatch.pipeline import Run, RunOptions, send
+from bulkbatch.pipeline import Run, send
 from bulkbatch.progress import NullProgress, Progress
 
 __all__ = ["DEMO_DATA", "demo", "sample_path"]
@@ -48,7 +48,9 @@ def demo(run_dir: str | Path | None = None, *, progress: Progress = NullProgress
         # a local emulator: no need to find the rate limit slowly
         settings=Settings(poll_interval=0.1, start_rate=2000),
         run_dir=run_dir or Path("runs") / f"demo-{stamp}",
+        # Each demo is a new campaign instance on its own emulator, never a repeat of the last.
+        run_id=f"demo-{stamp}",
         emulator="immediate",
         progress=progress,
-        run_options=RunOptions(messages=True),
+        messages=True,
     )

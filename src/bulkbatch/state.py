@@ -1,24 +1,19 @@
-"""The run directory: ``state.json`` (small, atomic) and the run database (DuckDB).
+"""The run directory: ``state.json`` (small, atomic) and the ledger tables of the run database.
 
-``state.json`` is the cross-process view of a run: its id, fingerprints, the job ids,
-which stages finished, and a progress snapshot that ``bulkbatch status`` can read while a
-send is still running (the run database is locked by the process that writes it).
-Every write to it is atomic: a temporary file, ``fsync``, then ``os.replace``.
+``state.json`` is the cross-process view of a run: its campaign id, the run spec, the job
+ids, which stages finished, and a progress snapshot that ``bulkbatch status`` can read while a
+send is still running (the run database is locked by the process that writes it). Every write
+to it is atomic: a temporary file, ``fsync``, then ``os.replace``.
 
-The run database is the truth for rows: the inputs, the plan, the batch ledger and the
-result pages (see ``docs/internals.md``). A side effect is recorded there only after the
-API acknowledged it. DuckDB's file lock makes a run directory single-writer: a second
-process gets a :class:`~bulkbatch.errors.StateError` that names the fix.
+The run database (:mod:`bulkbatch.db`) is the truth for rows: the inputs, the plan, the batch
+ledger and the result pages (see ``docs/internals.md``). A side effect is recorded there only
+after the API acknowledged it.
 
-The API key is never written here.
+The API key is never written here; the run directory and its files are private (0700/0600).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,34 +22,24 @@ from typing import Any
 import duckdb
 import orjson
 
+from bulkbatch.db import DB_FILE, MEMORY_LIMIT_ENV, open_run_db
 from bulkbatch.errors import StateError
+from bulkbatch.files import atomic_write_bytes, make_private
+from bulkbatch.models import STAGES
 
 __all__ = [
-    "MEMORY_LIMIT",
+    "DB_FILE",
     "MEMORY_LIMIT_ENV",
     "STATE_FILE",
     "JobState",
     "RunState",
     "atomic_write_bytes",
     "ensure_ledger",
-    "memory_limit",
     "open_run_db",
 ]
 
-MEMORY_LIMIT = "320MB"
-"""DuckDB's memory cap for a run database (it spills to ``<run dir>/.spill`` beyond it);
-``BULKBATCH_MEMORY_LIMIT`` (e.g. ``1GB``) overrides it."""
-MEMORY_LIMIT_ENV = "BULKBATCH_MEMORY_LIMIT"
-
-
-def memory_limit() -> str:
-    """The DuckDB memory cap in force: ``BULKBATCH_MEMORY_LIMIT`` or :data:`MEMORY_LIMIT`."""
-    return os.environ.get(MEMORY_LIMIT_ENV, "").strip() or MEMORY_LIMIT
-
-
 STATE_FILE = "state.json"
-DB_FILE = "run.duckdb"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -99,27 +84,6 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old or the new file, never half."""
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise StateError(
-            f"Could not write {path}: {exc.strerror or exc}. Free disk space or fix the "
-            f"permissions of {path.parent}, then run 'bulkbatch resume {path.parent}'."
-        ) from exc
-
-
 @dataclass
 class JobState:
     """One bulk job of a run (a run has several when ``max_job_size`` splits it)."""
@@ -151,17 +115,32 @@ class RunState:
 
     run_dir: Path
     run_id: str
+    """The run directory's name, for people; never part of a key."""
+    campaign: str = ""
+    """The campaign id (:mod:`bulkbatch.identity`), set once the audience is planned."""
     created_at: float = field(default_factory=time.time)
     base_url: str = ""
-    emulator: bool = False
+    """The Courier the run is bound to, set at its first request."""
+    emulator: str | None = None
+    """The in-process emulator's progression when the run sends to its own emulator."""
+    spec: dict[str, Any] = field(default_factory=dict)
+    """:meth:`bulkbatch.spec.RunSpec.to_json`: every option, so resume restores them."""
+    files: str = ""
+    """Fingerprint of the input files (path, size, mtime), taken before loading."""
+    auto_job_size: bool = False
+    once_per_ledger: str | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
     message: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
     jobs: list[JobState] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    replayed: bool = False
+    """Courier already had this campaign's jobs (the same campaign was sent before)."""
+    canceled: float | None = None
+    repeats: int = 0
+    """How often the same campaign was asked for again after it was complete."""
     version: int = STATE_VERSION
 
     # -- persistence -------------------------------------------------------------------
@@ -192,17 +171,32 @@ class RunState:
             ) from None
         except orjson.JSONDecodeError as exc:
             raise StateError(
-                f"{path} is corrupt ({exc}). Restore it from a backup, or start a new run "
-                "with a different --run-dir."
+                f"{path} is corrupt ({exc}). Run the same 'bulkbatch send' command again: the "
+                "campaign's keys make Courier replay what it already took."
             ) from None
+        return cls._from_raw(run_dir, path, raw)
+
+    @classmethod
+    def _from_raw(cls, run_dir: Path, path: Path, raw: object) -> RunState:
+        if not isinstance(raw, dict):
+            raise _bad_shape(path, "it is not a JSON object")
         if raw.get("version") != STATE_VERSION:
             raise StateError(
                 f"{path} was written by another bulkbatch version (state version "
-                f"{raw.get('version')!r}, this one reads {STATE_VERSION})."
+                f"{raw.get('version')!r}, this one reads {STATE_VERSION}). Finish it with "
+                "that version, or run the campaign again with this one."
             )
-        jobs = [JobState(**j) for j in raw.pop("jobs", [])]
+        raw = dict(raw)
         raw.pop("run_dir", None)
-        return cls(run_dir=run_dir, jobs=jobs, **raw)
+        try:
+            jobs = [JobState(**j) for j in raw.pop("jobs", [])]
+            state = cls(run_dir=run_dir, jobs=jobs, **raw)
+        except TypeError as exc:
+            raise _bad_shape(path, str(exc).split("() ")[-1]) from None
+        for name in ("spec", "plan", "inputs", "stages", "progress"):
+            if not isinstance(getattr(state, name), dict):
+                raise _bad_shape(path, f"{name!r} is not an object")
+        return state
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -210,11 +204,23 @@ class RunState:
         return d
 
     def save(self) -> None:
-        atomic_write_bytes(self.path, orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2))
+        atomic_write_bytes(
+            self.path,
+            orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2),
+            then=f"run 'bulkbatch resume {self.run_dir}'",
+        )
+
+    def privatize(self) -> None:
+        """Make the run directory and the files in it private (they hold personal data)."""
+        make_private(self.run_dir, *self.run_dir.iterdir())
 
     # -- helpers -----------------------------------------------------------------------
     def done(self, stage: str) -> bool:
         return stage in self.stages
+
+    def next_stage(self) -> str | None:
+        """The first stage not finished yet (None: all finished)."""
+        return next((s for s in STAGES if not self.done(s)), None)
 
     def mark(self, stage: str, seconds: float | None = None) -> None:
         self.stages[stage] = time.time()
@@ -229,49 +235,11 @@ class RunState:
         raise StateError(f"Run {self.run_id} has no job number {job_no}.")
 
 
-_PID = re.compile(r"PID (\d+)")
-
-
-def open_run_db(run_dir: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open ``run_dir/run.duckdb``; one process at a time (DuckDB's file lock)."""
-    path = run_dir / DB_FILE
-    if read_only and not path.exists():
-        raise StateError(
-            f"{run_dir} has no {DB_FILE}: the run never got past its start. "
-            f"Start it again with 'bulkbatch send ... --run-dir {run_dir}'."
-        )
-    try:
-        con = duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        text = str(exc)
-        if "lock" in text.lower():
-            m = _PID.search(text)
-            who = f" (pid {m.group(1)})" if m else ""
-            raise StateError(
-                f"Run directory {run_dir} is in use by another bulkbatch process{who}. "
-                f"Wait for it to finish or stop it, then run 'bulkbatch resume {run_dir}'."
-            ) from None
-        raise StateError(f"Cannot open the run database {path}: {text}") from None
-    except duckdb.Error as exc:
-        raise StateError(
-            f"The run database {path} cannot be opened ({exc}). If the disk filled up, free "
-            f"space and retry; otherwise start a new run with a different --run-dir."
-        ) from None
-    if not read_only:
-        # Bounded memory whatever the audience size: DuckDB spills to the run directory
-        # beyond this, so a 10M-row run stays within a few hundred MiB.
-        limit = memory_limit()
-        try:
-            con.execute(f"SET memory_limit='{limit.replace(chr(39), '')}'")
-        except duckdb.Error:
-            con.close()
-            raise StateError(
-                f"{MEMORY_LIMIT_ENV}={limit!r} is not a memory size DuckDB understands; "
-                f"use a size such as 512MB or 2GB, or unset it for the default {MEMORY_LIMIT}."
-            ) from None
-        con.execute(f"SET temp_directory='{str(run_dir / '.spill').replace(chr(39), chr(39) * 2)}'")
-        con.execute("SET preserve_insertion_order=true")
-    return con
+def _bad_shape(path: Path, why: str) -> StateError:
+    return StateError(
+        f"{path} is not a bulkbatch state file ({why}). Restore it, or run the same "
+        "'bulkbatch send' command again: the campaign's keys make Courier replay what it took."
+    )
 
 
 def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:

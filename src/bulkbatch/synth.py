@@ -222,7 +222,8 @@ def write_sample(path: str | Path, seed: int = 20240601, rows: int = 2000) -> Pa
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m bulkbatch.synth`` command line."""
     parser = argparse.ArgumentParser(
         prog="python -m bulkbatch.synth", description="Write a synthetic audience."
     )
@@ -233,6 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-address-rate", type=float, default=0.0005)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample", metavar="OUT", help="write the committed 2,000-row sample CSV")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.sample:
         write_sample(args.sample)

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bulkbatch import models as _statuses
 from bulkbatch.errors import BadResponse
+from bulkbatch.models import JOB_STATUSES as _JOB_STATUSES
+from bulkbatch.models import USER_STATUSES as _USER_STATUSES
 
 __all__ = [
     "JOB_STATUSES",
@@ -33,8 +34,8 @@ __all__ = [
     "UsersPage",
 ]
 
-JOB_STATUSES = frozenset(_statuses.JOB_STATUSES)
-USER_STATUSES = frozenset(_statuses.USER_STATUSES)
+JOB_STATUSES = frozenset(_JOB_STATUSES)
+USER_STATUSES = frozenset(_USER_STATUSES)
 _SHOWN = 60
 
 

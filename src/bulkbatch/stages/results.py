@@ -6,16 +6,17 @@
 |---|---|
 | ``row_number`` | the input row (1-based, input order) |
 | key columns | the input columns that identify the person (mapped to user id / e-mail / phone / list), or every input column with ``include_profile`` |
-| ``outcome`` | ``ingested``, ``duplicate``, ``rejected`` or ``skipped`` (sent by an earlier run under the same ``--once-per`` key) |
+| ``outcome`` | ``ingested``, ``duplicate``, ``rejected``, ``filtered`` (left out on purpose by ``--where``/``--sql``: never a failure) or ``skipped`` (sent or claimed by another campaign under the same ``--once-per`` key) |
 | ``reason`` | why the row was not ingested (the reject reason, ``duplicate of row N``, ``ingest error: …``) |
 | ``reason_code`` | a stable code for ``reason`` (``no_address``, ``bad_email``, ``duplicate``, ``ingest_error`` …) |
 | ``recipient`` | the Courier ``recipient`` the row was sent as (or would have been) |
 | ``job_id`` | the bulk job the row went to |
 | ``message_id`` | Courier's message id, once the job enqueued it |
 | ``status`` | the bulk user status ``PENDING`` / ``ENQUEUED`` / ``ERROR`` (null until tracked) |
-| ``delivery_status`` … ``clicked`` | with ``messages``: the message status and epoch-ms timestamps |
+| ``delivery_status``, ``enqueued_at`` … ``clicked_at``, ``delivery_reason`` | what happened to the message after Courier enqueued it (:mod:`bulkbatch.stages.delivery`: webhooks and/or ``GET /messages``); always there, null until known |
+| ``cancel`` | after ``bulkbatch cancel``: ``canceled``, ``too late``, ``job never run`` |
 
-The accounting ``input rows = ingested + duplicates + rejected (+ skipped)`` holds by
+The accounting ``input rows = ingested + duplicates + rejected + filtered + skipped`` holds by
 construction only if plan, rejects and duplicates partition the input; this module checks
 that, and checks ``ingested`` against each job's ``received``. When a check fails the file
 is still written (the user needs it) and :class:`~bulkbatch.errors.AccountingError` is raised.
@@ -32,8 +33,11 @@ from typing import Any
 import duckdb
 import orjson
 
+from bulkbatch.db import quote_ident, quote_literal
 from bulkbatch.errors import AccountingError
-from bulkbatch.state import RunState, atomic_write_bytes
+from bulkbatch.files import atomic_write_bytes
+from bulkbatch.stages.delivery import DELIVERY_COLUMNS, DELIVERY_TABLE, build_delivery
+from bulkbatch.state import RunState
 
 __all__ = ["RESULT_COLUMNS", "ResultsInfo", "write_results"]
 
@@ -45,8 +49,8 @@ RESULT_COLUMNS = (
     "job_id",
     "message_id",
     "status",
+    "cancel",
 )
-MESSAGE_COLUMNS = ("delivery_status", "enqueued", "sent", "delivered", "opened", "clicked")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class ResultsInfo:
     duplicates: int
     rejected: int
     skipped: int
+    filtered: int = 0
+    canceled: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     delivery: dict[str, int] = field(default_factory=dict)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -75,14 +81,6 @@ class ResultsInfo:
         )
 
 
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _table_exists(cur: duckdb.DuckDBPyConnection, name: str) -> bool:
     row = cur.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
@@ -94,7 +92,7 @@ KEYS_TABLE = "_results_keys"
 PAGES_TABLE = "_results_pages"
 
 
-def _build_keys(cur: duckdb.DuckDBPyConnection, messages: bool) -> None:
+def _build_keys(cur: duckdb.DuckDBPyConnection) -> None:
     """Materialise, per planned row, what Courier said of it: ``KEYS_TABLE``.
 
     One hash join per statement: at 10M rows, joining plan and user_pages (by recipient)
@@ -111,13 +109,15 @@ def _build_keys(cur: duckdb.DuckDBPyConnection, messages: bool) -> None:
         LEFT JOIN user_pages pg ON pg.recipient = p.recipient AND pg.job_no = p.job_no
         """
     )
-    delivery = (
-        "m.delivery_status, m.enqueued, m.sent, m.delivered, m.opened, m.clicked"
-        if messages
-        else "NULL::VARCHAR AS delivery_status, "
-        + ", ".join(f"NULL::BIGINT AS {c}" for c in MESSAGE_COLUMNS[1:])
-    )
-    join = "LEFT JOIN messages m ON m.message_id = k.message_id" if messages else ""
+    if build_delivery(cur):
+        delivery = ", ".join(f"d.{c}" for c in DELIVERY_COLUMNS)
+        join = f"LEFT JOIN {DELIVERY_TABLE} d ON d.message_id = k.message_id"
+    else:
+        delivery = ", ".join(
+            f"NULL::{'TIMESTAMP' if c.endswith('_at') else 'VARCHAR'} AS {c}"
+            for c in DELIVERY_COLUMNS
+        )
+        join = ""
     cur.execute(
         f"CREATE OR REPLACE TABLE {KEYS_TABLE} AS SELECT k.*, {delivery} "
         f"FROM {PAGES_TABLE} k {join}"
@@ -137,33 +137,48 @@ def _select_sql(cur: duckdb.DuckDBPyConnection, state: RunState, include_profile
     ]
     key_cols = list(state.plan.get("key_columns", ()))
     chosen = input_cols if include_profile else [c for c in key_cols if c in input_cols]
-    taken = {"row_number", *RESULT_COLUMNS, *MESSAGE_COLUMNS, "job_no"}
+    taken = {"row_number", *RESULT_COLUMNS, *DELIVERY_COLUMNS, "job_no"}
     select_inputs = ", ".join(
-        f"i.{_q(c)} AS {_q('input_' + c if c in taken else c)}" for c in chosen
+        f"i.{quote_ident(c)} AS {quote_ident('input_' + c if c in taken else c)}" for c in chosen
     )
     has_skips = _table_exists(cur, "skipped")
     skipped_join = "LEFT JOIN skipped s ON s.row_number = i.row_number" if has_skips else ""
     skipped_flag = "s.row_number IS NOT NULL" if has_skips else "false"
     skipped_reason = "s.reason" if has_skips else "NULL"
     jobs_values = (
-        ", ".join(f"({j.job_no}, '{(j.job_id or '').replace(chr(39), '')}')" for j in state.jobs)
-        or "(NULL, NULL)"
+        ", ".join(
+            f"({j.job_no}, {quote_literal(j.job_id or '')}, {'true' if j.run else 'false'})"
+            for j in state.jobs
+        )
+        or "(NULL, NULL, NULL)"
+    )
+    canceled = state.canceled is not None
+    has_cancels = _table_exists(cur, "cancels")
+    cancel_join = "LEFT JOIN cancels c ON c.message_id = k.message_id" if has_cancels else ""
+    cancel_outcome = "c.outcome" if has_cancels else "NULL"
+    never_sent = (
+        f"(NOT coalesce(jobs.ran, false) OR {cancel_outcome} = 'canceled')" if canceled else "false"
     )
     return f"""
-    WITH jobs(job_no, job_id) AS (VALUES {jobs_values}),
+    WITH jobs(job_no, job_id, ran) AS (VALUES {jobs_values}),
     ie AS (SELECT recipient, min(error) AS error FROM ingest_errors GROUP BY recipient)
     SELECT
         i.row_number,
         {select_inputs + "," if select_inputs else ""}
         CASE
             WHEN {skipped_flag} THEN 'skipped'
+            WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL AND {never_sent}
+                THEN 'canceled'
             WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL THEN 'ingested'
             WHEN d.row_number IS NOT NULL THEN 'duplicate'
+            WHEN r.reason_code = 'filtered' THEN 'filtered'
             WHEN r.row_number IS NOT NULL OR ie.recipient IS NOT NULL THEN 'rejected'
             ELSE NULL
         END AS outcome,
         CASE
             WHEN {skipped_flag} THEN {skipped_reason}
+            WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL AND {never_sent}
+                THEN 'canceled before it was sent'
             WHEN r.row_number IS NOT NULL THEN r.reason
             WHEN d.row_number IS NOT NULL THEN 'duplicate of row ' || d.kept_row_number
             WHEN ie.recipient IS NOT NULL THEN 'ingest error: ' || ie.error
@@ -178,7 +193,12 @@ def _select_sql(cur: duckdb.DuckDBPyConnection, state: RunState, include_profile
         CASE WHEN k.row_number IS NOT NULL THEN jobs.job_id END AS job_id,
         k.message_id,
         CASE WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL THEN k.status END AS status,
-        k.delivery_status, k.enqueued, k.sent, k.delivered, k.opened, k.clicked
+        {", ".join(f"k.{c}" for c in DELIVERY_COLUMNS)},
+        CASE
+            WHEN k.row_number IS NULL OR ie.recipient IS NOT NULL OR NOT {canceled} THEN NULL
+            WHEN NOT coalesce(jobs.ran, false) THEN 'job never run'
+            ELSE {cancel_outcome}
+        END AS cancel
     FROM inputs i
     LEFT JOIN {KEYS_TABLE} k ON k.row_number = i.row_number
     LEFT JOIN rejects r ON r.row_number = i.row_number
@@ -186,6 +206,7 @@ def _select_sql(cur: duckdb.DuckDBPyConnection, state: RunState, include_profile
     {skipped_join}
     LEFT JOIN jobs ON jobs.job_no = k.job_no
     LEFT JOIN ie ON ie.recipient = k.recipient
+    {cancel_join}
     """
 
 
@@ -208,89 +229,46 @@ def _misplaced(cur: duckdb.DuckDBPyConnection, total: int, unplaced: int) -> int
     return int(placements) - int(distinct) + abs(int(distinct) - placed_inputs)
 
 
-def write_results(
-    con: duckdb.DuckDBPyConnection,
-    state: RunState,
-    out: Path | None = None,
-    *,
-    include_profile: bool = False,
-    messages: bool = False,
-    strict: bool = True,
-) -> ResultsInfo:
-    """Write ``results.parquet`` and ``summary.json`` for the run; check the accounting.
-
-    :param out: where to write the Parquet file (default ``<run dir>/results.parquet``)
-    :param include_profile: keep every input column, not only the key columns
-    :param messages: keep the delivery columns (filled when messages were fetched)
-    :param strict: raise :class:`AccountingError` when the counts do not add up
-    """
-    started = time.monotonic()
-    # The caller's connection itself (not a cursor), so that interrupting it stops the COPY.
-    cur = con
-    out = out or state.run_dir / "results.parquet"
+def _copy(
+    cur: duckdb.DuckDBPyConnection, state: RunState, out: Path, include_profile: bool
+) -> None:
+    """Write the results rows to ``out`` in one streamed COPY (atomically: tmp, then rename)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    _build_keys(cur, messages)
+    tmp = out.with_name(f".{out.name}.tmp")
+    _build_keys(cur)
     try:
         select = _select_sql(cur, state, include_profile)
-        columns = [r[0] for r in cur.execute(f"DESCRIBE {select}").fetchall()]
-        drop = set() if messages else set(MESSAGE_COLUMNS)
-        keep = ", ".join(_q(c) for c in columns if c not in drop)
-        tmp = out.with_name(f".{out.name}.tmp")
         # One streamed pass: DuckDB joins, sorts (spilling if it must) and writes; nothing
         # is materialised in Python.
         cur.execute(
-            f"COPY (SELECT {keep} FROM ({select}) ORDER BY row_number) "
-            f"TO {_lit(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
+            f"COPY (SELECT * FROM ({select}) ORDER BY row_number) "
+            f"TO {quote_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
         )
     finally:
         # Never mask the error that got us here (an interrupt, a full disk).
         with contextlib.suppress(duckdb.Error):
             cur.execute(f"DROP TABLE IF EXISTS {KEYS_TABLE}")
     tmp.replace(out)
-    written = f"read_parquet({_lit(str(out))})"
 
-    def counts(sql: str) -> dict[str, int]:
-        return {str(k): int(v) for k, v in cur.execute(sql).fetchall() if k is not None}
 
-    by_outcome = cur.execute(f"SELECT outcome, count(*) FROM {written} GROUP BY 1").fetchall()
-    outcome = {str(k): int(v) for k, v in by_outcome if k is not None}
-    unaccounted = sum(int(v) for k, v in by_outcome if k is None)  # rows with no outcome
-    statuses = counts(
-        f"SELECT coalesce(status, 'UNKNOWN'), count(*) FROM {written} "
-        "WHERE outcome = 'ingested' GROUP BY 1"
-    )
-    delivery = (
-        counts(
-            f"SELECT coalesce(delivery_status, 'UNKNOWN'), count(*) FROM {written} "
-            "WHERE outcome = 'ingested' GROUP BY 1"
-        )
-        if messages
-        else {}
-    )
-    by_reason = counts(
-        f"SELECT reason_code, count(*) FROM {written} WHERE outcome = 'rejected' GROUP BY 1"
-    )
-    total = int(cur.execute("SELECT count(*) FROM inputs").fetchall()[0][0])
+def _counts(cur: duckdb.DuckDBPyConnection, sql: str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in cur.execute(sql).fetchall() if k is not None}
+
+
+def _problems(
+    cur: duckdb.DuckDBPyConnection,
+    state: RunState,
+    counts: dict[str, int],
+    unaccounted: int,
+    statuses: dict[str, int],
+) -> list[str]:
+    """What does not add up: the partition of the input, and Courier's ``received``."""
+    total = counts["input_rows"]
     misplaced = _misplaced(cur, total, unaccounted)
-    written_rows = sum(outcome.values()) + unaccounted
-    if written_rows != total:
-        misplaced += abs(written_rows - total)
-
-    ingested = outcome.get("ingested", 0)
-    info_counts = {
-        "input_rows": total,
-        "ingested": ingested,
-        "duplicates": outcome.get("duplicate", 0),
-        "rejected": outcome.get("rejected", 0),
-        "skipped": outcome.get("skipped", 0),
-    }
+    parts = sum(v for k, v in counts.items() if k != "input_rows")
+    if parts + unaccounted != total:
+        misplaced += abs(parts + unaccounted - total)
     problems: list[str] = []
-    parts = (
-        info_counts["ingested"]
-        + info_counts["duplicates"]
-        + info_counts["rejected"]
-        + info_counts["skipped"]
-    )
     if misplaced or unaccounted or parts != total:
         problems.append(
             f"{misplaced + unaccounted} input rows are not in exactly one of plan, rejects and "
@@ -298,13 +276,57 @@ def write_results(
         )
     if state.done("send") and all(j.received is not None for j in state.jobs):
         received = sum(int(j.received or 0) for j in state.jobs)
-        if received != ingested:
+        sent = counts["ingested"] + counts["canceled"]
+        if received != sent:
             problems.append(
-                f"{ingested} rows are ingested but Courier reports {received} users received"
+                f"{sent} rows are ingested but Courier reports {received} users received"
             )
     if state.jobs and all(j.paged for j in state.jobs) and statuses.get("UNKNOWN"):
         problems.append(f"{statuses['UNKNOWN']} ingested rows have no per-user status from Courier")
+    return problems
 
+
+def write_results(
+    con: duckdb.DuckDBPyConnection,
+    state: RunState,
+    out: Path | None = None,
+    *,
+    include_profile: bool = False,
+    strict: bool = True,
+) -> ResultsInfo:
+    """Write ``results.parquet`` and ``summary.json`` for the run; check the accounting.
+
+    :param out: where to write the Parquet file (default ``<run dir>/results.parquet``)
+    :param include_profile: keep every input column, not only the key columns
+    :param strict: raise :class:`AccountingError` when the counts do not add up
+    """
+    started = time.monotonic()
+    # The caller's connection itself (not a cursor), so that interrupting it stops the COPY.
+    cur = con
+    out = out or state.run_dir / "results.parquet"
+    _copy(cur, state, out, include_profile)
+    written = f"read_parquet({quote_literal(str(out))})"
+    by_outcome = cur.execute(f"SELECT outcome, count(*) FROM {written} GROUP BY 1").fetchall()
+    outcome = {str(k): int(v) for k, v in by_outcome if k is not None}
+    unaccounted = sum(int(v) for k, v in by_outcome if k is None)  # rows with no outcome
+    ingested = f"FROM {written} WHERE outcome = 'ingested' GROUP BY 1"
+    statuses = _counts(cur, f"SELECT coalesce(status, 'UNKNOWN'), count(*) {ingested}")
+    delivery = _counts(cur, f"SELECT coalesce(delivery_status, 'UNKNOWN'), count(*) {ingested}")
+    if set(delivery) == {"UNKNOWN"}:
+        delivery = {}  # no delivery source at all: nothing to say
+    by_reason = _counts(
+        cur, f"SELECT reason_code, count(*) FROM {written} WHERE outcome = 'rejected' GROUP BY 1"
+    )
+    counts = {
+        "input_rows": int(cur.execute("SELECT count(*) FROM inputs").fetchall()[0][0]),
+        "ingested": outcome.get("ingested", 0),
+        "duplicates": outcome.get("duplicate", 0),
+        "rejected": outcome.get("rejected", 0),
+        "skipped": outcome.get("skipped", 0),
+        "filtered": outcome.get("filtered", 0),
+        "canceled": outcome.get("canceled", 0),
+    }
+    problems = _problems(cur, state, counts, unaccounted, statuses)
     info = ResultsInfo(
         path=out,
         summary_path=state.run_dir / "summary.json",
@@ -314,7 +336,7 @@ def write_results(
         accounting_ok=not problems,
         problems=tuple(problems),
         seconds=time.monotonic() - started,
-        **info_counts,
+        **counts,
     )
     write_summary(state, info)
     if problems and strict:
@@ -331,14 +353,20 @@ def summary_dict(state: RunState, info: ResultsInfo) -> dict[str, Any]:
     elapsed = sum(state.timings.values())
     return {
         "run_id": state.run_id,
-        "run_dir": str(state.run_dir),
-        "results": str(info.path),
+        "run_dir": str(state.run_dir.resolve()),
+        "campaign": state.campaign,
+        "replayed": state.replayed,
+        "already_sent": state.replayed or state.repeats > 0,
+        "canceled": state.canceled is not None,
+        "results": str(info.path.resolve()),
         "counts": {
             "input_rows": info.input_rows,
             "ingested": info.ingested,
             "duplicates": info.duplicates,
             "rejected": info.rejected,
             "skipped": info.skipped,
+            "filtered": info.filtered,
+            "canceled": info.canceled,
         },
         "accounting_ok": info.accounting_ok,
         "problems": list(info.problems),

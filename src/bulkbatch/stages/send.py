@@ -2,19 +2,24 @@
 
 How "exactly once" holds, step by step:
 
-* **create** — ``POST /bulk`` carries the key ``bulkbatch:<run>:create:<job_no>``; the job id
+* **keys** — every key derives from the campaign id (:mod:`bulkbatch.identity`), never from
+  where the run lives: the same campaign anywhere sends the same keys, and Courier replays its
+  saved answers; two campaigns never share one.
+* **create** — ``POST /bulk`` carries the key ``bb1.<campaign>.create.<job_no>``; the job id
   is written to ``state.json`` the moment it comes back. A crash before that write replays
-  the same key on resume and gets the same job id back.
+  the same key on resume and gets the same job id back. A job that Courier reports as already
+  run (the same campaign was sent before, e.g. from a lost run directory) is not ingested
+  again: the run goes straight to tracking it.
 * **ingest** — each batch is one ``POST /bulk/{job}`` whose body is built in DuckDB from the
   plan (``string_agg`` of the users' JSON, a chunk of batches at a time, so memory stays
-  bounded) and whose key is ``bulkbatch:<run>:<job>:batch:<n>``. Every user carries a
+  bounded) and whose key is ``bb1.<campaign>.<job>.batch.<n>``. Every user carries a
   stable ``recipient``, Courier's dedupe key, so a batch re-sent after a lost answer gets
   "Duplicate user" for the users it already has: those count as ingested, not failed.
   A batch enters the ledger only after a 2xx, through the one :class:`LedgerWriter`.
 * **verify** — before a job is run, ``GET /bulk/{job}`` must report ``received`` equal to the
   planned users minus the per-user ingest errors. If not, the job is *not* run and the
   run fails loudly (:class:`~bulkbatch.errors.AccountingError`).
-* **run** — ``POST /bulk/{job}/run`` with key ``bulkbatch:<run>:<job>:run``; a 400
+* **run** — ``POST /bulk/{job}/run`` with key ``bb1.<campaign>.<job>.run``; a 400
   ``BulkJobDuplicateInvocationError`` on a resumed run means it already ran.
 """
 
@@ -29,12 +34,23 @@ import duckdb
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulkbatch.client.courier import CourierClient
-from bulkbatch.errors import AccountingError, JobAlreadyRun
+from bulkbatch.errors import AccountingError, JobAlreadyRun, StateError
+from bulkbatch.identity import idempotency_key
 from bulkbatch.ledger import BatchAck, LedgerWriter
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
 from bulkbatch.state import JobState, RunState
 
-__all__ = ["acked_batches", "create_job", "ingest_job", "ingest_progress", "run_job", "verify_job"]
+__all__ = [
+    "SendInfo",
+    "acked_batches",
+    "acked_users",
+    "create_job",
+    "ingest_job",
+    "ingest_progress",
+    "plan_jobs",
+    "run_job",
+    "verify_job",
+]
 
 DUPLICATE_USER = "Duplicate user"
 CHUNK_BATCHES = 16
@@ -48,18 +64,90 @@ class _Body:
     body: bytes
 
 
+@dataclass(frozen=True)
+class SendInfo:
+    """What the send stage did: jobs, users acknowledged, and how the API behaved."""
+
+    jobs: int
+    jobs_run: int
+    users_planned: int
+    users_acked: int
+    replayed: bool
+    """Courier already had this campaign's jobs: it was sent before, nobody was sent again."""
+    seconds: float
+    client: dict[str, object]
+
+    @classmethod
+    def of(cls, state: RunState, seconds: float) -> SendInfo:
+        return cls(
+            jobs=len(state.jobs),
+            jobs_run=sum(1 for j in state.jobs if j.run),
+            users_planned=sum(j.users for j in state.jobs),
+            users_acked=int(state.progress.get("users_acked", 0)),
+            replayed=state.replayed,
+            seconds=seconds,
+            client=dict(state.progress.get("client", {})),
+        )
+
+    def render(self) -> str:
+        """One line for people."""
+        if self.replayed:
+            return (
+                f"campaign already sent: Courier replayed its {self.jobs} job(s); "
+                "nobody was sent again"
+            )
+        retries = self.client.get("retries", 0)
+        return (
+            f"sent {self.users_acked:,} of {self.users_planned:,} users in {self.jobs} job(s), "
+            f"{self.jobs_run} run, in {self.seconds:.1f}s ({retries} retries)"
+        )
+
+
 def _key(state: RunState, *parts: object) -> str:
-    return ":".join(["bulkbatch", state.run_id, *(str(p) for p in parts)])
+    if not state.campaign:
+        raise StateError(f"Run {state.run_id} has no campaign id yet: plan it first.")
+    return idempotency_key(state.campaign, *parts)
 
 
 async def create_job(client: CourierClient, state: RunState, job: JobState) -> str:
-    """Create ``job`` once: reuse the id in state, else ``POST /bulk`` under a fixed key."""
+    """Create ``job`` once: reuse the id in state, else ``POST /bulk`` under a fixed key.
+
+    A job Courier reports as already run (this campaign was sent before, from a run
+    directory that is gone) is marked ingested and run: it is tracked, never re-sent.
+    """
     if job.job_id is None:
-        job.job_id = await client.create_job(
+        job_id = await client.create_job(
             state.message, idempotency_key=_key(state, "create", job.job_no)
         )
+        remote = await client.retrieve_job(job_id)
+        job.job_id = job_id
+        if not state.emulator and not state.base_url:
+            state.base_url = client.base_url  # the run's jobs exist there, and only there
+        if remote.status != "CREATED":
+            job.ingested = job.run = True
+            job.status, job.received = remote.status, remote.received
+            state.replayed = True
         state.save()
     return job.job_id
+
+
+def plan_jobs(con: duckdb.DuckDBPyConnection) -> list[tuple[int, int, int, int]]:
+    """The plan's jobs: ``(job_no, users, first batch, last batch)``, in order."""
+    rows = (
+        con.cursor()
+        .execute(
+            "SELECT job_no, count(*), min(batch_no), max(batch_no) FROM plan "
+            "GROUP BY job_no ORDER BY job_no"
+        )
+        .fetchall()
+    )
+    return [(int(j), int(n), int(lo), int(hi)) for j, n, lo, hi in rows]
+
+
+def acked_users(con: duckdb.DuckDBPyConnection) -> int:
+    """Users in acknowledged batches so far."""
+    row = con.cursor().execute("SELECT coalesce(sum(users), 0) FROM batches").fetchone()
+    return int(row[0]) if row else 0
 
 
 def acked_batches(con: duckdb.DuckDBPyConnection, job: JobState) -> set[int]:
@@ -107,7 +195,11 @@ async def ingest_job(
     on_ack: Callable[[BatchAck], None] | None = None,
 ) -> int:
     """Send every batch of ``job`` that the ledger does not hold. Returns batches sent."""
+    if state.canceled:
+        raise StateError(f"Run {state.run_id} was canceled: nothing more is ingested.")
     job_id = await create_job(client, state, job)
+    if job.ingested:  # replayed: the job had already run
+        return 0
     done = await anyio.to_thread.run_sync(acked_batches, con, job)
     if len(done) >= job.batches:
         return 0
@@ -198,6 +290,8 @@ async def run_job(client: CourierClient, state: RunState, job: JobState) -> bool
     assert job.job_id is not None
     if job.run:
         return False
+    if state.canceled:
+        raise StateError(f"Run {state.run_id} was canceled: job {job.job_id} is never run.")
     try:
         await client.run_job(job.job_id, idempotency_key=_key(state, job.job_id, "run"))
         ran_now = True

@@ -1,18 +1,25 @@
 """Stage 4, track: wait for each job to finish, then page its per-user results.
 
-* **wait** — poll ``GET /bulk/{job}`` every ``poll_interval`` seconds until ``COMPLETED`` or
-  ``ERROR``, reporting received / enqueued / failures through ``progress``. The wait is
-  bounded (``max_wait``); when it runs out the run stops with
+* **wait** — poll ``GET /bulk/{job}`` until ``COMPLETED`` or ``ERROR``, reporting received /
+  enqueued / failures through ``progress``. The first re-poll comes after 0.1 s and the
+  wait doubles up to ``poll_interval`` (:class:`~bulkbatch.client.paging.PollSchedule`).
+  The wait is always bounded: by ``max_wait`` (``--timeout``, Python ``timeout=``) or, when
+  none is given, by a generous default that grows with the job's size
+  (:func:`~bulkbatch.client.paging.default_max_wait`). When it runs out the run stops with
   :class:`~bulkbatch.errors.Interrupted` and stays resumable.
 * **page** — ``GET /bulk/{job}/users`` by cursor, 100 users a page. Each page goes to the
   ledger together with the cursor that follows it, so an interrupted paging resumes after
   the last stored page instead of starting over. Paging is sequential within a job; a run
-  split into several jobs (``max_job_size``) pages them concurrently.
+  split into several jobs (``max_job_size``) pages them concurrently. Paging is bounded
+  (:class:`~bulkbatch.client.paging.UsersPaging`): a repeated cursor, more pages than the
+  job's ``received`` allows, or more users than it received stop it with one
+  :class:`~bulkbatch.errors.PagingError` naming the job.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -20,14 +27,17 @@ import duckdb
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulkbatch.client.courier import CourierClient, Job
+from bulkbatch.client.paging import PollSchedule, UsersPaging
+from bulkbatch.client.ratelimit import AnyioClock, Clock
 from bulkbatch.errors import Interrupted, JobFailed
 from bulkbatch.ledger import LedgerWriter, PageRecord
+from bulkbatch.models import FINAL_JOB_STATUSES
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
 from bulkbatch.state import JobState, RunState
 
-__all__ = ["FINAL_STATUSES", "fetch_messages", "page_users", "wait_for_job"]
+__all__ = ["FINAL_STATUSES", "TrackInfo", "fetch_messages", "page_users", "wait_for_job"]
 
-FINAL_STATUSES = frozenset({"COMPLETED", "ERROR"})
+FINAL_STATUSES = FINAL_JOB_STATUSES
 
 
 def _remember(state: RunState, job: JobState, remote: Job) -> None:
@@ -35,6 +45,46 @@ def _remember(state: RunState, job: JobState, remote: Job) -> None:
     job.received = remote.received
     job.enqueued = remote.enqueued
     job.failures = remote.failures
+
+
+def _wait_event(job: JobState, remote: Job, elapsed: float) -> ProgressEvent:
+    return ProgressEvent(
+        "wait",
+        remote.enqueued + remote.failures,
+        remote.received,
+        "users",
+        message=f"job {job.job_id} {remote.status}",
+        extra={
+            "job_no": job.job_no,
+            "status": remote.status,
+            "received": remote.received,
+            "enqueued": remote.enqueued,
+            "failures": remote.failures,
+            "elapsed": elapsed,
+        },
+    )
+
+
+def _failed(job: JobState, remote: Job) -> JobFailed:
+    return JobFailed(
+        f"Bulk job {job.job_id} ended in status ERROR ({remote.enqueued} enqueued, "
+        f"{remote.failures} failures of {remote.received}). Contact Courier support "
+        "with the job id; per-user statuses are in the results where known."
+    )
+
+
+def _gave_up(state: RunState, job: JobState, remote: Job, schedule: PollSchedule) -> Interrupted:
+    if schedule.is_default:
+        limit = f"after {schedule.limit:g} s, the default wait for a job of {schedule.users} users"
+        more = "To wait longer in one go, pass --timeout SECONDS (Python: timeout=)."
+    else:
+        limit = f"after {schedule.limit:g} s (--timeout, Python timeout=)"
+        more = "Raise --timeout (Python: timeout=) to wait longer in one go."
+    return Interrupted(
+        f"Job {job.job_id} is still {remote.status} {limit} ({remote.enqueued} of "
+        f"{remote.received} enqueued). Nothing is lost: run 'bulkbatch resume "
+        f"{state.run_dir}' later to keep waiting and fetch results. {more}"
+    )
 
 
 async def wait_for_job(
@@ -45,58 +95,52 @@ async def wait_for_job(
     poll_interval: float = 1.0,
     max_wait: float | None = None,
     progress: Progress = NullProgress,
+    clock: Clock | None = None,
 ) -> Job:
-    """Poll the job until it is COMPLETED or ERROR; :class:`Interrupted` after ``max_wait`` seconds."""
+    """Poll the job until it is COMPLETED or ERROR.
+
+    :param poll_interval: the longest wait between polls; the first re-poll is after 0.1 s
+    :param max_wait: seconds to wait in all; ``None``: the default for the job's size
+    :param clock: time and sleep (tests pass a fake one); the event loop's by default
+    :raises JobFailed: the job ended in ERROR
+    :raises Interrupted: the wait ran out (the run is resumable)
+    """
     assert job.job_id is not None
-    started = time.monotonic()
+    clock = clock if clock is not None else AnyioClock()
+    started = clock.now()
+    schedule: PollSchedule | None = None
     while True:
         remote = await client.retrieve_job(job.job_id)
         _remember(state, job, remote)
-        progress(
-            ProgressEvent(
-                "wait",
-                remote.enqueued + remote.failures,
-                remote.received,
-                "users",
-                message=f"job {job.job_id} {remote.status}",
-                extra={
-                    "job_no": job.job_no,
-                    "status": remote.status,
-                    "received": remote.received,
-                    "enqueued": remote.enqueued,
-                    "failures": remote.failures,
-                    "elapsed": time.monotonic() - started,
-                },
-            )
-        )
+        elapsed = clock.now() - started
+        progress(_wait_event(job, remote, elapsed))
         if remote.status in FINAL_STATUSES:
             state.save()
             if remote.status == "ERROR":
-                raise JobFailed(
-                    f"Bulk job {job.job_id} ended in status ERROR ({remote.enqueued} enqueued, "
-                    f"{remote.failures} failures of {remote.received}). Contact Courier support "
-                    "with the job id; per-user statuses are in the results where known."
-                )
+                raise _failed(job, remote)
             return remote
-        if max_wait is not None and time.monotonic() - started + poll_interval > max_wait:
+        if schedule is None:
+            users = max(job.users, remote.received)
+            schedule = PollSchedule(poll_interval, max_wait=max_wait, users=users)
+        wait = schedule.next_wait()
+        if schedule.expired(elapsed, wait):
             state.save()
-            raise Interrupted(
-                f"Job {job.job_id} is still {remote.status} after {max_wait:g}s "
-                f"({remote.enqueued} of {remote.received} enqueued). Nothing is lost: run "
-                f"'bulkbatch resume {state.run_dir}' later to keep waiting and fetch results."
-            )
-        await anyio.sleep(poll_interval)
+            raise _gave_up(state, job, remote, schedule)
+        await clock.sleep(wait)
 
 
-def _paging_position(con: duckdb.DuckDBPyConnection, job_no: int) -> tuple[int, str | None, bool]:
-    row = (
-        con.cursor()
-        .execute("SELECT pages, cursor, done FROM paging WHERE job_no = ?", [job_no])
-        .fetchone()
-    )
+def _paging_position(
+    con: duckdb.DuckDBPyConnection, job_no: int
+) -> tuple[int, str | None, bool, int]:
+    """``(pages, cursor, done, users listed)`` stored for ``job_no``."""
+    cur = con.cursor()
+    row = cur.execute(
+        "SELECT pages, cursor, done FROM paging WHERE job_no = ?", [job_no]
+    ).fetchone()
     if row is None:
-        return 0, None, False
-    return int(row[0]), row[1], bool(row[2])
+        return 0, None, False, 0
+    listed = cur.execute("SELECT count(*) FROM user_pages WHERE job_no = ?", [job_no]).fetchone()
+    return int(row[0]), row[1], bool(row[2]), int(listed[0]) if listed else 0
 
 
 async def page_users(
@@ -111,15 +155,20 @@ async def page_users(
     """Page every user of ``job`` into the ledger, resuming after the last stored page.
 
     Returns the number of pages fetched by this call.
+
+    :raises PagingError: a cursor repeats, or the listing outgrows the job's ``received``
     """
     assert job.job_id is not None
-    page_no, cursor, done = await anyio.to_thread.run_sync(_paging_position, con, job.job_no)
+    page_no, cursor, done, listed = await anyio.to_thread.run_sync(
+        _paging_position, con, job.job_no
+    )
+    received = job.received if job.received is not None else job.users
+    paging = UsersPaging(job.job_id, received, pages=page_no, listed=listed, cursor=cursor)
     fetched = 0
-    seen = page_no * 100
     while not done:
-        page = await client.list_users(job.job_id, cursor=cursor)
+        page = await client.list_users(job.job_id, cursor=paging.cursor)
         items = page.items
-        more = bool(page.more and page.cursor)
+        more = paging.check(items, page.cursor, page.more)
         await ledger.put(
             PageRecord(
                 job_no=job.job_no,
@@ -133,14 +182,19 @@ async def page_users(
         )
         fetched += 1
         page_no += 1
-        seen += len(items)
-        cursor = page.cursor
         done = not more
         progress(
             ProgressEvent(
-                "page", seen, job.received, "users", extra={"job_no": job.job_no, "pages": page_no}
+                "page",
+                paging.listed,
+                job.received,
+                "users",
+                extra={"job_no": job.job_no, "pages": page_no},
             )
         )
+    # Every page is committed before the job counts as paged: a state.json saved by another
+    # job's step must never claim pages the ledger does not hold yet.
+    await ledger.flush()
     job.paged = True
     return fetched
 
@@ -180,13 +234,17 @@ async def fetch_messages(
     *,
     concurrency: int,
     progress: Progress = NullProgress,
+    ids: Sequence[str] | None = None,
 ) -> int:
-    """Fetch ``GET /messages/{id}`` for every paged message id, under the run's rate limit.
+    """Fetch ``GET /messages/{id}`` for every paged message id (or just ``ids``), under the
+    run's rate limit.
 
-    Delivery moves on after a job completes, so every call refreshes every message.
-    Results are stored in chunks by this one task (the single writer). Returns the count.
+    Delivery moves on after a job completes, so every call refreshes every message it asks
+    for. Results are stored in chunks by this one task (the single writer), so a stopped
+    fetch keeps what it got. Returns the count.
     """
-    ids = await anyio.to_thread.run_sync(_message_ids, con)
+    if ids is None:
+        ids = await anyio.to_thread.run_sync(_message_ids, con)
     total = len(ids)
     send_ids, recv_ids = anyio.create_memory_object_stream[str](concurrency * 4)
     send_rows, recv_rows = anyio.create_memory_object_stream[tuple[Any, ...]](concurrency * 4)
@@ -204,12 +262,7 @@ async def fetch_messages(
             async for message_id in inbox:
                 m = await client.retrieve_message(message_id)
                 await outbox.send(
-                    (
-                        message_id,
-                        m.get("status"),
-                        *(m.get(f) for f in MESSAGE_FIELDS),
-                        m.get("error"),
-                    )
+                    (message_id, m.status, *(getattr(m, f) for f in MESSAGE_FIELDS), m.error)
                 )
 
     async def store() -> None:
@@ -235,3 +288,41 @@ async def fetch_messages(
             for _ in range(concurrency):
                 tg.start_soon(fetch, recv_ids.clone(), send_rows.clone())
     return done
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """What tracking learned: each job's final status and how its users ended."""
+
+    jobs: int
+    jobs_final: int
+    jobs_paged: int
+    statuses: dict[str, int]
+    """Jobs by status (``COMPLETED``, ``ERROR``, ``PROCESSING`` …)."""
+    received: int
+    enqueued: int
+    failures: int
+
+    @classmethod
+    def of(cls, state: RunState) -> TrackInfo:
+        statuses: dict[str, int] = {}
+        for j in state.jobs:
+            key = j.status or "CREATED"
+            statuses[key] = statuses.get(key, 0) + 1
+        return cls(
+            jobs=len(state.jobs),
+            jobs_final=sum(1 for j in state.jobs if j.status in FINAL_STATUSES),
+            jobs_paged=sum(1 for j in state.jobs if j.paged),
+            statuses=statuses,
+            received=sum(int(j.received or 0) for j in state.jobs),
+            enqueued=sum(int(j.enqueued or 0) for j in state.jobs),
+            failures=sum(int(j.failures or 0) for j in state.jobs),
+        )
+
+    def render(self) -> str:
+        """One line for people."""
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items()))
+        return (
+            f"{self.jobs} job(s): {parts}; {self.received:,} received, {self.enqueued:,} "
+            f"enqueued, {self.failures:,} failed; {self.jobs_paged} paged"
+        )

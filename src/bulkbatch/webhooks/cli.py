@@ -67,7 +67,7 @@ def webhooks_command() -> None:
     event's courier-signature, commits it to a SQLite store and only then answers 200;
     'export' writes the store to Parquet. One store can serve many runs.
 
-    Examples:
+    Example:
 
     \b
         export COURIER_WEBHOOK_SECRET=...        # from Courier: Settings > Webhooks

@@ -10,12 +10,18 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import bulkbatch
+from bulkbatch.client.paging import default_max_wait
+from bulkbatch.errors import Interrupted, PagingError
+from bulkbatch.ledger import LedgerWriter
 from bulkbatch.progress import ProgressEvent, RecordingProgress
-from bulkbatch.state import open_run_db
+from bulkbatch.stages.track import page_users, wait_for_job
+from bulkbatch.state import JobState, RunState, ensure_ledger, open_run_db
 from bulkbatch.synth import generate
+from tests.client.support import JOB, ManualClock, Recorder, assert_one_clear_line, make_client
 from tests.support import SAMPLE
 
 FAST = bulkbatch.Settings(poll_interval=0.02, start_rate=2000)
@@ -58,7 +64,7 @@ def test_max_job_size_splits_into_jobs_that_are_all_tracked(
     stats = emu.stats()
     assert stats["jobs_created"] == len(jobs) and stats["runs"] == len(jobs)
     assert stats["max_accepted_per_recipient"] == 1
-    df = run.results()
+    df = run.read_results()
     ingested_rows = df.filter(df["outcome"] == "ingested")
     assert ingested_rows["status"].unique().to_list() == ["ENQUEUED"]
     assert ingested_rows["message_id"].null_count() == 0
@@ -135,7 +141,7 @@ def test_users_that_end_in_error_are_reported(emu: bulkbatch.Emulator, tmp_path:
     )
     con.close()
     run = bulkbatch.resume(run_dir, settings=settings_for(emu))
-    df = run.results()
+    df = run.read_results()
     errors = df.filter(df["status"] == "ERROR")
     assert sorted(errors["recipient"].to_list()) == sorted(broken)
     assert errors["outcome"].unique().to_list() == ["ingested"]
@@ -151,11 +157,11 @@ def test_delivery_statuses_from_the_messages_api(tmp_path: Path) -> None:
             settings=settings_for(emu),
             run_dir=tmp_path / "r",
         )
-        assert "delivery_status" not in run.results().columns
+        assert "delivery_status" not in run.read_results().columns
         # delivery moves on after the job completes: fetch it later, as a user would with
         # 'bulkbatch results RUN_DIR --messages'
-        info = run.write_results(messages=True, settings=settings_for(emu))
-    df = run.results()
+        info = run.results(messages=True, settings=settings_for(emu))
+    df = run.read_results()
     with SAMPLE.open(newline="", encoding="utf-8") as f:
         emails = {n: (r["email"] or "").strip().lower() for n, r in enumerate(csv.DictReader(f), 1)}
     ingested = df.filter(df["outcome"] == "ingested")
@@ -171,3 +177,99 @@ def test_delivery_statuses_from_the_messages_api(tmp_path: Path) -> None:
             assert row["delivered"] > 1_600_000_000_000  # epoch milliseconds
     assert sum(info.delivery.values()) == len(ingested)
     assert set(info.delivery) == {"DELIVERED", "UNDELIVERABLE", "UNROUTABLE"}
+
+
+# -- bounded waiting and paging, on a fake clock and a MockTransport ----------------------
+
+
+def _job_answer(status: str, received: int = 300) -> dict[str, Any]:
+    enqueued = received if status == "COMPLETED" else 0
+    job = {"definition": {}, "enqueued": enqueued, "failures": 0, "received": received}
+    return {"job": {**job, "status": status}}
+
+
+def _run(tmp_path: Path) -> tuple[RunState, JobState]:
+    job = JobState(job_no=0, users=300, job_id=JOB)
+    return RunState(run_dir=tmp_path, run_id="t", jobs=[job]), job
+
+
+@pytest.mark.anyio
+async def test_the_first_poll_comes_early_then_waits_double(tmp_path: Path) -> None:
+    answers = iter(["PROCESSING"] * 7 + ["COMPLETED"])
+    rec = Recorder(lambda r: httpx.Response(200, json=_job_answer(next(answers))))
+    clock = ManualClock()
+    state, job = _run(tmp_path)
+    async with make_client(rec, clock=clock) as client:
+        remote = await wait_for_job(client, state, job, poll_interval=1.0, clock=clock)
+    assert remote.status == "COMPLETED" and job.status == "COMPLETED"
+    assert clock.sleeps == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.anyio
+async def test_a_job_that_never_completes_is_given_up_on_by_default(tmp_path: Path) -> None:
+    rec = Recorder(httpx.Response(200, json=_job_answer("PROCESSING")))
+    clock = ManualClock()
+    state, job = _run(tmp_path)
+    async with make_client(rec, clock=clock) as client:
+        with pytest.raises(Interrupted) as info:
+            await wait_for_job(client, state, job, poll_interval=5.0, clock=clock)
+    text = assert_one_clear_line(info.value)
+    limit = default_max_wait(300)
+    assert f"still PROCESSING after {limit:g} s, the default wait for a job of 300 users" in text
+    assert "--timeout SECONDS (Python: timeout=)" in text
+    assert f"bulkbatch resume {tmp_path}" in text
+    assert sum(clock.sleeps) <= limit
+    assert len(rec.requests) <= limit / 5.0 + 10
+
+
+@pytest.mark.anyio
+async def test_an_explicit_timeout_names_the_setting(tmp_path: Path) -> None:
+    rec = Recorder(httpx.Response(200, json=_job_answer("PROCESSING")))
+    clock = ManualClock()
+    state, job = _run(tmp_path)
+    async with make_client(rec, clock=clock) as client:
+        with pytest.raises(Interrupted, match=r"after 3 s \(--timeout, Python timeout=\)"):
+            await wait_for_job(client, state, job, poll_interval=1.0, max_wait=3.0, clock=clock)
+    assert sum(clock.sleeps) <= 3.0
+
+
+@pytest.mark.anyio
+async def test_paging_a_repeated_cursor_stops_with_the_pages_kept(tmp_path: Path) -> None:
+    def repeat(request: httpx.Request) -> httpx.Response:
+        first = "cursor" not in request.url.params
+        items = [{"recipient": "a" if first else "b", "status": "ENQUEUED", "messageId": "m"}]
+        return httpx.Response(200, json={"items": items, "paging": {"cursor": "c", "more": True}})
+
+    state, job = _run(tmp_path)
+    job.received = 300
+    con = open_run_db(tmp_path)
+    ensure_ledger(con)
+    async with make_client(Recorder(repeat)) as client, LedgerWriter(con) as ledger:
+        with pytest.raises(PagingError) as info:
+            await page_users(con, client, state, job, ledger)
+    text = assert_one_clear_line(info.value)
+    assert f"bulk job {JOB}" in text and "'c' was already used" in text
+    assert con.execute("SELECT pages, cursor, done FROM paging").fetchall() == [(1, "c", False)]
+    assert not job.paged
+    con.close()
+
+
+@pytest.mark.anyio
+async def test_paging_resumed_counts_the_users_already_stored(tmp_path: Path) -> None:
+    """Resuming at page 3 of a 300-user job: 105 more users are more than it received."""
+    state, job = _run(tmp_path)
+    job.received = 300
+    con = open_run_db(tmp_path)
+    ensure_ledger(con)
+    con.execute("INSERT INTO paging VALUES (0, 2, 'c2', false)")
+    con.execute(
+        "INSERT INTO user_pages SELECT 0, i // 100, 'u' || i, NULL, 'ENQUEUED' FROM range(200) t(i)"
+    )
+    rows = [{"recipient": f"v{i}", "status": "ENQUEUED"} for i in range(105)]
+    page = {"items": rows, "paging": {"cursor": None, "more": False}}
+    rec = Recorder(httpx.Response(200, json=page))
+    async with make_client(rec) as client, LedgerWriter(con) as ledger:
+        with pytest.raises(PagingError, match="305 users listed so far, more than the 300"):
+            await page_users(con, client, state, job, ledger)
+    assert rec.requests[0].url.params["cursor"] == "c2"
+    con.close()

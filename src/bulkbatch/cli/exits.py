@@ -1,0 +1,143 @@
+"""Exit codes, errors as one line, and stopping on signals: the CLI's whole exit policy.
+
+=====  ==========================================================================================
+code   meaning, and what a scheduler's retry does
+=====  ==========================================================================================
+0      the campaign is complete (or started, with ``--no-wait``). Rejected, filtered or ERROR
+       rows are in the summary and results.parquet, not failures. A retry of the same command
+       sends nobody again and exits 0.
+1      an error or a stop (Ctrl-C, SIGTERM, SIGHUP) after which ``bulkbatch resume RUN_DIR``
+       (or the same command) continues without sending anyone twice; also rows over
+       ``--fail-on-rejects`` / ``--max-reject-rate``, whose retry changes nothing.
+2      bad usage: an unknown option, a bad value, a missing input. Nothing was sent.
+=====  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from bulkbatch.errors import BulkBatchError
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CliError",
+    "handle_errors",
+    "install_signal_handlers",
+    "rows_failed",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CliError(click.ClickException):
+    """A failure shown as one line (``Error: ...``), with its exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
+
+    def show(self, file: Any = None) -> None:
+        ctx = click.get_current_context(silent=True)
+        obj = (ctx.find_root().obj or {}) if ctx is not None else {}
+        if obj.get("log_format") == "json":
+            import orjson
+
+            line = {"level": "error", "message": self.format_message(), "exit": self.exit_code}
+            click.echo(orjson.dumps(line).decode(), err=True)
+        else:
+            super().show(file)
+
+
+class StopNotice(CliError):
+    """A stop (Ctrl-C, SIGTERM): one plain line, not an ``Error:``."""
+
+    def show(self, file: Any = None) -> None:
+        ctx = click.get_current_context(silent=True)
+        obj = (ctx.find_root().obj or {}) if ctx is not None else {}
+        if obj.get("log_format") == "json":
+            super().show(file)
+        else:
+            click.echo(self.format_message(), err=True)
+
+
+_received: list[str] = []
+"""The name of the signal that stopped the command, when it was not Ctrl-C."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    # Turned into SIGINT, so the event loop runs its graceful Ctrl-C path: the main task is
+    # cancelled, DuckDB work is interrupted, the ledger keeps every acknowledged batch, and
+    # KeyboardInterrupt comes out at the end. Raising here instead could land in any frame.
+    _received.append(signal.Signals(signum).name)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM (a container stopping, Airflow killing a task) and SIGHUP stop a run the way
+    Ctrl-C does: acknowledged batches stay recorded, one line names the resume command."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool((ctx.find_root().obj or {}).get("debug"))
+
+
+def handle_errors(fn: F) -> F:
+    """Library errors as one line with their exit code; never a traceback unless --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except BulkBatchError as exc:
+            if _debug(ctx):
+                raise
+            raise CliError(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            run_dir = ctx.meta.get("bulkbatch.run_dir")
+            what = f"Stopped by {_received[-1]}" if _received else "Interrupted"
+            hint = f" Resume with: bulkbatch resume {run_dir}" if run_dir else ""
+            raise StopNotice(f"{what}. Every acknowledged batch is recorded.{hint}") from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            raise CliError(
+                f"Unexpected {type(exc).__name__}: {exc}. Rerun with --debug for a traceback, "
+                "and please report it."
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def rows_failed(
+    summary: dict[str, Any], *, fail_on_rejects: bool, max_reject_rate: float | None
+) -> str | None:
+    """Why the run should exit 1 for its rows under the user's policy (None: it should not)."""
+    c = summary["counts"]
+    failed = int(c["rejected"]) + int(summary["statuses"].get("ERROR", 0))
+    total = int(c["input_rows"]) or 1
+    if fail_on_rejects and failed:
+        return f"{failed:,} rows were rejected or ended in ERROR (--fail-on-rejects)"
+    if max_reject_rate is not None and failed / total > max_reject_rate:
+        return (
+            f"{failed:,} of {total:,} rows ({failed / total:.1%}) were rejected or ended in "
+            f"ERROR, over --max-reject-rate {max_reject_rate:g}"
+        )
+    return None

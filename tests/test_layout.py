@@ -1,0 +1,67 @@
+"""The package's shape stays as designed (#13): small modules, imports pointing one way."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import bulkbatch
+
+SRC = Path(bulkbatch.__file__).parent
+BIG_ALLOWED = {"emulator/backend.py", "html_report.py"}  # the state machine; the HTML template
+
+
+def _modules() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m.startswith("bulkbatch")}
+
+
+def test_modules_stay_small() -> None:
+    sizes = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in _modules()}
+    assert {k: v for k, v in sizes.items() if v > 600 and k not in BIG_ALLOWED} == {}
+    assert max(sizes[k] for k in BIG_ALLOWED) <= 1000
+
+
+@pytest.mark.parametrize(
+    ("package", "may_import"),
+    [
+        # the emulator imports nothing from the client side: shared bugs cannot cancel out
+        ("emulator", ("bulkbatch.emulator",)),
+        ("webhooks", ("bulkbatch.webhooks", "bulkbatch.errors", "bulkbatch.models")),
+        ("client", ("bulkbatch.client", "bulkbatch.config", "bulkbatch.errors",
+                    "bulkbatch.models", "bulkbatch.options")),
+        ("stages", ("bulkbatch.stages", "bulkbatch.client", "bulkbatch.db", "bulkbatch.state",
+                    "bulkbatch.ledger", "bulkbatch.identity", "bulkbatch.files",
+                    "bulkbatch.models", "bulkbatch.spec", "bulkbatch.options",
+                    "bulkbatch.config", "bulkbatch.errors", "bulkbatch.progress",
+                    "bulkbatch.webhooks")),
+    ],
+)  # fmt: skip
+def test_imports_point_one_way(package: str, may_import: tuple[str, ...]) -> None:
+    wrong = {
+        str(p.relative_to(SRC)): sorted(m for m in _imports(p) if not m.startswith(may_import))
+        for p in (SRC / package).rglob("*.py")
+    }
+    assert {k: v for k, v in wrong.items() if v} == {}
+
+
+def test_library_code_never_imports_the_cli() -> None:
+    users = [
+        str(p.relative_to(SRC))
+        for p in _modules()
+        if not str(p.relative_to(SRC)).startswith(("cli/", "__main__.py"))
+        and any(m == "bulkbatch.cli" or m.startswith("bulkbatch.cli.") for m in _imports(p))
+    ]
+    assert users == []

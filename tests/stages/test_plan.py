@@ -508,7 +508,14 @@ def test_fingerprint_tracks_options(con):
 def test_estimated_seconds(con):
     info = plan_of(con, {"user_id": [f"u{i}" for i in range(30)]}, batch_size=10)
     assert info.estimated_seconds(None) is None
-    assert info.estimated_seconds(5) == pytest.approx((3 + 2) / 5)
+    # 3 ingests + 7 per-job calls (create, check, verify, run, ~3 polls) + 1 page + 1 per job
+    assert info.requests() == 3 + 7 + 1 + 1
+    assert info.estimated_seconds(5) == pytest.approx(12 / 5)
+
+
+def test_an_address_with_a_nul_byte_is_a_bad_email(con):
+    info = plan_of(con, {"email": ["ok@example.com", "a\x00b@example.com"]})
+    assert info.rejected_by_reason == {"bad_email": 1}
 
 
 # ------------------------------------------------------- #15 defect 3: JSON nested too deep

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import click
@@ -587,7 +588,7 @@ def summary_text(run: Run, summary: dict[str, Any] | None) -> str:
     lines += _job_lines(summary["jobs"])
     lines += [
         f"  results   {summary['results']}",
-        f"  rejects   {run.path / 'rejects.parquet'}",
-        f"  summary   {run.path / 'summary.json'}",
+        f"  rejects   {Path(summary['run_dir']) / 'rejects.parquet'}",
+        f"  summary   {Path(summary['run_dir']) / 'summary.json'}",
     ]
     return "\n".join(lines)

@@ -28,7 +28,8 @@ REASONS: dict[str, str] = {
 }
 """The stable reason codes and what they mean (the per-row ``reason`` adds the value)."""
 
-EMAIL_REGEX = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+EMAIL_REGEX = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
+"""No space, no control character (a NUL byte is not an address), one @, a dot after it."""
 
 ADDRESS_TARGETS = ("to.user_id", "profile.email", "profile.phone_number", "to.list_id")
 

@@ -56,11 +56,19 @@ class PlanInfo:
     duplicates_file: str | None = None
     """``duplicates.parquet`` in the run directory, when the plan wrote files."""
 
+    def requests(self) -> int:
+        """Every request the run will make: per job a create, a check after creating, a
+        verify, a run and about three polls; one ingest per batch; one results page per 100
+        users (and one more per job)."""
+        pages = -(-self.to_send // 100) + self.jobs
+        return self.batches + self.jobs * 7 + pages
+
     def estimated_seconds(self, rate: float | None) -> float | None:
-        """Seconds the send needs at ``rate`` requests/s: batches plus create+run per job."""
+        """Seconds the whole run needs at ``rate`` requests/s (every request, not only the
+        ingests: at 1M people the ~10,000 result pages outnumber the 1,000 ingests)."""
         if rate is None or rate <= 0:
             return None
-        return (self.batches + self.jobs * 2) / rate
+        return self.requests() / rate
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

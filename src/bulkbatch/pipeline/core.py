@@ -267,7 +267,11 @@ class Pipeline:
                     await verify_job(con, client, state, job)
                 if not job.run:
                     await run_job(client, state, job)
-                    self._event("run", message=f"job {job.job_id} started")
+                    self._event(
+                        "run",
+                        message=f"job {job.job_id} started",
+                        extra={"job_no": job.job_no, "jobs": len(state.jobs)},
+                    )
                 await self._record_once_per(job)
                 if track and self.spec.tracking.wait and not job.paged:
                     async with pagers:
@@ -277,7 +281,11 @@ class Pipeline:
                 for job in state.jobs:
                     verify = False
                     if not job.ingested:
-                        self._event("create", message=f"job {job.job_no}")
+                        self._event(
+                            "create",
+                            message=f"job {job.job_no}",
+                            extra={"job_no": job.job_no, "jobs": len(state.jobs)},
+                        )
                         await ingest_job(
                             con,
                             client,

@@ -316,7 +316,7 @@ def ingest_progress(
         done += ack.users
         state.progress["users_acked"] = done
         now = time.monotonic()
-        extra: dict[str, object] = {"elapsed": now - started}
+        extra: dict[str, object] = {"elapsed": now - started, "jobs": len(state.jobs)}
         if client is not None:
             extra["rate"] = client.limiter.current_rate
             extra["retries"] = client.stats.retries

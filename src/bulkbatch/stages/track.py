@@ -189,7 +189,13 @@ async def page_users(
                 paging.listed,
                 job.received,
                 "users",
-                extra={"job_no": job.job_no, "pages": page_no},
+                extra={
+                    "job_no": job.job_no,
+                    "pages": page_no,
+                    "jobs": len(state.jobs),
+                    "users": sum(j.users for j in state.jobs),
+                    "paged": done,
+                },
             )
         )
     # Every page is committed before the job counts as paged: a state.json saved by another

@@ -176,6 +176,9 @@ def test_report_of_a_finished_run(
     delivery = summary["delivery"]
     assert page.number("funnel", "DELIVERED") == delivery["DELIVERED"]
     assert page.number("funnel", "UNDELIVERABLE") == delivery.get("UNDELIVERABLE", 0)
+    # time to deliver, and why the failed ones failed (#17)
+    assert 'data-deliver="p50"' in text and 'data-deliver="p99"' in text
+    assert "Why messages were not delivered" in page.text
     assert page.number("funnel", "UNROUTABLE") == delivery.get("UNROUTABLE", 0)
     assert page.number("funnel", "ENQUEUED") == counts["ingested"]
 

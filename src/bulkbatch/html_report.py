@@ -18,10 +18,8 @@ says so.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ import duckdb
 import orjson
 
 from bulkbatch.errors import StateError
+from bulkbatch.files import atomic_write_bytes
 from bulkbatch.state import DB_FILE, RunState, open_run_db
 
 __all__ = ["mask_email", "mask_text", "mask_value", "write_report"]
@@ -118,6 +117,9 @@ class _Facts:
     statuses: dict[str, int] | None = None
     delivery: dict[str, int] | None = None
     funnel: list[tuple[str, int]] | None = None
+    to_deliver: dict[str, float] | None = None
+    """Seconds from enqueued to delivered: p50, p90, p99, max."""
+    failure_reasons: dict[str, int] = field(default_factory=dict)
     throughput: list[tuple[datetime, int]] | None = None
     bin_seconds: int = 1
     throughput_note: str | None = None
@@ -182,6 +184,28 @@ def _funnel(
     return steps
 
 
+def _delivery_times(
+    con: duckdb.DuckDBPyConnection, relation: str, where: str = ""
+) -> tuple[dict[str, float] | None, dict[str, int]]:
+    """Time to deliver (p50/p90/p99/max seconds) and the reasons of failed deliveries."""
+    cond = f"{where} {'AND' if where else 'WHERE'}"
+    row = con.execute(
+        "SELECT quantile_cont(s, [0.5, 0.9, 0.99]), max(s), count(s) FROM (SELECT "
+        "epoch(delivered_at) - epoch(enqueued_at) AS s FROM "
+        f"{relation} {cond} delivered_at IS NOT NULL AND enqueued_at IS NOT NULL)"
+    ).fetchone()
+    times = None
+    if row and row[2]:
+        p50, p90, p99 = row[0]
+        times = {"p50": p50, "p90": p90, "p99": p99, "max": row[1]}
+    reasons = _counts(
+        con,
+        f"SELECT delivery_status || coalesce(': ' || delivery_reason, ''), count(*) FROM "
+        f"{relation} {cond} delivery_status IN ('UNDELIVERABLE', 'UNROUTABLE') GROUP BY 1",
+    )
+    return times, reasons
+
+
 def _throughput(
     con: duckdb.DuckDBPyConnection,
 ) -> tuple[list[tuple[datetime, int]], int]:
@@ -243,6 +267,7 @@ def _from_db(facts: _Facts, con: duckdb.DuckDBPyConnection) -> None:
                 "SELECT coalesce(delivery_status, 'UNKNOWN'), count(*) FROM delivery GROUP BY 1",
             )
             facts.funnel = _funnel(con, "delivery")
+            facts.to_deliver, facts.failure_reasons = _delivery_times(con, "delivery")
     if "batches" in tables:
         facts.throughput, facts.bin_seconds = _throughput(con)
     # A few rejected rows: the row number, the reason, and the key columns (masked).
@@ -313,6 +338,10 @@ def _from_files(facts: _Facts, run_dir: Path) -> None:
                 if delivery:
                     facts.delivery = delivery
                     facts.funnel = _funnel(con, rel, "WHERE outcome = 'ingested'")
+                    if "delivered_at" in cols:
+                        facts.to_deliver, facts.failure_reasons = _delivery_times(
+                            con, rel, "WHERE outcome = 'ingested'"
+                        )
             keys = _key_columns(state, cols)
             facts.example_columns = keys
             select_keys = "".join(f", {_q(c)}" for c in keys)
@@ -847,6 +876,19 @@ def _delivery(f: _Facts) -> str:
     )
     others = [[_e(k), f"{v:,}"] for k, v in f.delivery.items()]
     body += "<h3>Final delivery status</h3>" + _table(["status", "messages"], others, {1})
+    if f.to_deliver:
+        cells = [
+            [_e(k), f'<span data-deliver="{k}">{_seconds(v)}</span>']
+            for k, v in f.to_deliver.items()
+        ]
+        body += "<h3>Time to deliver (enqueued → delivered)</h3>" + _table(
+            ["percentile", "time"], cells, {1}
+        )
+    if f.failure_reasons:
+        reasons = [[_e(mask_text(k)), f"{v:,}"] for k, v in f.failure_reasons.items()]
+        body += "<h3>Why messages were not delivered</h3>" + _table(
+            ["status: reason", "messages"], reasons, {1}
+        )
     return _section("delivery", title, body)
 
 
@@ -906,18 +948,7 @@ def _render(f: _Facts) -> str:
 
 
 def _write(out: Path, text: str) -> None:
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise StateError(
-            f"Could not write the report to {out}: {exc.strerror or exc}. "
-            "Choose a writable place with --out."
-        ) from None
+    atomic_write_bytes(out, text.encode("utf-8"), then="choose a writable place with --out")
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -142,6 +142,15 @@ def open_run_db(run_dir: Path, *, read_only: bool = False) -> duckdb.DuckDBPyCon
     return con
 
 
+def unreadable(exc: duckdb.IOException, run_dir: Path) -> StateError:
+    """DuckDB could not read the run database (a truncated copy, a failing disk) mid-query."""
+    return StateError(
+        f"The run database {run_dir / DB_FILE} cannot be read ({_first_line(str(exc))}); it is "
+        "damaged. Restore it from a backup, or move the run directory aside and run the same "
+        "'bulkbatch send' command again: nobody acknowledged is sent twice."
+    )
+
+
 def _first_line(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[0] if lines else text
@@ -173,6 +182,10 @@ async def in_thread(con: duckdb.DuckDBPyConnection, fn: Callable[[], T], run_dir
             f"lost and nobody was sent twice; give it more with {MEMORY_LIMIT_ENV}=2GB, then "
             f"run 'bulkbatch resume {run_dir}'."
         ) from None
+    except duckdb.IOException as exc:
+        if DB_FILE not in str(exc):
+            raise  # an input file, say: the stage's own error says which
+        raise unreadable(exc, run_dir) from None
     except anyio.get_cancelled_exc_class():
         con.interrupt()
         with anyio.CancelScope(shield=True):

@@ -23,7 +23,7 @@ import duckdb
 import orjson
 
 from bulkbatch.db import DB_FILE, MEMORY_LIMIT_ENV, open_run_db
-from bulkbatch.errors import StateError
+from bulkbatch.errors import StateError, UsageError
 from bulkbatch.files import atomic_write_bytes, make_private
 from bulkbatch.models import STAGES
 
@@ -196,6 +196,7 @@ class RunState:
         for name in ("spec", "plan", "inputs", "stages", "progress"):
             if not isinstance(getattr(state, name), dict):
                 raise _bad_shape(path, f"{name!r} is not an object")
+        _check_spec(path, state.spec)
         return state
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +241,17 @@ def _bad_shape(path: Path, why: str) -> StateError:
         f"{path} is not a bulkbatch state file ({why}). Restore it, or run the same "
         "'bulkbatch send' command again: the campaign's keys make Courier replay what it took."
     )
+
+
+def _check_spec(path: Path, spec: dict[str, Any]) -> None:
+    """A stored spec this version cannot read is a bad state file, not the user's bad usage."""
+    from bulkbatch.spec import RunSpec  # spec imports config and options; keep state light
+
+    try:
+        RunSpec.from_json(spec)
+    except UsageError as exc:
+        why = str(exc).split(". ")[0]
+        raise _bad_shape(path, f"its 'spec' does not hold valid options: {why}") from None
 
 
 def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:

@@ -118,12 +118,30 @@ def handle_errors(fn: F) -> F:
         except Exception as exc:
             if _debug(ctx):
                 raise
+            if _storage_error(exc):
+                raise CliError(
+                    f"{_first_line(str(exc))}. The file is damaged or its disk failed: restore "
+                    "it, or move the run directory aside and run the same 'bulkbatch send' "
+                    "command again (nobody acknowledged is sent twice)."
+                ) from None
             raise CliError(
                 f"Unexpected {type(exc).__name__}: {exc}. Rerun with --debug for a traceback, "
                 "and please report it."
             ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _storage_error(exc: BaseException) -> bool:
+    """DuckDB could not read or write a file (truncated, unreadable, disk failing): not a bug
+    to report. Checked by name, so the CLI does not import DuckDB to start."""
+    kind = type(exc)
+    return kind.__module__.lstrip("_").startswith("duckdb") and kind.__name__ == "IOException"
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else text
 
 
 def rows_failed(

@@ -131,6 +131,12 @@ async def _start(
     frame = source if is_frame(source) else None
     try:
         await _continue(state, resolved, progress, frame, plan_only=plan_only, existed=existed)
+    except BulkBatchError as exc:
+        if exc.exit_code == 2 and not existed:
+            # Refused as bad usage (a bad --where, say) before anything was sent: leave no
+            # directory behind that the corrected command would take for another campaign.
+            discard(state)
+        raise
     except Adopted as adopted:
         # The same campaign already lives in another run directory: continue that one.
         discard(adopted.planned)

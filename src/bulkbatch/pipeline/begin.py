@@ -18,6 +18,7 @@ which only holds a plan — is removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
@@ -172,7 +173,27 @@ def adopt_registered(state: RunState, base_url: str) -> RunState | None:
     return RunState.load(record.run_dir)
 
 
+_RUN_FILES = (
+    "state.json",
+    "run.duckdb",
+    "run.duckdb.wal",
+    "plan.parquet",
+    "rejects.parquet",
+    "duplicates.parquet",
+    "emulator.sqlite",
+    "emulator.sqlite-wal",
+    "emulator.sqlite-shm",
+)
+
+
 def discard(state: RunState) -> None:
-    """Remove a run directory that only holds a plan (another directory holds its campaign)."""
-    if not any(j.job_id for j in state.jobs) and not state.done("send"):
-        shutil.rmtree(state.run_dir, ignore_errors=True)
+    """Remove what a run that sent nothing wrote (a plan; another directory holds its
+    campaign, or the command was refused). Only bulkbatch's own files go: a --run-dir that
+    held anything else keeps it."""
+    if any(j.job_id for j in state.jobs) or state.done("send"):
+        return
+    for name in _RUN_FILES:
+        (state.run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(state.run_dir / ".spill", ignore_errors=True)
+    with contextlib.suppress(OSError):
+        state.run_dir.rmdir()  # only when nothing else is left

@@ -24,7 +24,7 @@ import duckdb
 
 from bulkbatch.client.courier import CourierClient
 from bulkbatch.config import Settings, auto_job_size
-from bulkbatch.db import in_thread, open_run_db
+from bulkbatch.db import DB_FILE, in_thread, open_run_db
 from bulkbatch.errors import StateError
 from bulkbatch.identity import audience_fingerprint, campaign_id
 from bulkbatch.ledger import LedgerWriter
@@ -89,7 +89,16 @@ class Pipeline:
         self._con: duckdb.DuckDBPyConnection | None = None
 
     async def __aenter__(self) -> Self:
-        self._con = open_run_db(self.state.run_dir)
+        state = self.state
+        if state.done("load") and not (state.run_dir / DB_FILE).exists():
+            # Opening would make an empty database, and a later stage would fail on a table.
+            raise StateError(
+                f"{state.run_dir} has a state.json saying its inputs were loaded, but its run "
+                f"database {DB_FILE} is missing. Move {state.run_dir} aside and run the same "
+                "'bulkbatch send' command again: it rebuilds the run, and nobody is sent twice "
+                "because every request's key derives from the campaign."
+            )
+        self._con = open_run_db(state.run_dir)
         return self
 
     async def __aexit__(

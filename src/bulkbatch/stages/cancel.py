@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import anyio
 import duckdb
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulkbatch.client.courier import CourierClient
 from bulkbatch.errors import NotFound
@@ -111,9 +112,9 @@ async def cancel_messages(
         batch, answers = answers, []
         await anyio.to_thread.run_sync(_store, con, batch)
 
-    async def work() -> None:
+    async def work(inbox: MemoryObjectReceiveStream[str]) -> None:
         nonlocal done
-        async with receive.clone() as inbox:
+        async with inbox:
             async for message_id in inbox:
                 try:
                     record = await client.cancel_message(message_id)
@@ -131,12 +132,12 @@ async def cancel_messages(
     started = time.monotonic()
     try:
         async with anyio.create_task_group() as tg:
-            for _ in range(max(1, concurrency)):
-                tg.start_soon(work)
+            with receive:  # each worker holds its own clone, taken before any can end
+                for _ in range(max(1, concurrency)):
+                    tg.start_soon(work, receive.clone())
             async with send:
                 for message_id in ids:
                     await send.send(message_id)
-            receive.close()
     finally:
         with anyio.CancelScope(shield=True):
             async with lock:

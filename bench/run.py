@@ -54,12 +54,20 @@ from common import (
     prefix_audience,
     temp_dir,
 )
+from cpu_report import cpu_lines
 
 PROGRAMS = ("bulkbatch", "naive", "floor")
-SCENARIOS: dict[str, str | None] = {"none": None, "latency50": "latency_ms=50"}
+SCENARIOS: dict[str, str | None] = {
+    "none": None,
+    "latency20": "latency_ms=20",
+    "latency50": "latency_ms=50",
+    "latency150": "latency_ms=150",
+}
 SCENARIO_TEXT = {
     "none": "emulator answers at once",
+    "latency20": "emulator adds 20 ms to every request (a nearby region)",
     "latency50": "emulator adds 50 ms to every request (what a user over the internet sees)",
+    "latency150": "emulator adds 150 ms to every request (another continent)",
 }
 # Stages whose cost grows with the number of users (the rest is fixed per run).
 NAIVE_VARIABLE = ("read", "build", "ingest", "page", "write")
@@ -67,6 +75,9 @@ BB_STAGES = ("load", "plan", "send", "track", "results")
 MIB_TARGET = 600
 SPEEDUP_TARGET = 10.0
 FLOOR_TARGET = 3.0
+CELL_PROGRAMS = ("bulkbatch", "floor")
+"""Programs measured in the extra ``--cells`` (the naive script at 150 ms would take hours)."""
+QUICK_CELLS = "200k:latency20,1M:latency150"
 
 
 def parse_size(text: str) -> int:
@@ -241,7 +252,14 @@ def plan_runs(args: argparse.Namespace) -> list[tuple[int, str, str, int, int | 
     out = []
     for rows in args.sizes:
         for scenario in args.scenarios:
+            if (rows, scenario) in args.cells:
+                reps = reps_for(args.latency_reps, rows)
+                progs = [p for p in args.programs if p in CELL_PROGRAMS]
+                out.extend((rows, scenario, p, rep, None) for p in progs for rep in range(reps))
+                continue
             if scenario != "none" and rows not in args.latency_sizes:
+                continue
+            if scenario not in args.grid_scenarios or rows not in args.grid_sizes:
                 continue
             reps = reps_for(args.reps if scenario == "none" else args.latency_reps, rows)
             for program in args.programs:
@@ -511,6 +529,7 @@ def render(
             lines.append("")
             lines += _stage_table(rows, scen, summ)
     lines += _targets(args, summ)
+    lines += cpu_lines(args.sizes, args.scenarios, summ)
     lines += _where_time_goes(args, summ)
     if profiles:
         lines += ["## Profiles (py-spy)", ""]
@@ -826,7 +845,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 1)[1],
     )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="100k + 1M, 1 rep, latency at 100k")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="100k + 1M, 1 rep, latency50 at 100k, plus 200k at 20 ms and 1M at 150 ms",
+    )
     mode.add_argument("--smoke", action="store_true", help="5k rows, 1 rep, no micro (tests)")
     p.add_argument("--sizes", help="comma list, e.g. 100k,1M,10M")
     p.add_argument(
@@ -834,6 +857,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--scenarios", help="comma list of: " + ", ".join(SCENARIOS))
     p.add_argument("--latency-sizes", help="sizes that get the latency scenario")
+    p.add_argument(
+        "--cells",
+        help="extra SIZE:SCENARIO cells, bulkbatch and floor only (comma list; 'none' for "
+        f"none); default {QUICK_CELLS}",
+    )
     p.add_argument("--latency-reps", help="repetitions in the latency scenario (as --reps)")
     p.add_argument("--programs", default=",".join(PROGRAMS), help="comma list of programs")
     p.add_argument(
@@ -882,7 +910,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         defaults = {"sizes": "5k", "reps": 1, "scenarios": "none", "latency_sizes": "5k",
                     "latency_reps": 1, "naive": "0", "naive_lat": "0", "micro": False,
-                    "timeout": 300.0}  # fmt: skip
+                    "timeout": 300.0, "cells": ""}  # fmt: skip
     elif args.quick:
         defaults = {"sizes": "100k,1M", "reps": 1, "scenarios": "none,latency50",
                     "latency_sizes": "100k", "latency_reps": 1, "naive": "100k",
@@ -890,9 +918,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     else:
         # 3 repetitions at 1M, one at 10M (a 10M cell takes 5-15 minutes here).
         defaults = {"sizes": "1M,10M", "reps": "1M:3,10M:1", "scenarios": "none,latency50",
-                    "latency_sizes": "all", "latency_reps": "1M:3,10M:1", "naive": "1M",
+                    "latency_sizes": "all", "latency_reps": "200k:3,1M:3,10M:1", "naive": "1M",
                     "naive_lat": "100k", "micro": True, "timeout": None,
                     "naive_reps": 1}  # fmt: skip
+    cells_text = args.cells if args.cells is not None else defaults.get("cells", QUICK_CELLS)
+    args.cells = [
+        (parse_size(size), scen)
+        for size, _, scen in (c.partition(":") for c in cells_text.split(","))
+        if size and size != "none"
+    ]
+    for _, scen in args.cells:
+        if scen not in SCENARIOS:
+            p.error(f"unknown scenario {scen!r} in --cells; choose from {', '.join(SCENARIOS)}")
     args.sizes = [parse_size(s) for s in (args.sizes or defaults["sizes"]).split(",") if s]
     args.reps = parse_reps(args.reps or defaults["reps"])
     args.scenarios = [s for s in (args.scenarios or defaults["scenarios"]).split(",") if s]
@@ -908,6 +945,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sizes if lat == "all" else [parse_size(s) for s in lat.split(",") if s]
     )
     args.latency_reps = parse_reps(args.latency_reps or defaults["latency_reps"])
+    # The grid (sizes x scenarios) plus the extra cells, sizes and scenarios in order.
+    args.grid_scenarios = list(args.scenarios)
+    args.grid_sizes = list(args.sizes)
+    args.sizes = sorted({*args.sizes, *(rows for rows, _ in args.cells)})
+    args.scenarios = [
+        s for s in SCENARIOS if s in args.scenarios or any(c[1] == s for c in args.cells)
+    ]
     args.naive_max_rows = parse_size(args.naive_max_rows or defaults["naive"]) or None
     args.naive_max_rows_latency = (
         parse_size(args.naive_max_rows_latency or defaults["naive_lat"]) or None

@@ -28,10 +28,12 @@ from typing import Any, Self
 import httpx
 import orjson
 
+from bulkbatch.client.concurrency import READ_FACTOR, ReadGate
 from bulkbatch.client.models import ClientStats, RetryEvent, Where
 from bulkbatch.client.ratelimit import AdaptiveLimiter, AnyioClock, Clock
 from bulkbatch.client.retry import RetryPolicy
 from bulkbatch.client.security import clean_api_key, insecure_transport
+from bulkbatch.client.transport import speed_up
 from bulkbatch.config import Settings
 from bulkbatch.errors import (
     ApiUnavailable,
@@ -171,6 +173,9 @@ class HttpCore:
     :param policy: retries; default from ``settings.max_attempts`` and ``settings.max_backoff``
     :param clock: time for retry waits and the default limiter (tests pass a fake one)
     :param on_retry: called with a :class:`RetryEvent` for every retryable failure
+    :param read_limit: the most reads (``GET``) in flight; default ``READ_FACTOR`` (4) ×
+        ``settings.concurrency``. Reads start at ``settings.concurrency`` and widen while
+        latency holds and nothing is throttled (:class:`~bulkbatch.client.concurrency.ReadGate`)
     :raises InvalidApiKey: the key has a control or non-ASCII character inside it
     """
 
@@ -183,6 +188,7 @@ class HttpCore:
         policy: RetryPolicy | None = None,
         clock: Clock | None = None,
         on_retry: RetryCallback | None = None,
+        read_limit: int | None = None,
     ) -> None:
         self._settings = settings
         self._raw_key = settings.api_key
@@ -208,11 +214,12 @@ class HttpCore:
                 "https://api.courier.com."
             ) from None
         self._host = base.host or settings.base_url
-        # Room for every worker plus the odd poll running beside them.
-        limits = httpx.Limits(
-            max_connections=settings.concurrency + 4,
-            max_keepalive_connections=settings.concurrency + 4,
-        )
+        width = settings.concurrency
+        self.reads = ReadGate(width, max(width, read_limit or READ_FACTOR * width))
+        """How many reads may be in flight (:mod:`bulkbatch.client.concurrency`)."""
+        # Room for every writer and every read the gate may allow, plus a spare few.
+        room = width + self.reads.limit + 4
+        limits = httpx.Limits(max_connections=room, max_keepalive_connections=room)
         self._http = httpx.AsyncClient(
             base_url=settings.base_url,
             timeout=self._timeout,
@@ -221,6 +228,9 @@ class HttpCore:
             transport=transport,
             follow_redirects=False,  # never: the Authorization header would go along
         )
+        speed_up(self._http)
+        self._root = str(base).rstrip("/")
+        self._timeouts = {"timeout": httpx.Timeout(self._timeout).as_dict()}
 
     @property
     def base_url(self) -> str:
@@ -303,21 +313,28 @@ class HttpCore:
     async def _attempt(
         self, call: Call, key: str | None, *, retry: bool
     ) -> httpx.Response | _Failure:
+        """One attempt; a read (``GET``) holds a :attr:`reads` slot while it waits for its
+        token and its answer, and tells the gate how long the answer took."""
+        if call.method != "GET":
+            return await self._attempt_once(call, key, retry, None)
+        gate = self.reads
+        await gate.acquire()
+        try:
+            return await self._attempt_once(call, key, retry, gate)
+        finally:
+            gate.release()
+
+    async def _attempt_once(
+        self, call: Call, key: str | None, retry: bool, gate: ReadGate | None
+    ) -> httpx.Response | _Failure:
         await self.limiter.acquire()
         sent_at = self._clock.now()
-        headers: dict[str, str] = {}
-        if call.content:
-            headers["Content-Type"] = "application/json"
-        if key is not None:
-            headers["Idempotency-Key"] = key
         self.stats.requests += 1
         if retry:
             self.stats.retries += 1
         refused: str | None = None
         try:
-            response = await self._http.request(
-                call.method, call.path, content=call.content, params=call.params, headers=headers
-            )
+            response = await self._send(call, key)
         except httpx.LocalProtocolError:
             refused = "a request header value has a character HTTP does not allow"
         except UnicodeEncodeError:
@@ -344,10 +361,52 @@ class HttpCore:
             )
         status = response.status_code
         self.stats.status_counts[status] = self.stats.status_counts.get(status, 0) + 1
+        if gate is not None:
+            gate.record(self._clock.now() - sent_at, throttled=status == 429)
         if 200 <= status < 300 or status in call.answer_statuses:
             self.limiter.on_success()
             return response
         return self._failure(call, response, sent_at)
+
+    async def _send(self, call: Call, key: str | None) -> httpx.Response:
+        """One HTTP exchange, body read, straight through the client's transport.
+
+        ``AsyncClient.request`` adds layers bulkbatch does not use (auth flows, a redirect
+        loop it never follows, cookies, event hooks), each costing allocations per request;
+        the request built here carries the same headers (the client's, read now, plus
+        Content-Type and Idempotency-Key), the same timeout and goes to the same transport,
+        whose errors are the same ``httpx`` exceptions.
+        """
+        http = self._http
+        headers = http.headers.raw
+        if call.content:
+            headers.append((b"Content-Type", b"application/json"))
+        if key is not None:
+            headers.append((b"Idempotency-Key", key.encode("ascii")))
+        request = httpx.Request(
+            call.method,
+            self._root + call.path,
+            params=call.params,
+            headers=headers,
+            content=call.content,
+            extensions=self._timeouts,
+        )
+        response = await self._transport_for(request).handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    def _transport_for(self, request: httpx.Request) -> httpx.AsyncBaseTransport:
+        """The transport ``AsyncClient`` would pick (a proxy's, when the environment names
+        one for this URL)."""
+        pick = getattr(self._http, "_transport_for_url", None)
+        if pick is None:  # pragma: no cover - another httpx layout
+            return self._http._transport
+        transport: httpx.AsyncBaseTransport = pick(request.url)
+        return transport
 
     def _no_answer(self, call: Call, exc: httpx.TransportError) -> _Failure:
         self.stats.transport_errors += 1

@@ -17,6 +17,12 @@ against Courier's docs line by line. Unlike the SDK, the client
   once; every retry is reported to ``on_retry``;
 * takes one token from the shared :class:`~bulkbatch.client.ratelimit.AdaptiveLimiter` per attempt,
   and tells it about every 2xx and 429;
+* lets reads run wider than writes when the server shows no strain: every ``GET`` attempt
+  holds a slot of :attr:`reads` (:class:`~bulkbatch.client.concurrency.ReadGate`), which
+  starts at ``concurrency``, grows by a quarter each round of reads in which latency held
+  (within 1.5× the lowest seen) and nothing was throttled, and shrinks to 3/4 on a 429 or a
+  latency rise; never above ``read_limit`` (4 × ``concurrency`` by default). Writes are
+  bounded by the caller's workers. The request *rate* stays the limiter's;
 * never follows a redirect (the ``Authorization`` header would go along).
 
 The API key goes into the ``Authorization`` header and nowhere else: not into an
@@ -140,6 +146,8 @@ class CourierClient(HttpCore):
     :param clock: time for retry waits and the default limiter (tests pass a fake one)
     :param on_retry: called as ``on_retry(event)`` with a :class:`RetryEvent` for every
         retryable failure (429, 5xx, no answer): before each retry wait, and for a last 429
+    :param read_limit: the most ``GET`` requests in flight (default 4 × ``concurrency``);
+        :attr:`reads` adapts below it
     :raises InvalidApiKey: the key has a control or non-ASCII character inside it
         (surrounding whitespace and CR/LF are stripped)
 

@@ -23,6 +23,7 @@ known rate): see :class:`AdaptiveLimiter`.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import deque
 from typing import Protocol
@@ -45,10 +46,18 @@ class Clock(Protocol):
 
 
 class AnyioClock:
-    """The event loop's clock: :func:`anyio.current_time` and :func:`anyio.sleep`."""
+    """The event loop's clock: :func:`anyio.current_time` and :func:`anyio.sleep`.
+
+    On asyncio :meth:`now` reads the running loop's ``time()`` directly (the value
+    :func:`anyio.current_time` returns, without its per-call backend lookup: the limiter
+    and the request loop read the clock several times per request).
+    """
 
     def now(self) -> float:
-        return anyio.current_time()
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:  # trio, or no loop running
+            return anyio.current_time()
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)

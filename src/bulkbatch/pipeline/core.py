@@ -269,7 +269,7 @@ class Pipeline:
             LedgerWriter(con) as ledger,
         ):
             on_ack = ingest_progress(state, self.progress, client)
-            pagers = anyio.CapacityLimiter(settings.concurrency)
+            pagers = anyio.CapacityLimiter(client.reads.limit)  # the client widens reads itself
 
             async def finish(job: JobState, verify: bool) -> None:
                 if verify:
@@ -347,7 +347,7 @@ class Pipeline:
             client_for(state, self.settings, self.progress) as client,
             LedgerWriter(con) as ledger,
         ):
-            pagers = anyio.CapacityLimiter(self.settings.concurrency)
+            pagers = anyio.CapacityLimiter(client.reads.limit)
 
             async def one(job: JobState) -> None:
                 async with pagers:

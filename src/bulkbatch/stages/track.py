@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio
 import duckdb
+import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulkbatch.client.courier import CourierClient, Job
@@ -220,14 +221,37 @@ def _message_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+_MESSAGE_COLUMNS = (
+    ("message_id", pa.string()),
+    ("delivery_status", pa.string()),
+    ("enqueued", pa.int64()),
+    ("sent", pa.int64()),
+    ("delivered", pa.int64()),
+    ("opened", pa.int64()),
+    ("clicked", pa.int64()),
+    ("error", pa.string()),
+)
+
+
 def _store_messages(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+    """Upsert ``rows`` in one statement over an Arrow table: DuckDB's ``executemany`` runs
+    one statement per row, which made storing 2,000 messages a third of the demo's CPU."""
+    latest = {row[0]: row for row in rows}  # one row per id (the last), as the upsert needs
+    columns = list(zip(*latest.values(), strict=True)) if latest else [()] * 8
+    table = pa.table(
+        {
+            name: pa.array(col, kind)
+            for (name, kind), col in zip(_MESSAGE_COLUMNS, columns, strict=True)
+        }
+    )
     cur = con.cursor()
     cur.execute("BEGIN TRANSACTION")
     try:
-        cur.executemany(
-            "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
-            rows,
+        cur.register("_message_rows", table)
+        cur.execute(
+            "INSERT OR REPLACE INTO messages SELECT *, current_timestamp FROM _message_rows"
         )
+        cur.unregister("_message_rows")
         cur.execute("COMMIT")
     except BaseException:
         cur.execute("ROLLBACK")

@@ -1,7 +1,7 @@
 """Chaos: faults, three SIGKILLs of the sender and an emulator restart; nothing lost, nobody twice.
 
-The scenario lives in ``bench/chaos.py`` (one implementation); here it runs at 20k users
-(``BULKBATCH_CHAOS_USERS`` raises it) and every invariant is asserted. ``make bench``
+The scenario lives in ``bulkbatch.testing.chaos`` (one implementation, also behind
+``bench/chaos.py``); here it runs at 20k users (``BULKBATCH_CHAOS_USERS`` raises it) and every invariant is asserted. ``make bench``
 runs it at 1M and reports how long recovery took.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import run_chaos, run_restart, verdict
+from bulkbatch.testing.chaos import run_chaos, run_restart, verdict
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

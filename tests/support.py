@@ -15,6 +15,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "recipients_sample.csv"
 API_KEY = "sk_test_e2e_7f3c9a1b5d"
+# Emulator processes whose contract stats EmulatorProcess.stop() checked (reported there, so
+# the suite-wide contract fixture in conftest.py skips their log lines).
+CHECKED_PIDS: set[int] = set()
 
 
 class EmulatorProcess:
@@ -50,6 +53,27 @@ class EmulatorProcess:
         return self
 
     def stop(self) -> None:
+        """Stop the process; if it checks the contract, raise if it saw a violation."""
+        stats = self._contract_stats()
+        self._terminate()
+        if stats is not None and self.proc is not None:
+            CHECKED_PIDS.add(self.proc.pid)
+            assert stats["contract_violations"] == 0, (
+                f"the emulator (flavor args {self.args}) answered with responses that "
+                f"violate courier-openapi.yaml: {stats['contract_violation_details']}"
+            )
+
+    def _contract_stats(self) -> dict[str, Any] | None:
+        """The stats of a running emulator that checks the contract (None otherwise)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            stats = self.stats()
+        except httpx.HTTPError:
+            return None
+        return stats if "contract_violations" in stats else None
+
+    def _terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -65,8 +89,11 @@ class EmulatorProcess:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.stop()
+        else:  # do not hide the test's own failure; the contract fixture still reports
+            self._terminate()
 
     def stats(self) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

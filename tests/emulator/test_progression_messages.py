@@ -260,6 +260,15 @@ def test_stats_and_reset(make_emulator: Any) -> None:
         client.post(f"/bulk/{jobs[0]}/run")
         stats = client.get("/_emulator/stats").json()
         assert stats == emu.stats()
+        # the suite runs every emulator with the contract check on (tests/conftest.py)
+        contract = {k: stats.pop(k) for k in list(stats) if k.startswith("contract_")}
+        assert contract == {
+            "contract_checked": 6,
+            "contract_skipped": 0,
+            "contract_violations": 0,
+            "contract_violation_details": [],
+            "contract_flavor_deviations": 6,  # the tutorial's 201 / 200 {total, errors} / 202
+        }
         assert stats == {
             "jobs_created": 2,
             "runs": 1,

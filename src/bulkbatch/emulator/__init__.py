@@ -119,8 +119,10 @@ Stats (``GET /_emulator/stats``)
 (every ``POST /bulk/{id}``, faulted ones included), ``users_accepted``, ``duplicate_users``,
 ``dropped_connections``, ``max_accepted_per_recipient`` (the most times one ``recipient``
 string was accepted, across all jobs since the last reset; 0 when none),
-``idempotent_replays``, ``idempotency_mismatches``; with ``--check-contract`` also
-``contract_checked``, ``contract_violations`` and ``contract_violation_details``. Counters
+``idempotent_replays``, ``idempotency_mismatches``; with ``--check-contract`` (or
+``BULKBATCH_EMULATOR_CHECK_CONTRACT=1``) also ``contract_checked``, ``contract_skipped``
+(sampled out), ``contract_violations``, ``contract_violation_details`` and
+``contract_flavor_deviations`` (the tutorial's 201/200/202; :mod:`.contract`). Counters
 persist with ``--db``. ``POST /_emulator/reset`` clears everything.
 
 With ``--webhook-url`` also: ``webhooks_events`` (status changes), ``webhooks_duplicated`` /

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from bulkbatch.emulator.backend import Backend, Progression
+from bulkbatch.emulator.contract import default_check_contract
 from bulkbatch.emulator.control import control_routes
 from bulkbatch.emulator.faults import EmulatorConfigError, FaultInjector, FaultSpec
 from bulkbatch.emulator.handlers import ApiEndpoint, EmulatorState, operations
@@ -43,7 +44,7 @@ def create_app(
     progression: str | Progression = "polls:2",
     flavor: str = "current",
     routes: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
-    check_contract: bool = False,
+    check_contract: bool | None = None,
     webhook_url: str | None = None,
     webhook_secret: str | None = None,
     webhook_time_scale: float = DEFAULT_TIME_SCALE,
@@ -55,8 +56,9 @@ def create_app(
         bulk tutorial: 201 / 200 ``{total, errors}`` / 202, and its nested job message)
     :param routes: ``["EVENT=CHANNEL[,CHANNEL]", ...]`` or ``{event: [channels]}``: how each
         event's messages are routed (default: email)
-    :param check_contract: validate every response against the spec (openapi-core) and
-        count violations in the stats
+    :param check_contract: validate the responses against the spec (openapi-core) and
+        count violations in the stats; ``None``: on when the environment variable
+        ``BULKBATCH_EMULATOR_CHECK_CONTRACT`` is ``1``/``true``
     :param webhook_url: POST a signed ``message:updated`` event there for every message
         status change (:mod:`bulkbatch.emulator.webhooks`); the sender thread is started by
         ``app.state.emulator.start()`` (``Emulator`` and ``serve`` do it)
@@ -90,10 +92,12 @@ def create_app(
         backend.webhooks = Outbox(backend, injector, webhook.hold_ms)
         sender = WebhookSender(backend.webhooks, webhook)
     contract = None
+    if check_contract is None:
+        check_contract = default_check_contract()
     if check_contract:
         from bulkbatch.emulator.contract import ContractChecker
 
-        contract = ContractChecker()
+        contract = ContractChecker(backend.flavor)
     state = EmulatorState(
         backend=backend, faults=injector, api_key=api_key, contract=contract, webhooks=sender
     )

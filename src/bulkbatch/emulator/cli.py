@@ -103,11 +103,13 @@ def _parse_progression(ctx: click.Context, param: click.Parameter, value: str) -
     "push, inbox, direct_message, webhook); repeatable. Default: email for every event.",
 )
 @click.option(
-    "--check-contract",
-    is_flag=True,
+    "--check-contract/--no-check-contract",
+    envvar="BULKBATCH_EMULATOR_CHECK_CONTRACT",
+    show_envvar=True,
     default=False,
-    help="Validate every API response against the bundled Courier OpenAPI spec and count "
-    "violations in GET /_emulator/stats (contract_violations).",
+    help="Validate the API responses against the bundled Courier OpenAPI spec (sampled on "
+    "long runs) and count violations in GET /_emulator/stats (contract_violations); "
+    "BULKBATCH_EMULATOR_CONTRACT_LOG=FILE also appends each one to FILE as a JSON line.",
 )
 @click.option(
     "--faults",

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from bulkbatch.emulator.app import create_app
 from bulkbatch.emulator.backend import Progression
+from bulkbatch.emulator.contract import default_check_contract
 from bulkbatch.emulator.faults import EmulatorConfigError, FaultSpec
 from bulkbatch.emulator.handlers import DROP_LOG_MESSAGE, EmulatorState
 from bulkbatch.emulator.rules import parse_routes
@@ -141,7 +142,7 @@ class Emulator:
         progression: str = "polls:2",
         flavor: str = "current",
         routes: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
-        check_contract: bool = False,
+        check_contract: bool | None = None,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         webhook_time_scale: float = DEFAULT_TIME_SCALE,
@@ -162,7 +163,7 @@ class Emulator:
         self.progression = Progression.parse(progression)
         self.flavor = flavor
         self.routes = parse_routes(routes)
-        self.check_contract = check_contract
+        self.check_contract = default_check_contract() if check_contract is None else check_contract
         self.webhook_url = webhook_url
         self._webhook_secret = webhook_secret
         self.webhook_time_scale = webhook_time_scale
@@ -267,7 +268,7 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
     flavor: str = "current",
     routes: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
-    check_contract: bool = False,
+    check_contract: bool | None = None,
     webhook_url: str | None = None,
     webhook_secret: str | None = None,
     webhook_time_scale: float = DEFAULT_TIME_SCALE,

@@ -1,7 +1,7 @@
 """Chaos: a send through a faulty emulator, SIGKILLed three times and resumed, and a send
 that rides out an emulator restart; nothing may be lost or sent twice.
 
-    .venv/bin/python bench/chaos.py --users 1000000      # prints a Markdown report
+    .venv/bin/python bench/chaos.py      # the same scenario at 1M users, as a Markdown report
 
 ``tests/e2e/test_chaos.py`` runs the same code at 20k users and asserts on what it returns;
 it lives in the package (``bulkbatch.testing``) so tests and benchmarks share one copy.

@@ -47,6 +47,13 @@ def _remember_run(ctx: click.Context, run_dir: Path | str) -> None:
     ctx.meta["bulkbatch.run_dir"] = str(run_dir)
 
 
+def _connection(base_url: str | None, api_key: str | None) -> Any:
+    """Settings from the environment, with --base-url / --api-key when given."""
+    from bulkbatch.config import Settings
+
+    return Settings.from_env().with_(base_url=base_url, api_key=api_key)
+
+
 def _finish(run: Any, as_json: bool) -> None:
     """Print the summary; exit 1 only when the user's reject policy says so."""
     summary = run.summary() if (run.path / "summary.json").exists() else None
@@ -177,10 +184,9 @@ def resume(
         bulkbatch resume runs/welcome-3f2a9c1d0e4b
     """
     import bulkbatch
-    from bulkbatch.config import Settings
 
     _remember_run(ctx, run_dir)
-    settings = Settings.from_env().with_(base_url=base_url, api_key=api_key)
+    settings = _connection(base_url, api_key)
     with renderer_for(ctx) as render:
         run = bulkbatch.resume(
             run_dir,
@@ -304,10 +310,8 @@ def results(
             "file *.parquet (DuckDB or polars turn it into CSV in one line).",
             2,
         )
-    from bulkbatch.config import Settings
-
     _remember_run(ctx, run_dir)
-    settings = Settings.from_env().with_(base_url=base_url, api_key=api_key)
+    settings = _connection(base_url, api_key)
     with renderer_for(ctx) as render:
         info = bulkbatch.results(
             run_dir,
@@ -404,10 +408,9 @@ def cancel(
     import dataclasses
 
     import bulkbatch
-    from bulkbatch.config import Settings
 
     _remember_run(ctx, run_dir)
-    settings = Settings.from_env().with_(base_url=base_url, api_key=api_key)
+    settings = _connection(base_url, api_key)
     with renderer_for(ctx) as render:
         info = bulkbatch.cancel(run_dir, settings=settings, progress=render)
     if as_json:

@@ -3,8 +3,8 @@
 * :func:`audience` / :func:`prefix_audience` — synthetic audiences in ``bench/data/``
   (gitignored), generated once with :func:`bulkbatch.synth.generate` (2 % duplicates, seed 0;
   the same files ``bench/bench_plan.py`` uses).
-* :class:`Emulator` — ``python -m bulkbatch emulator --port 0`` as its own process, with its
-  CPU seconds read from psutil before and after a measurement.
+* :class:`Emulator` — :class:`bulkbatch.testing.EmulatorProcess` (the one emulator-process
+  wrapper, shared with the tests), with its CPU seconds read from psutil.
 * :func:`measure` — run one program as a subprocess; wall time and peak RSS of the whole
   process tree, polled with psutil every 50 ms.
 * :func:`machine` — cores, memory, CPU model and library versions for the RESULTS header.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -29,10 +28,11 @@ from typing import Self
 import httpx
 import psutil
 
+from bulkbatch.testing.process import EmulatorProcess
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / "data"
-READY = "bulkbatch emulator listening on "
 POLL_S = 0.05
 
 
@@ -83,45 +83,23 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-class Emulator:
-    """A fresh emulator process; ``cpu_seconds()`` is its user+system CPU so far."""
+class Emulator(EmulatorProcess):
+    """A fresh emulator process (no key); ``cpu_seconds()`` is its user+system CPU so far.
+
+    The one emulator-process wrapper (:class:`bulkbatch.testing.EmulatorProcess`), plus the
+    psutil handle the measurements read.
+    """
 
     def __init__(self, *, faults: str | None = None, progression: str = "immediate") -> None:
-        self.faults = faults
-        self.progression = progression
-        self.url = ""
-        # closed in stop(); the emulator writes its ready line here
-        self._log = tempfile.NamedTemporaryFile(prefix="bench-emu-", delete=False)  # noqa: SIM115
-        self.proc: subprocess.Popen[bytes] | None = None
+        args = ["--progression", progression, *(["--faults", faults] if faults else [])]
+        super().__init__(*args, api_key=None, capture_stderr=False)
         self.ps: psutil.Process | None = None
 
-    def start(self, timeout: float = 30.0) -> Emulator:
-        cmd = [
-            sys.executable,
-            "-m",
-            "bulkbatch",
-            "emulator",
-            "--port",
-            "0",
-            "--progression",
-            self.progression,
-        ]
-        if self.faults:
-            cmd += ["--faults", self.faults]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+    def start(self) -> Self:
+        super().start()
+        assert self.proc is not None
         self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = Path(self._log.name).read_text(errors="replace")
-            m = re.search(re.escape(READY) + r"(\S+)", text)
-            if m:
-                self.url = m.group(1).rstrip("/")
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"emulator exited with {self.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("emulator did not report ready within 30 s")
+        return self
 
     def cpu_seconds(self) -> float:
         assert self.ps is not None
@@ -132,30 +110,11 @@ class Emulator:
         assert self.ps is not None
         return float(self.ps.memory_info().rss) / 2**20
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, object]:  # type: ignore[override]  # {} when unreachable
         try:
-            r = httpx.get(f"{self.url}/_emulator/stats", timeout=30)
-            return dict(r.json())
+            return dict(super().stats())
         except (httpx.HTTPError, ValueError):
             return {}
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self._log.name)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
+
+from bulkbatch.testing.process import EmulatorProcess
 
 FAULTS = "rate_limit=25,error_rate=0.05,drop_rate=0.03,latency_ms=5,seed=13"
 API_KEY = "sk_test_chaos"
@@ -36,43 +37,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Server:
-    """``bulkbatch emulator`` as a process with a --db file on a fixed port (restartable)."""
-
-    def __init__(self, db: Path, port: int, faults: str, progression: str = "polls:3") -> None:
-        self.db, self.port, self.faults, self.progression = db, port, faults, progression
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> Server:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bulkbatch", "emulator", "--port", str(self.port),
-             "--db", str(self.db), "--faults", self.faults, "--progression", self.progression],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={**os.environ, "BULKBATCH_EMULATOR_API_KEY": API_KEY},
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"emulator did not start: {line!r}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def stats(self) -> dict[str, Any]:
-        auth = {"Authorization": f"Bearer {API_KEY}"}  # control routes need the key when one is set
-        r = httpx.get(f"{self.url}/_emulator/stats", headers=auth, timeout=30)
-        r.raise_for_status()
-        data: dict[str, Any] = r.json()
-        return data
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "COURIER_BASE_URL": self.url, "COURIER_API_KEY": API_KEY}
+def Server(db: Path, port: int, faults: str, progression: str = "polls:3") -> EmulatorProcess:
+    """The chaos emulator: a --db file on a fixed port, so it restarts on the same state."""
+    return EmulatorProcess(
+        "--faults", faults, "--progression", progression,
+        db=db, port=port, api_key=API_KEY, capture_stderr=False,
+    )  # fmt: skip
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float) -> None:

@@ -333,6 +333,9 @@ def test_default_path_without_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BULKBATCH_DATA_DIR", raising=False)
     expected = Path(platformdirs.user_data_dir("bulkbatch")) / "once-per.sqlite"
     assert default_ledger_path() == expected
+    # an empty variable is unset: the ledger never follows the working directory (#14)
+    monkeypatch.setenv("BULKBATCH_DATA_DIR", "  ")
+    assert default_ledger_path() == expected
 
 
 def test_postgresql_is_not_supported_yet() -> None:

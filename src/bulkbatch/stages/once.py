@@ -50,10 +50,10 @@ from typing import Literal, NamedTuple, Protocol
 
 import duckdb
 import orjson
-import platformdirs
 import pyarrow as pa
 
 from bulkbatch.errors import StateError, UsageError
+from bulkbatch.identity import DATA_DIR_ENV, data_dir
 
 __all__ = [
     "CHUNK_ROWS",
@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 LEDGER_FILE_NAME = "once-per.sqlite"
-DATA_DIR_ENV = "BULKBATCH_DATA_DIR"
 DEFAULT_LOCK_TIMEOUT = 60.0
 CHUNK_ROWS = 50_000
 
@@ -187,13 +186,9 @@ class Ledger(Protocol):
 
 
 def default_ledger_path() -> Path:
-    """The per-user ledger: ``$BULKBATCH_DATA_DIR/once-per.sqlite`` if that is set, else
-    ``once-per.sqlite`` in the platform's user data directory for bulkbatch."""
-    override = os.environ.get(DATA_DIR_ENV)
-    base = (
-        Path(override).expanduser() if override else Path(platformdirs.user_data_dir("bulkbatch"))
-    )
-    return base / LEDGER_FILE_NAME
+    """The per-user ledger: ``once-per.sqlite`` in bulkbatch's data directory
+    (:func:`bulkbatch.identity.data_dir`: ``$BULKBATCH_DATA_DIR``, else the platform's)."""
+    return data_dir() / LEDGER_FILE_NAME
 
 
 def open_ledger(location: str | Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Ledger:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         RunStatus,
         asend,
         cancel,
+        merge,
         plan,
         report,
         results,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from bulkbatch.sample import demo
     from bulkbatch.spec import RunSpec
     from bulkbatch.stages.load import LoadOptions
+    from bulkbatch.stages.merge import MergeInfo
     from bulkbatch.stages.plan import PlanInfo, PlanOptions
 
 try:
@@ -70,6 +72,8 @@ _HOME = {
     "asend": "bulkbatch.pipeline",
     "cancel": "bulkbatch.pipeline",
     "runs": "bulkbatch.pipeline",
+    "merge": "bulkbatch.pipeline",
+    "MergeInfo": "bulkbatch.stages.merge",
     "demo": "bulkbatch.sample",
     "plan": "bulkbatch.pipeline",
     "report": "bulkbatch.pipeline",
@@ -84,6 +88,7 @@ __all__ = [
     "CourierClient",
     "Emulator",
     "LoadOptions",
+    "MergeInfo",
     "Pipeline",
     "PlanInfo",
     "PlanOptions",
@@ -97,6 +102,7 @@ __all__ = [
     "cancel",
     "demo",
     "errors",
+    "merge",
     "plan",
     "report",
     "results",

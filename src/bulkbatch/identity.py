@@ -48,6 +48,7 @@ __all__ = [
     "idempotency_key",
     "lookup",
     "register",
+    "shard_family",
 ]
 
 KEY_PREFIX = "bb1"
@@ -89,15 +90,36 @@ def campaign_id(
     layout: dict[str, Any],
     instance: str | None,
     once_per: str | None,
+    shard: str | None = None,
 ) -> str:
-    """The campaign's id: 24 hex digits of a hash of everything it sends."""
-    payload = {
+    """The campaign's id: 24 hex digits of a hash of everything it sends.
+
+    A shard (``"I/N"``) is its own instance; an unsharded run's id does not mention shards, so
+    ids of runs made before sharding existed are unchanged."""
+    payload: dict[str, Any] = {
         "v": IDENTITY_VERSION,
         "message": message,
         "audience": audience,
         "layout": layout,
         "instance": instance,
         "once_per": once_per,
+    }
+    if shard is not None:
+        payload["shard"] = shard
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+
+
+def shard_family(
+    message: dict[str, Any], options: dict[str, Any], *, input_hash: str, input_rows: int
+) -> str:
+    """The id the shards of one sharded campaign share (``bulkbatch merge`` checks it): the
+    job message, every outcome option but the shard itself, and the whole input's content
+    hash and row count — not the input's paths, which differ from worker to worker."""
+    payload = {
+        "v": IDENTITY_VERSION,
+        "message": message,
+        "options": {k: v for k, v in options.items() if k != "shard"},
+        "input": [input_hash, input_rows],
     }
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
 

@@ -315,6 +315,16 @@ OPTIONS: Mapping[str, Option] = _options(
         outcome=True,
     ),
     Option(
+        "shard",
+        "run",
+        "str",
+        "Send only shard I of N (0-based, e.g. 2/8): the people whose recipient hashes there. "
+        "Duplicates share a shard; rows with no recipient are in shard 0. Each shard is its "
+        "own campaign instance; combine their results with 'bulkbatch merge'.",
+        metavar="I/N",
+        outcome=True,
+    ),
+    Option(
         "run_dir",
         "run",
         "str",

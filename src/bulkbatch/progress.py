@@ -18,7 +18,7 @@ class ProgressEvent:
     """One progress report.
 
     :param stage: ``load``, ``plan``, ``create``, ``ingest``, ``run``, ``wait``, ``page``,
-        ``messages`` or ``results``
+        ``messages``, ``results`` or ``merge``
     :param done: units finished so far (users, pages, messages …)
     :param total: units in all, when known
     :param unit: what ``done`` counts, e.g. ``users``

@@ -31,6 +31,7 @@ from bulkbatch.options import OPTIONS, Option, option
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "MAX_SHARDS",
     "Audience",
     "Campaign",
     "RunSpec",
@@ -39,6 +40,7 @@ __all__ = [
     "json_depth",
     "parse_json_option",
     "parse_map_option",
+    "parse_shard",
 ]
 
 MAX_JSON_DEPTH = 64
@@ -284,6 +286,26 @@ class Campaign:
         return msg
 
 
+MAX_SHARDS = 4096
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` → ``(I, N)`` with ``0 <= I < N <= MAX_SHARDS``.
+
+    :raises UsageError: naming ``--shard`` and what a good value looks like
+    """
+    index, sep, count = text.strip().partition("/")
+    example = "e.g. 0/4 for the first of four shards (shards count from 0)"
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        raise option("shard").invalid(text, f"is not I/N; {example}")
+    i, n = int(index), int(count)
+    if not 1 <= n <= MAX_SHARDS:
+        raise option("shard").invalid(text, f"needs N from 1 to {MAX_SHARDS}; {example}")
+    if i >= n:
+        raise option("shard").invalid(text, f"needs I below N: shards of {n} are 0 to {n - 1}")
+    return i, n
+
+
 @dataclass(frozen=True)
 class Audience:
     """Who: the inputs, how they are read, filtered, mapped and deduplicated."""
@@ -346,6 +368,8 @@ class RunSpec:
     sending: Sending = field(default_factory=Sending)
     tracking: Tracking = field(default_factory=Tracking)
     run_id: str | None = None
+    shard: str | None = None
+    """``"I/N"``: only shard I of N (see :attr:`shard_of`)."""
     once_per: str | None = None
     once_per_ledger: str | None = None
     fail_on_rejects: bool = False
@@ -359,6 +383,14 @@ class RunSpec:
             raise option("run_id").invalid(self.run_id, "is empty; give a name or leave it out")
         if self.once_per is not None and not self.once_per.strip():
             raise option("once_per").invalid(self.once_per, "is empty; give a key")
+        if self.shard is not None:  # one spelling, so " 1/4" and "1/4" are one campaign
+            i, n = parse_shard(self.shard)
+            object.__setattr__(self, "shard", f"{i}/{n}")
+
+    @property
+    def shard_of(self) -> tuple[int, int] | None:
+        """``(index, count)`` of a sharded run (0-based index), or None."""
+        return None if self.shard is None else parse_shard(self.shard)
 
     # -- building -------------------------------------------------------------------------
     @classmethod

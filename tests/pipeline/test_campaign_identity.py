@@ -179,3 +179,30 @@ def test_run_directory_is_private(tmp_path: Path) -> None:
     assert run_dir.stat().st_mode & 0o777 == 0o700
     for name in ("results.parquet", "plan.parquet", "rejects.parquet", "state.json"):
         assert (run_dir / name).stat().st_mode & 0o077 == 0, name
+
+
+def test_a_retry_with_other_tuning_on_a_fresh_worker_sends_nobody_twice(tmp_path: Path) -> None:
+    """--concurrency and --rate tune how fast, not what is sent: a scheduler's retry on
+    another worker (other directory, no registry, the first run directory gone) with other
+    tuning cuts the same jobs and sends the same keys. 100k rows: the automatic job size
+    at --concurrency 2 would otherwise differ from the default's."""
+    audience = _audience(tmp_path / "aud.parquet", 100_000)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    with EmulatorProcess() as emu:
+        first = _send(str(audience), "--event", "welcome", "--concurrency", "2",
+                      env=emu.env(), cwd=one)  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        summary = orjson.loads(first.stdout)
+        shutil.rmtree(summary["run_dir"])
+        env = emu.env()
+        env["BULKBATCH_DATA_DIR"] = str(two / "data")
+        retry = _send(str(audience), "--event", "welcome", "--concurrency", "32", "--rate", "500",
+                      env=env, cwd=two)  # fmt: skip
+        assert retry.returncode == 0, retry.stderr
+        again = orjson.loads(retry.stdout)
+        stats = emu.stats()
+    assert again["campaign"] == summary["campaign"] and again["replayed"] is True
+    assert stats["users_accepted"] == summary["counts"]["ingested"] == 100_000
+    assert stats["max_accepted_per_recipient"] == 1

@@ -22,7 +22,8 @@ RUN_OPTIONS = [name for name in OPTIONS if name != "api_key"] + ["api_key"]
 """Every run option, in definition order (the key last)."""
 PLAN_OPTIONS = [
     o.name for o in OPTIONS.values() if o.group in ("campaign", "audience") or o.name in (
-        "batch_size", "max_job_size", "rate", "concurrency", "run_id", "run_dir", "once_per",
+        "batch_size", "max_job_size", "rate", "concurrency", "run_id", "shard", "run_dir",
+        "once_per",
         "once_per_ledger",
     )
 ]  # fmt: skip
@@ -463,6 +464,58 @@ def runs(root: Path, as_json: bool) -> None:
         )
 
 
+@click.command()
+@click.argument(
+    "run_dirs",
+    nargs=-1,
+    required=True,
+    metavar="RUN_DIR...",
+    type=click.Path(file_okay=False, path_type=Path),
+)
+@click.option(
+    "--out",
+    required=True,
+    metavar="PATH",
+    help="A .parquet file, or a folder for a Hive-partitioned dataset (shard=I/).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the merged counts as JSON.")
+@shared_output_options
+@click.pass_context
+@handle_errors
+def merge(ctx: click.Context, run_dirs: tuple[Path, ...], out: str, as_json: bool) -> None:
+    """Combine the shards of one campaign (send --shard I/N) into one results dataset.
+
+    Every shard's run directory is needed, once; shards of another campaign (other inputs,
+    options or shard count) are refused. The merged rows keep each row's outcome and
+    statuses plus a shard column, and the accounting is checked across shards: every input
+    row exactly once, input rows = ingested + duplicates + rejected + filtered + skipped.
+
+    Example (four shards, then one dataset):
+
+        for i in 0 1 2 3; do bulkbatch send audience.parquet --event welcome --shard $i/4 \
+            --run-dir runs/welcome-$i; done
+
+        bulkbatch merge runs/welcome-0 runs/welcome-1 runs/welcome-2 runs/welcome-3 \
+            --out welcome-results/
+    """
+    import bulkbatch
+
+    with renderer_for(ctx) as render:
+        info = bulkbatch.merge(run_dirs, out, progress=render)
+    if as_json:
+        emit_json(info.to_dict())
+        return
+    c = info.counts
+    click.echo(
+        f"Merged {info.shards} shards into {info.out} "
+        f"({'Hive-partitioned dataset' if info.dataset else 'one Parquet file'}):\n"
+        f"  input rows  {info.input_rows:>12,}\n  ingested    {c['ingested']:>12,}\n"
+        f"  duplicates  {c['duplicates']:>12,}\n  rejected    {c['rejected']:>12,}\n"
+        f"  filtered    {c['filtered']:>12,}\n  skipped     {c['skipped']:>12,}\n"
+        f"  canceled    {c['canceled']:>12,}\n  accounting  adds up across shards"
+    )
+
+
 COMMANDS: list[click.Command] = [
-    plan, send, resume, status, results, cancel, runs, demo, report,
+    plan, send, resume, status, results, cancel, runs, demo, report, merge,
 ]  # fmt: skip

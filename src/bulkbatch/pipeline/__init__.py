@@ -23,9 +23,10 @@ from bulkbatch.options import OPTIONS
 from bulkbatch.pipeline.begin import discard, is_frame, open_run, sources_of
 from bulkbatch.pipeline.core import Adopted, Pipeline
 from bulkbatch.pipeline.run import Run, RunStatus, settings_for, started, status_of
-from bulkbatch.progress import NullProgress, Progress
+from bulkbatch.progress import NullProgress, Progress, ProgressEvent
 from bulkbatch.spec import RunSpec, parse_json_option, parse_map_option
 from bulkbatch.stages.cancel import CancelInfo
+from bulkbatch.stages.merge import MergeInfo, merge_shards
 from bulkbatch.stages.results import ResultsInfo
 from bulkbatch.state import RunState
 
@@ -35,6 +36,7 @@ __all__ = [
     "RunStatus",
     "asend",
     "cancel",
+    "merge",
     "plan",
     "report",
     "results",
@@ -203,6 +205,7 @@ async def asend(
     include_profile: bool | None = None,
     run_id: str | None = None,
     run_dir: str | Path | None = None,
+    shard: str | None = None,
     once_per: str | None = None,
     once_per_ledger: str | None = None,
     fail_on_rejects: bool | None = None,
@@ -259,6 +262,7 @@ def send(
     include_profile: bool | None = None,
     run_id: str | None = None,
     run_dir: str | Path | None = None,
+    shard: str | None = None,
     once_per: str | None = None,
     once_per_ledger: str | None = None,
     fail_on_rejects: bool | None = None,
@@ -336,6 +340,7 @@ def plan(
     include_profile: bool | None = None,
     run_id: str | None = None,
     run_dir: str | Path | None = None,
+    shard: str | None = None,
     once_per: str | None = None,
     once_per_ledger: str | None = None,
     fail_on_rejects: bool | None = None,
@@ -427,6 +432,28 @@ def cancel(
     """Cancel a campaign sent by mistake (``bulkbatch cancel``): nothing more is ingested or
     run, and every message not sent yet is canceled. See :mod:`bulkbatch.stages.cancel`."""
     return Run(run_dir).cancel(settings=settings, progress=progress)
+
+
+def merge(
+    run_dirs: Sequence[str | Path], out: str | Path, *, progress: Progress = NullProgress
+) -> MergeInfo:
+    """Combine the shards of one campaign (``send(..., shard="I/N")``) into one results
+    dataset (``bulkbatch merge``): ``out`` ending in ``.parquet`` is one file, any other path
+    a Hive-partitioned folder (``shard=I/``). Refuses shards of different campaigns, a shard
+    given twice or missing, and checks that every input row is there exactly once.
+
+    Example::
+
+        runs = [bulkbatch.send("audience.parquet", event="welcome", shard=f"{i}/4")
+                for i in range(4)]
+        bulkbatch.merge([r.path for r in runs], "welcome-results/")
+    """
+    progress(ProgressEvent("merge", message=f"merging {len(run_dirs)} shard(s)"))
+    info = merge_shards([Path(d) for d in run_dirs], Path(out))
+    progress(
+        ProgressEvent("merge", info.input_rows, info.input_rows, "rows", message=f"{info.out}")
+    )
+    return info
 
 
 def runs(root: str | Path = "runs") -> list[RunStatus]:

@@ -105,7 +105,9 @@ def _default_dir(runs_root: Path, spec: RunSpec, files: dict[str, str] | None) -
         return runs_root / f"{name}-{stamp}"
     shape = {"spec": spec.outcome_values(), "files": files}
     digest = hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return runs_root / f"{name}-{digest[:12]}"
+    shard = spec.shard_of
+    suffix = f"-shard{shard[0]}of{shard[1]}" if shard else ""
+    return runs_root / f"{name}-{digest[:12]}{suffix}"
 
 
 def _same_campaign(state: RunState, spec: RunSpec, files: dict[str, str] | None) -> bool:

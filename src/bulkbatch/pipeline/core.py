@@ -23,10 +23,10 @@ import anyio
 import duckdb
 
 from bulkbatch.client.courier import CourierClient
-from bulkbatch.config import Settings, auto_job_size
+from bulkbatch.config import DEFAULT_CONCURRENCY, Settings, auto_job_size
 from bulkbatch.db import DB_FILE, in_thread, open_run_db
 from bulkbatch.errors import StateError
-from bulkbatch.identity import audience_fingerprint, campaign_id
+from bulkbatch.identity import audience_fingerprint, campaign_id, shard_family
 from bulkbatch.ledger import LedgerWriter
 from bulkbatch.pipeline.begin import adopt_registered, check_inputs_unchanged
 from bulkbatch.pipeline.connect import client_for
@@ -161,8 +161,13 @@ class Pipeline:
     def _plan_options(self) -> PlanOptions:
         spec, state = self.spec, self.state
         max_job = spec.sending.max_job_size or None
+        shard = spec.shard_of
         if state.auto_job_size:
-            max_job = auto_job_size(int(state.inputs.get("rows", 0)), self.settings.concurrency)
+            rows = int(state.inputs.get("rows", 0)) // (shard[1] if shard else 1)
+            # Sized for the default concurrency, never the run's own: the layout is part of
+            # the campaign id, so a retry with other tuning (--concurrency, --rate) on a
+            # fresh worker must cut the same jobs and send the same keys.
+            max_job = auto_job_size(rows, DEFAULT_CONCURRENCY)
         c, a = spec.campaign, spec.audience
         return PlanOptions(
             content=c.content,
@@ -176,6 +181,7 @@ class Pipeline:
             batch_size=spec.sending.batch_size,
             max_job_size=max_job,
             max_user_bytes=a.max_user_bytes,
+            shard=shard,
         )
 
     async def plan(self) -> PlanInfo:
@@ -205,7 +211,15 @@ class Pipeline:
             layout={"batch_size": options.batch_size, "max_job_size": options.max_job_size},
             instance=self.spec.run_id,
             once_per=self.spec.once_per,
+            shard=self.spec.shard,
         )
+        if info.shard is not None:
+            state.plan["shard"]["family"] = shard_family(
+                state.message,
+                self.spec.outcome_values(),
+                input_hash=str(info.shard["input_hash"]),
+                input_rows=int(info.shard["total_input_rows"]),
+            )
         other = adopt_registered(state, self.settings.base_url)
         if other is not None:
             raise Adopted(other, state)

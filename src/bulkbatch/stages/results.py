@@ -355,6 +355,7 @@ def summary_dict(state: RunState, info: ResultsInfo) -> dict[str, Any]:
         "run_id": state.run_id,
         "run_dir": str(state.run_dir.resolve()),
         "campaign": state.campaign,
+        "shard": state.plan.get("shard"),
         "replayed": state.replayed,
         "already_sent": state.replayed or state.repeats > 0,
         "canceled": state.canceled is not None,

@@ -26,10 +26,11 @@ from bulkbatch.stages.plan.mapping import (
 from bulkbatch.stages.plan.model import ADDRESS_TARGETS, PlanOptions
 from bulkbatch.stages.plan.queries import Queries, build_queries, keys_sql, order_sql, users_sql
 from bulkbatch.stages.plan.report import PlanInfo, make_report, write_files
+from bulkbatch.stages.plan.shard import ShardInfo, apply_shard
 
 __all__ = ["build_plan"]
 
-_TEMP_TABLES = ("_bb_keys", "_bb_groups", "_bb_order", "_bb_large")
+_TEMP_TABLES = ("_bb_keys", "_bb_groups", "_bb_order", "_bb_large", "_bb_other")
 
 
 def _fingerprint(options: PlanOptions) -> str:
@@ -43,6 +44,7 @@ def _fingerprint(options: PlanOptions) -> str:
         "batch_size": options.batch_size,
         "max_job_size": options.max_job_size or None,
         "max_user_bytes": options.max_user_bytes,
+        **({"shard": list(options.shard)} if options.shard else {}),
     }
     return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -239,17 +241,25 @@ def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> No
             con.execute(f"SET force_compression = {quote_literal(previous)}")
 
 
-def _run(con: duckdb.DuckDBPyConnection, options: PlanOptions, q: Queries, audience: str) -> None:
-    """Create ``rejects``, ``duplicates`` and ``plan`` (and the temp tables the report reads)."""
+def _run(
+    con: duckdb.DuckDBPyConnection, options: PlanOptions, q: Queries, audience: str
+) -> ShardInfo | None:
+    """Create ``rejects``, ``duplicates`` and ``plan`` (and the temp tables the report reads).
+    With a shard, first remove the other shards' rows (:mod:`.shard`)."""
     for table in ("plan", "rejects", "duplicates"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _bb_keys AS {keys_sql(q, options, audience)}")
-    _mark_too_large(con, q, options, audience)
     _mark_bad_rows(con)
+    shard = None
+    if options.shard is not None:
+        selected = f"SELECT row_number FROM {audience}" if options.sql else None
+        shard = apply_shard(con, options.shard, selected)
+    _mark_too_large(con, q, options, audience)
     _write_rejects(con, options, audience)
     _dedupe(con, options)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _bb_order AS {order_sql(options)}")
     _write_plan(con, q, audience)
+    return shard
 
 
 def build_plan(
@@ -277,7 +287,7 @@ def build_plan(
     q = build_queries(options, Cols(aud.types), aud.targets, where, aud.label)
     unused = unused_columns(aud.columns, aud.targets, aud.paths, referenced)
     try:
-        _run(con, options, q, aud.source)
+        shard = _run(con, options, q, aud.source)
         info = make_report(
             con,
             options,
@@ -301,6 +311,8 @@ def build_plan(
         with contextlib.suppress(duckdb.Error):
             for table in _TEMP_TABLES:
                 con.execute(f"DROP TABLE IF EXISTS {table}")
+    if shard is not None:
+        info = dataclasses.replace(info, shard=shard.to_dict())
     if run_dir is None:
         return info
     paths = write_files(con, Path(run_dir))

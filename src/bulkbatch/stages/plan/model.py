@@ -57,6 +57,8 @@ class PlanOptions:
     max_job_size: int | None = None
     """Users per job; ``None`` or 0: one job for everyone."""
     max_user_bytes: int = 100_000
+    shard: tuple[int, int] | None = None
+    """``(index, count)``: plan only the rows of this shard (rules: :mod:`.shard`)."""
 
     def __post_init__(self) -> None:
         for name in ("channel", "dedupe", "batch_size", "max_job_size", "max_user_bytes"):

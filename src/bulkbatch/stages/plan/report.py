@@ -54,6 +54,8 @@ class PlanInfo:
     phones_as_given: int = 0
     """Users to send whose phone number could not be made E.164 and is sent as given."""
     duplicates_file: str | None = None
+    shard: dict[str, Any] | None = None
+    """A sharded plan: :meth:`bulkbatch.stages.plan.shard.ShardInfo.to_dict`."""
     """``duplicates.parquet`` in the run directory, when the plan wrote files."""
 
     def requests(self) -> int:
@@ -86,7 +88,14 @@ class PlanInfo:
 
     def render(self, rate: float | None = None) -> str:
         """The report as plain text lines (the CLI may style it)."""
-        lines = [
+        lines = []
+        if self.shard:
+            sh = self.shard
+            lines.append(
+                f"shard         {sh['index']:>8} of {sh['count']}  ({self.rows_read:,} of "
+                f"{sh['total_input_rows']:,} input rows)"
+            )
+        lines += [
             f"rows read     {self.rows_read:>12,}",
             f"to send       {self.to_send:>12,}",
             f"duplicates    {self.duplicates:>12,}",

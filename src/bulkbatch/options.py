@@ -238,8 +238,9 @@ OPTIONS: Mapping[str, Option] = _options(
         "max_job_size",
         "sending",
         "int",
-        "Users per bulk job; jobs are paged side by side. Default: about 4 jobs per "
-        "--concurrency slot, of at least 10,000 users each. 0: one job for everyone.",
+        "Users per bulk job; jobs are paged side by side. Default: about 64 jobs (4 per "
+        "default --concurrency slot; never the run's own, so a retry with other tuning sends "
+        "the same keys), of at least 10,000 users each. 0: one job for everyone.",
         minimum=0,
         outcome=True,
     ),

@@ -490,13 +490,15 @@ def merge(ctx: click.Context, run_dirs: tuple[Path, ...], out: str, as_json: boo
     statuses plus a shard column, and the accounting is checked across shards: every input
     row exactly once, input rows = ingested + duplicates + rejected + filtered + skipped.
 
-    Example (four shards, then one dataset):
+    Four shards, then one dataset.
 
-        for i in 0 1 2 3; do bulkbatch send audience.parquet --event welcome --shard $i/4 \
-            --run-dir runs/welcome-$i; done
+    Example:
 
-        bulkbatch merge runs/welcome-0 runs/welcome-1 runs/welcome-2 runs/welcome-3 \
-            --out welcome-results/
+    \b
+        for i in 0 1 2 3; do
+          bulkbatch send audience.parquet --event welcome --shard $i/4 --run-dir runs/w-$i
+        done
+        bulkbatch merge runs/w-0 runs/w-1 runs/w-2 runs/w-3 --out welcome-results/
     """
     import bulkbatch
 

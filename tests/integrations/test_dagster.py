@@ -238,9 +238,8 @@ def test_a_shard_over_its_reject_policy_fails_without_retry(
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
     data = failure.event_specific_data
-    assert "shard 0/2: " in str(data) and "rejected or ended in ERROR (fail_on_rejects)" in str(
-        data
-    )
+    assert "shard 0/2: " in str(data)
+    assert "rejected or ended in ERROR (--fail-on-rejects)" in str(data)
     assert data.user_failure_data is not None  # a dagster.Failure, not a crash
     assert emulator.stats()["max_accepted_per_recipient"] == 1
 

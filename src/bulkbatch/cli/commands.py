@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from bulkbatch.cli.exits import CliError, handle_errors, rows_failed
+from bulkbatch.cli.exits import CliError, handle_errors
 from bulkbatch.cli.flags import config_option, option_flags, shared_output_options
 from bulkbatch.cli.render import emit_json, plan_report, renderer_for, summary_text
 from bulkbatch.options import OPTIONS
@@ -64,10 +64,7 @@ def _finish(run: Any, as_json: bool) -> None:
         click.echo(summary_text(run, summary))
     if summary is None:
         return
-    spec = run.spec
-    why = rows_failed(
-        summary, fail_on_rejects=spec.fail_on_rejects, max_reject_rate=spec.max_reject_rate
-    )
+    why = run.rows_failed()
     if why:
         raise CliError(f"{why}; see {summary['results']}.")
 

@@ -32,7 +32,6 @@ __all__ = [
     "CliError",
     "handle_errors",
     "install_signal_handlers",
-    "rows_failed",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -144,18 +143,3 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else text
 
 
-def rows_failed(
-    summary: dict[str, Any], *, fail_on_rejects: bool, max_reject_rate: float | None
-) -> str | None:
-    """Why the run should exit 1 for its rows under the user's policy (None: it should not)."""
-    c = summary["counts"]
-    failed = int(c["rejected"]) + int(summary["statuses"].get("ERROR", 0))
-    total = int(c["input_rows"]) or 1
-    if fail_on_rejects and failed:
-        return f"{failed:,} rows were rejected or ended in ERROR (--fail-on-rejects)"
-    if max_reject_rate is not None and failed / total > max_reject_rate:
-        return (
-            f"{failed:,} of {total:,} rows ({failed / total:.1%}) were rejected or ended in "
-            f"ERROR, over --max-reject-rate {max_reject_rate:g}"
-        )
-    return None

@@ -228,22 +228,6 @@ def _shard_metadata(run: Run, run_id: str | None) -> dict[str, dg.MetadataValue[
     return {k: _metadata_value(k, v) for k, v in values.items()}
 
 
-def _rows_failed(metadata: Mapping[str, dg.MetadataValue[Any]], spec: Mapping[str, Any]) -> str:
-    """Why ``fail_on_rejects`` / ``max_reject_rate`` fail this shard ('' when they do not)."""
-    rejected = int(metadata["rejected"].value)
-    errors = int(dict(metadata["statuses"].value).get("ERROR", 0))
-    failed, total = rejected + errors, max(1, int(metadata["input_rows"].value))
-    if spec.get("fail_on_rejects") and failed:
-        return f"{failed:,} rows were rejected or ended in ERROR (fail_on_rejects)"
-    limit = spec.get("max_reject_rate")
-    if isinstance(limit, int | float) and failed / total > limit:
-        return (
-            f"{failed:,} of {total:,} rows ({failed / total:.1%}) were rejected or ended in "
-            f"ERROR, over max_reject_rate {limit:g}"
-        )
-    return ""
-
-
 def _failure(exc: BulkBatchError, shard: str, runs_root: Path) -> dg.Failure:
     """A bulkbatch error as a Dagster failure: bad usage (exit 2) is not worth a retry."""
     return dg.Failure(
@@ -359,7 +343,7 @@ def bulkbatch_assets(
         except BulkBatchError as exc:
             raise _failure(exc, shard, root) from exc
         metadata = _shard_metadata(run, run_id)
-        why = _rows_failed(metadata, options)
+        why = run.rows_failed()
         if why:
             raise dg.Failure(
                 description=f"shard {shard}: {why}", metadata=metadata, allow_retries=False

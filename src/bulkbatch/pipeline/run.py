@@ -26,7 +26,7 @@ from bulkbatch.progress import NullProgress, Progress, ProgressEvent
 from bulkbatch.spec import RunSpec
 from bulkbatch.stages.cancel import CancelInfo
 from bulkbatch.stages.plan import PlanInfo
-from bulkbatch.stages.results import ResultsInfo
+from bulkbatch.stages.results import ResultsInfo, rows_failed
 from bulkbatch.state import RunState
 
 if TYPE_CHECKING:
@@ -220,6 +220,18 @@ class Run:
             )
         data: dict[str, Any] = orjson.loads(path.read_bytes())
         return data
+
+    def rows_failed(self) -> str | None:
+        """Why this finished run fails for its rows under its ``fail_on_rejects`` /
+        ``max_reject_rate`` (the CLI's exit code 1), or None (also before it finished)."""
+        if not (self.path / "summary.json").exists():
+            return None
+        spec = self.spec
+        return rows_failed(
+            self.summary(),
+            fail_on_rejects=spec.fail_on_rejects,
+            max_reject_rate=spec.max_reject_rate,
+        )
 
     def _file(self, name: str) -> Path:
         path = self.path / name

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,11 @@ import orjson
 from bulkbatch.db import quote_ident, quote_literal
 from bulkbatch.errors import AccountingError
 from bulkbatch.files import atomic_write_bytes
+from bulkbatch.options import option
 from bulkbatch.stages.delivery import DELIVERY_COLUMNS, DELIVERY_TABLE, build_delivery
 from bulkbatch.state import RunState
 
-__all__ = ["RESULT_COLUMNS", "ResultsInfo", "write_results"]
+__all__ = ["RESULT_COLUMNS", "ResultsInfo", "rows_failed", "write_results"]
 
 RESULT_COLUMNS = (
     "outcome",
@@ -395,3 +397,22 @@ def write_summary(state: RunState, info: ResultsInfo) -> None:
     atomic_write_bytes(
         info.summary_path, orjson.dumps(summary_dict(state, info), option=orjson.OPT_INDENT_2)
     )
+
+
+def rows_failed(
+    summary: Mapping[str, Any], *, fail_on_rejects: bool, max_reject_rate: float | None
+) -> str | None:
+    """Why a finished run fails for its rows under the user's policy (``--fail-on-rejects``,
+    ``--max-reject-rate``), or None. The one rule the CLI's exit code 1 and the Airflow and
+    Dagster integrations share: rejected rows plus rows Courier ended in ERROR."""
+    c = summary["counts"]
+    failed = int(c["rejected"]) + int((summary.get("statuses") or {}).get("ERROR", 0))
+    total = int(c["input_rows"]) or 1
+    if fail_on_rejects and failed:
+        return f"{failed:,} rows were rejected or ended in ERROR ({option('fail_on_rejects').flag})"
+    if max_reject_rate is not None and failed / total > max_reject_rate:
+        return (
+            f"{failed:,} of {total:,} rows ({failed / total:.1%}) were rejected or ended in "
+            f"ERROR, over {option('max_reject_rate').flag} {max_reject_rate:g}"
+        )
+    return None

@@ -46,7 +46,7 @@ def test_modules_stay_small() -> None:
                     "bulkbatch.ledger", "bulkbatch.identity", "bulkbatch.files",
                     "bulkbatch.models", "bulkbatch.spec", "bulkbatch.options",
                     "bulkbatch.config", "bulkbatch.errors", "bulkbatch.progress",
-                    "bulkbatch.webhooks")),
+                    "bulkbatch.webhooks", "bulkbatch.storage")),
     ],
 )  # fmt: skip
 def test_imports_point_one_way(package: str, may_import: tuple[str, ...]) -> None:
@@ -57,11 +57,34 @@ def test_imports_point_one_way(package: str, may_import: tuple[str, ...]) -> Non
     assert {k: v for k, v in wrong.items() if v} == {}
 
 
+def test_storage_imports_only_errors_and_config() -> None:
+    """Stages, the pipeline and the CLI all use bulkbatch.storage: it stays at the bottom."""
+    allowed = ("bulkbatch.errors", "bulkbatch.config")
+    assert sorted(m for m in _imports(SRC / "storage.py") if not m.startswith(allowed)) == []
+
+
 def test_library_code_never_imports_the_cli() -> None:
     users = [
         str(p.relative_to(SRC))
         for p in _modules()
         if not str(p.relative_to(SRC)).startswith(("cli/", "__main__.py"))
         and any(m == "bulkbatch.cli" or m.startswith("bulkbatch.cli.") for m in _imports(p))
+    ]
+    assert users == []
+
+
+def test_integrations_sit_on_top() -> None:
+    """Airflow and Dagster call the front door like any user: they never import the CLI, and
+    nothing in the package imports them (``import bulkbatch`` must not need an orchestrator)."""
+    wrong = {
+        str(p.relative_to(SRC)): sorted(m for m in _imports(p) if m.startswith("bulkbatch.cli"))
+        for p in (SRC / "integrations").rglob("*.py")
+    }
+    assert {k: v for k, v in wrong.items() if v} == {}
+    users = [
+        str(p.relative_to(SRC))
+        for p in _modules()
+        if not str(p.relative_to(SRC)).startswith("integrations/")
+        and any(m.startswith("bulkbatch.integrations") for m in _imports(p))
     ]
     assert users == []

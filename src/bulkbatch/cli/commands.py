@@ -247,8 +247,11 @@ def status(
 @_run_dir_arg
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write a Parquet file (default RUN_DIR/results.parquet).",
+    metavar="PATH|s3://BUCKET/KEY",
+    help="Where to write a Parquet file (default RUN_DIR/results.parquet); an s3:// URL "
+    "uploads RUN_DIR/results.parquet there (AWS credentials and AWS_ENDPOINT_URL from the "
+    "environment); an s3:// folder ending in / gets results.parquet and summary.json, what "
+    "'bulkbatch merge' reads of a shard.",
 )
 @click.option(
     "--webhooks",
@@ -278,7 +281,7 @@ def status(
 def results(
     ctx: click.Context,
     run_dir: Path,
-    out: Path | None,
+    out: str | None,
     webhooks: Path | None,
     reconcile: bool,
     messages: bool,
@@ -299,10 +302,14 @@ def results(
         bulkbatch results runs/welcome-3f2a9c1d0e4b --webhooks webhooks.sqlite --reconcile
 
         bulkbatch results runs/welcome-3f2a9c1d0e4b --messages --out welcome.parquet
+
+        bulkbatch results runs/welcome-3f2a9c1d0e4b --out s3://crm-exports/welcome.parquet
     """
     import bulkbatch
+    from bulkbatch.storage import is_remote
 
-    if out is not None and out.suffix.lower() not in (".parquet", ".pq"):
+    folder = out is not None and is_remote(out) and out.endswith("/")
+    if out is not None and not folder and not out.lower().endswith((".parquet", ".pq")):
         raise CliError(
             f"--out {out} does not end in .parquet: results are written as Parquet. Name the "
             "file *.parquet (DuckDB or polars turn it into CSV in one line).",
@@ -326,7 +333,9 @@ def results(
         emit_json(run.summary())
     else:
         click.echo(summary_text(run, run.summary()))
-        if info.path != run.path / "results.parquet":
+        if out is not None and is_remote(out):
+            click.echo(f"  uploaded  {out}")
+        elif info.path != run.path / "results.parquet":
             click.echo(f"  written   {info.path}")
 
 
@@ -462,24 +471,19 @@ def runs(root: Path, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument(
-    "run_dirs",
-    nargs=-1,
-    required=True,
-    metavar="RUN_DIR...",
-    type=click.Path(file_okay=False, path_type=Path),
-)
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
 @click.option(
     "--out",
     required=True,
     metavar="PATH",
-    help="A .parquet file, or a folder for a Hive-partitioned dataset (shard=I/).",
+    help="A .parquet file, or a folder for a Hive-partitioned dataset (shard=I/); either "
+    "may be s3://BUCKET/KEY.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the merged counts as JSON.")
 @shared_output_options
 @click.pass_context
 @handle_errors
-def merge(ctx: click.Context, run_dirs: tuple[Path, ...], out: str, as_json: bool) -> None:
+def merge(ctx: click.Context, run_dirs: tuple[str, ...], out: str, as_json: bool) -> None:
     """Combine the shards of one campaign (send --shard I/N) into one results dataset.
 
     Every shard's run directory is needed, once; shards of another campaign (other inputs,

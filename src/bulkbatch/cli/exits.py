@@ -141,5 +141,3 @@ def _storage_error(exc: BaseException) -> bool:
 def _first_line(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[0] if lines else text
-
-

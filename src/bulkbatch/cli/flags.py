@@ -131,12 +131,14 @@ def _runfile_defaults(path: Path, data: dict[str, Any], known: set[str]) -> dict
         if name == "inputs":
             raw = [raw] if isinstance(raw, str) else list(raw)
         defaults[name] = raw
+    from bulkbatch.storage import is_remote  # pyarrow: only when a run file is read
+
     base = path.parent
     for name in RUNFILE_PATH_KEYS:
         value = defaults.get(name)
         if isinstance(value, list):
-            defaults[name] = [str(base / v) for v in value]
-        elif isinstance(value, str):
+            defaults[name] = [v if is_remote(v) else str(base / v) for v in value]
+        elif isinstance(value, str) and not is_remote(value):
             defaults[name] = str(base / value)
     if "once_per" in defaults and "once_per_ledger" in known:
         defaults.setdefault("once_per_ledger", str(base / LEDGER_BESIDE_RUNFILE))

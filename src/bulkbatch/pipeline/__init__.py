@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from bulkbatch import storage
 from bulkbatch._sync import run_sync
 from bulkbatch.config import Settings
 from bulkbatch.errors import BulkBatchError, UsageError
@@ -62,8 +63,11 @@ def _mapping(value: Mapping[str, str] | Sequence[str] | None) -> Mapping[str, st
 
 
 def _absolute(sources: tuple[str, ...]) -> tuple[str, ...]:
-    """Inputs as absolute paths: a stored run resumes from any working directory."""
-    return tuple(os.path.abspath(os.path.expanduser(s)) for s in sources)
+    """Inputs as absolute paths (``s3://`` URLs as given): a stored run resumes from any
+    working directory."""
+    return tuple(
+        s if storage.is_remote(s) else os.path.abspath(os.path.expanduser(s)) for s in sources
+    )
 
 
 def build_spec(source: object, keywords: Mapping[str, Any]) -> RunSpec:
@@ -439,8 +443,10 @@ def merge(
 ) -> MergeInfo:
     """Combine the shards of one campaign (``send(..., shard="I/N")``) into one results
     dataset (``bulkbatch merge``): ``out`` ending in ``.parquet`` is one file, any other path
-    a Hive-partitioned folder (``shard=I/``). Refuses shards of different campaigns, a shard
-    given twice or missing, and checks that every input row is there exactly once.
+    a Hive-partitioned folder (``shard=I/``); either may be an ``s3://`` URL, and so may a
+    shard (a folder holding its ``summary.json`` and ``results.parquet``). Refuses shards of
+    different campaigns, a shard given twice or missing, and checks that every input row is
+    there exactly once.
 
     Example::
 
@@ -449,7 +455,7 @@ def merge(
         bulkbatch.merge([r.path for r in runs], "welcome-results/")
     """
     progress(ProgressEvent("merge", message=f"merging {len(run_dirs)} shard(s)"))
-    info = merge_shards([Path(d) for d in run_dirs], Path(out))
+    info = merge_shards([str(d) for d in run_dirs], str(out))
     progress(
         ProgressEvent("merge", info.input_rows, info.input_rows, "rows", message=f"{info.out}")
     )

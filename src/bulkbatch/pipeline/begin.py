@@ -28,6 +28,7 @@ from pathlib import Path
 
 import orjson
 
+from bulkbatch import storage
 from bulkbatch.config import Settings
 from bulkbatch.errors import InputError, StateError
 from bulkbatch.files import private_dir
@@ -66,12 +67,16 @@ def sources_of(source: object) -> tuple[str, ...]:
 
 
 def file_fingerprints(sources: Sequence[str]) -> dict[str, str]:
-    """``{absolute path: "size:mtime_ns"}`` of every input file, taken before loading.
+    """``{absolute path: "size:mtime_ns"}`` of every input file, taken before loading;
+    ``{s3:// URL: "size:ETag"}`` for an object (:func:`bulkbatch.storage.fingerprint`).
 
     :raises InputError: a path, glob or folder matches nothing (from ``resolve_sources``)
     """
     out: dict[str, str] = {}
     for name in resolve_sources(list(sources)):
+        if storage.is_remote(name):
+            out[name] = storage.fingerprint(name)
+            continue
         path = Path(name).resolve()
         st = path.stat()
         out[str(path)] = f"{st.st_size}:{st.st_mtime_ns}"
@@ -84,13 +89,18 @@ def check_inputs_unchanged(state: RunState) -> None:
     if not recorded:
         return
     for path, stamp in recorded.items():
+        remote = storage.is_remote(path)
         try:
-            st = Path(path).stat()
-            now = f"{st.st_size}:{st.st_mtime_ns}"
+            if remote:  # a bucket that cannot be read raises its own InputError
+                now = storage.fingerprint(path, missing_ok=True) or "missing"
+            else:
+                st = Path(path).stat()
+                now = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             now = "missing"
         if now != stamp:
-            what = "is gone" if now == "missing" else "changed (size or modification time)"
+            change = "size or ETag" if remote else "size or modification time"
+            what = "is gone" if now == "missing" else f"changed ({change})"
             raise InputError(
                 f"Input {path} {what} since run {state.run_id} started, before its rows were "
                 "loaded. Put the original file back and resume, or send the new file as a new "

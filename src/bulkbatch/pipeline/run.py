@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import orjson
 
+from bulkbatch import storage
 from bulkbatch._sync import run_sync
 from bulkbatch.client.security import clean_api_key
 from bulkbatch.config import Settings
@@ -356,6 +358,11 @@ class Run:
     ) -> ResultsInfo:
         """(Re)write ``results.parquet`` (or ``out``) with each message's delivery outcome.
 
+        ``out`` may be an ``s3://bucket/key.parquet`` URL: ``results.parquet`` is written in
+        the run directory as usual, then uploaded there (:func:`bulkbatch.storage.upload`).
+        An ``s3://bucket/prefix/`` folder (ending in ``/``) gets ``results.parquet`` and then
+        ``summary.json``: a shard published for ``bulkbatch merge`` on another machine.
+
         :param messages: fetch ``GET /messages/{id}`` for every message first
         :param webhooks: join delivery outcomes from a ``bulkbatch webhooks serve`` store
         :param reconcile: fetch ``GET /messages/{id}`` only for messages with no final
@@ -385,14 +392,33 @@ class Run:
     ) -> ResultsInfo:
         """Async :meth:`results`."""
         resolved = settings_for(self.state, settings)
+        # A bad URL fails before any work; the upload follows the local write.
+        folder = (
+            str(out).rstrip("/")
+            if out and storage.is_remote(out) and str(out).endswith("/")
+            else None
+        )
+        if folder is not None:
+            storage.destination(f"{folder}/results.parquet")
+        remote = storage.destination(out) if out and storage.is_remote(out) and not folder else None
         async with Pipeline(self.state, resolved, progress) as pipeline:
             info = await pipeline.results(
-                Path(out) if out else None,
+                Path(out) if out and not remote and not folder else None,
                 messages=messages,
                 include_profile=include_profile,
                 webhooks=Path(webhooks) if webhooks else None,
                 reconcile=reconcile,
             )
+        if remote is not None:
+            await anyio.to_thread.run_sync(storage.upload, info.path, remote.url)
+            progress(ProgressEvent("results", message=f"uploaded to {remote.url}"))
+        if folder is not None:  # the summary last: a reader that sees it sees both
+            for name, local in (
+                ("results.parquet", info.path),
+                ("summary.json", info.summary_path),
+            ):
+                await anyio.to_thread.run_sync(storage.upload, local, f"{folder}/{name}")
+            progress(ProgressEvent("results", message=f"uploaded to {folder}/"))
         self.state = RunState.load(self.path)
         return info
 

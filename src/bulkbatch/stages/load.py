@@ -11,6 +11,8 @@ Rules
 * **Sources** are paths, globs (``data/part-*.parquet``, ``**`` allowed) or folders. A glob's
   matches are sorted by path; a folder means every ``*.parquet``, ``*.csv``, ``*.csv.gz``,
   ``*.tsv``, ``*.ndjson``, ``*.jsonl`` and ``*.json`` file below it, sorted by path.
+  ``s3://`` objects, prefixes and globs are read the same way (:mod:`bulkbatch.stages.remote`),
+  with the URL as ``source``.
 * **Format** is taken from the extension unless ``format`` says otherwise. Several inputs are
   read "by name": a column missing from one file is NULL for its rows.
 * **Order**: ``row_number`` follows the sources in the order given, the files of a glob or folder
@@ -44,7 +46,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -54,6 +56,8 @@ from bulkbatch.db import configure_connection, fetch_one, quote_ident, quote_lit
 from bulkbatch.errors import InputError, UsageError
 from bulkbatch.options import option
 from bulkbatch.stages.csvread import SOURCE_COL, CsvFile, csv_rejects, infer_types, open_csv
+from bulkbatch.stages.remote import GroupRead, group_read
+from bulkbatch.storage import expand, fingerprint, is_remote
 
 __all__ = [
     "INPUT_EXTENSIONS",
@@ -99,7 +103,7 @@ _RESERVED = {"row_number": "input_row_number", "source": "input_source"}
 class LoadOptions:
     """What to load and how to read it.
 
-    :param sources: paths, globs and folders, loaded in this order
+    :param sources: paths, globs, folders and ``s3://`` URLs, loaded in this order
     :param format: ``auto`` (by extension), ``csv``, ``parquet`` or ``ndjson``
     :param delimiter: CSV delimiter; ``None`` = sniffed
     :param quote: CSV quote character; ``None`` = sniffed
@@ -179,6 +183,9 @@ def resolve_sources(sources: Sequence[str]) -> list[str]:
         raise UsageError("No input given: pass one or more files, globs or folders.")
     files: list[str] = []
     for source in sources:
+        if is_remote(source):  # s3://bucket/key, a prefix or a glob
+            files.extend(expand(source, INPUT_EXTENSIONS))
+            continue
         path = Path(source).expanduser()
         if path.is_dir():
             files.extend(_folder_files(source, path))
@@ -212,6 +219,9 @@ def fingerprint_files(files: Iterable[str]) -> str:
     """sha256 over (path, size, mtime_ns) of each file, in order: changes when an input does."""
     h = hashlib.sha256()
     for f in files:
+        if is_remote(f):
+            h.update(f"{f}\0{fingerprint(f)}\n".encode())
+            continue
         st = os.stat(f)
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
@@ -322,7 +332,8 @@ def _groups(files: Sequence[str], fmt: str) -> list[tuple[str, list[str]]]:
     groups: list[tuple[str, list[str]]] = []
     for f in files:
         kind = _format_of(f, fmt)
-        if groups and groups[-1][0] == kind and kind != "csv":
+        same = groups and is_remote(groups[-1][1][0]) == is_remote(f)
+        if same and groups[-1][0] == kind and kind != "csv":
             groups[-1][1].append(f)
         else:
             groups.append((kind, [f]))
@@ -389,19 +400,20 @@ def _load_group(
     con: duckdb.DuckDBPyConnection,
     loaded: _Loaded,
     kind: str,
-    group: list[str],
+    read: GroupRead,
     options: LoadOptions,
 ) -> None:
+    group = read.files
     if kind != "csv":
         try:
             try:
-                reader = _reader(kind, group)
-                described = _append(con, loaded, reader, quote_ident(SOURCE_COL))
+                reader = read.reader or _reader(kind, group)
+                described = _append(con, loaded, reader, read.source)
             except duckdb.InvalidInputException as exc:
                 if kind != "ndjson" or "maximum recursion depth" not in str(exc):
                     raise
                 reader = _deep_ndjson_reader(con, group)
-                described = _append(con, loaded, reader, quote_ident(SOURCE_COL))
+                described = _append(con, loaded, reader, read.source)
         except duckdb.OutOfMemoryException:
             raise  # not a bad file: the pipeline reports the memory budget
         except duckdb.Error as exc:
@@ -409,6 +421,8 @@ def _load_group(
         loaded.typed_columns.update(_RESERVED.get(n, n) for n, _ in described)
         return
     csv: CsvFile = open_csv(con, group[0], options)
+    if read.names:  # a downloaded object: named by its URL
+        csv = replace(csv, path=read.names[group[0]], source=read.source)
     try:
         described = _append(con, loaded, csv.reader, csv.source)
         loaded.bad_lines.extend(csv_rejects(con, csv))
@@ -457,7 +471,8 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
     )
     loaded = _Loaded()
     for kind, group in groups:
-        _load_group(con, loaded, kind, group, options)
+        with group_read(con, kind, group) as read:
+            _load_group(con, loaded, kind, read, options)
     _append_bad_lines(con, loaded)
     if loaded.rows == 0:
         raise InputError(

@@ -18,10 +18,18 @@ row per input row of that shard). Merging:
 
 The output is written beside its final name and moved into place, so a reader never sees half
 a merge; an existing output is replaced only when it is a merge output itself.
+
+Object storage: a shard may be an ``s3://`` folder holding its ``summary.json`` and
+``results.parquet`` (what ``bulkbatch results RUN_DIR --out s3://bucket/prefix/`` writes, for
+shards on workers that share no disk); both are downloaded to a temporary folder first. An
+``s3://`` output is built locally the same way, then uploaded (:mod:`bulkbatch.storage`): one
+object, or the dataset's files with ``_summary.json`` last, so a reader that waits for
+``_summary.json`` never reads a partial dataset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -36,6 +44,7 @@ import orjson
 from bulkbatch.db import configure_connection, fetch_one, quote_literal
 from bulkbatch.errors import AccountingError, StateError, UsageError
 from bulkbatch.files import atomic_write_bytes
+from bulkbatch.storage import destination, download, is_remote, upload
 
 __all__ = ["COUNT_KEYS", "MergeInfo", "ShardResult", "merge_shards", "read_shards"]
 
@@ -48,7 +57,8 @@ SUMMARY_NAME = "_summary.json"
 class ShardResult:
     """One shard's finished run, as its ``summary.json`` describes it."""
 
-    run_dir: Path
+    run_dir: str
+    """The run directory (or ``s3://`` folder) as given."""
     index: int
     count: int
     family: str
@@ -85,37 +95,38 @@ class MergeInfo:
         }
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
+def _summary(run_dir: Path, label: str) -> dict[str, Any]:
     path = run_dir / "summary.json"
     if not run_dir.is_dir():
-        raise StateError(f"Shard run directory not found: {run_dir}.")
+        raise StateError(f"Shard run directory not found: {label}.")
     try:
         raw = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         raise StateError(
-            f"{run_dir} has no summary.json: its shard has not finished. Run 'bulkbatch "
-            f"resume {run_dir}' (or the shard's send again) and merge after."
+            f"{label} has no summary.json: its shard has not finished. Run 'bulkbatch "
+            f"resume RUN_DIR' (or the shard's send again) and merge after."
         ) from None
     except orjson.JSONDecodeError as exc:
         raise StateError(
-            f"{path} is corrupt ({exc}); run 'bulkbatch results {run_dir}' to rewrite it."
+            f"{label}/summary.json is corrupt ({exc}); run 'bulkbatch results' on its run "
+            "directory to rewrite it."
         ) from None
     if not isinstance(raw, dict):
-        raise StateError(f"{path} is not a JSON object; run 'bulkbatch results {run_dir}'.")
+        raise StateError(f"{label}/summary.json is not a JSON object; run 'bulkbatch results'.")
     return raw
 
 
-def _shard_of(run_dir: Path) -> ShardResult:
-    raw = _summary(run_dir)
+def _shard_of(run_dir: Path, label: str) -> ShardResult:
+    raw = _summary(run_dir, label)
     shard = raw.get("shard")
     if not isinstance(shard, dict) or "family" not in shard:
         raise UsageError(
-            f"{run_dir} is not a shard: it was sent without --shard. 'bulkbatch merge' "
+            f"{label} is not a shard: it was sent without --shard. 'bulkbatch merge' "
             "combines the shards of one campaign (bulkbatch send ... --shard I/N)."
         )
     if not raw.get("accounting_ok", False):
         raise AccountingError(
-            f"The accounting of shard {shard['index']}/{shard['count']} ({run_dir}) does "
+            f"The accounting of shard {shard['index']}/{shard['count']} ({label}) does "
             f"not add up: {'; '.join(raw.get('problems') or ['see its summary.json'])}."
         )
     results = run_dir / "results.parquet"
@@ -123,11 +134,11 @@ def _shard_of(run_dir: Path) -> ShardResult:
         results = Path(str(raw.get("results", "")))
     if not results.is_file():
         raise StateError(
-            f"{run_dir} has no results.parquet; run 'bulkbatch results {run_dir}' to write it."
+            f"{label} has no results.parquet; run 'bulkbatch results' on its run directory."
         )
     counts = raw.get("counts") or {}
     return ShardResult(
-        run_dir=run_dir,
+        run_dir=label,
         index=int(shard["index"]),
         count=int(shard["count"]),
         family=str(shard["family"]),
@@ -138,8 +149,23 @@ def _shard_of(run_dir: Path) -> ShardResult:
     )
 
 
-def read_shards(run_dirs: Sequence[Path]) -> list[ShardResult]:
+def _fetch(source: str, tmp: Path, n: int) -> Path:
+    """A local folder with the shard's summary.json and results.parquet: the run directory
+    itself, or a download of an ``s3://`` folder."""
+    if not is_remote(source):
+        return Path(source)
+    base = source.rstrip("/")
+    local = tmp / f"shard-{n}"
+    local.mkdir(parents=True)
+    for name in ("summary.json", "results.parquet"):
+        download(f"{base}/{name}", local / name)
+    return local
+
+
+def read_shards(run_dirs: Sequence[str | Path], tmp: Path | None = None) -> list[ShardResult]:
     """Every shard's summary, checked to be one complete campaign (sorted by shard).
+
+    :param tmp: where ``s3://`` shards are downloaded (needed only for those)
 
     :raises UsageError: no run directory, a directory that is not a shard, or shards of
         different campaigns / shard counts, or a shard given twice
@@ -148,7 +174,11 @@ def read_shards(run_dirs: Sequence[Path]) -> list[ShardResult]:
     """
     if not run_dirs:
         raise UsageError("Give the run directories of every shard to merge.")
-    shards = [_shard_of(Path(d)) for d in run_dirs]
+    shards = []
+    for n, d in enumerate(run_dirs):
+        if is_remote(d) and tmp is None:
+            raise UsageError(f"{d}: s3:// shards are read by merge_shards, which downloads them.")
+        shards.append(_shard_of(_fetch(str(d), tmp or Path("."), n), str(d)))
     first = shards[0]
     for s in shards[1:]:
         if (s.family, s.count, s.total_input_rows) != (
@@ -243,18 +273,48 @@ def _check(
         )
 
 
-def merge_shards(run_dirs: Sequence[Path], out: Path) -> MergeInfo:
+def merge_shards(run_dirs: Sequence[str | Path], out: str | Path) -> MergeInfo:
     """Merge every shard of one campaign into ``out`` (rules: this module's docstring).
 
     :raises UsageError, StateError, AccountingError: see :func:`read_shards`; an output that
         cannot be written; merged rows that do not add up
     """
     started = time.monotonic()
-    shards = read_shards(run_dirs)
-    dataset = out.suffix.lower() != ".parquet"
+    remote = is_remote(out)
+    name = str(out).rstrip("/").rpartition("/")[2] if remote else Path(out).name
+    dataset = not name.lower().endswith(".parquet")
+    if remote and not dataset:
+        destination(str(out))  # a bad URL fails before any work
+    local_out = Path(tempfile.mkdtemp(prefix="bulkbatch-merge-")) / name if remote else Path(out)
+    tmp = _prepare_target(local_out, dataset)
+    try:
+        shards = read_shards(run_dirs, tmp / "shards")
+        info = _merge(shards, local_out, tmp, dataset, started)
+        if remote:
+            _upload(local_out, str(out), dataset)
+            info = dataclasses.replace(info, out=str(out))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if remote:
+            shutil.rmtree(local_out.parent, ignore_errors=True)
+    return info
+
+
+def _upload(local: Path, url: str, dataset: bool) -> None:
+    if not dataset:
+        upload(local, url)
+        return
+    base = url.rstrip("/")
+    files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != SUMMARY_NAME)
+    for path in [*files, local / SUMMARY_NAME]:  # the summary last: the dataset is complete
+        upload(path, f"{base}/{path.relative_to(local).as_posix()}")
+
+
+def _merge(
+    shards: Sequence[ShardResult], out: Path, tmp: Path, dataset: bool, started: float
+) -> MergeInfo:
     counts = {k: sum(s.counts[k] for s in shards) for k in ("input_rows", *COUNT_KEYS)}
     total = shards[0].total_input_rows
-    tmp = _prepare_target(out, dataset)
     target = tmp / "data" if dataset else tmp / out.name
     try:
         con = duckdb.connect()
@@ -288,6 +348,4 @@ def merge_shards(run_dirs: Sequence[Path], out: Path) -> MergeInfo:
         target.replace(out)
     except duckdb.Error as exc:
         raise StateError(f"Cannot write {out}: {str(exc).splitlines()[0]}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return info

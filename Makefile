@@ -11,7 +11,7 @@ RUN_STAMP := $(VENV)/.runtime-stamp
 # per package. The warning is noise, not a failure, so it is filtered (errors still fail).
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: install demo test lint typecheck pytest bench bench-quick clean
+.PHONY: install demo test lint typecheck pytest services bench bench-quick clean
 
 # What running needs (make demo): the package and its runtime dependencies only.
 $(RUN_STAMP): pyproject.toml
@@ -39,8 +39,22 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install services
 	$(BIN)/pytest
+
+# --- services: PostgreSQL's server binaries for the PostgreSQL ledger/registry tests --------
+# tests/stages/test_once_pg.py starts its own throw-away server from Debian's
+# /usr/lib/postgresql/*/bin (no service is left running). CI runs on a clean machine, so when
+# they are missing and we are root with apt-get, install them; anywhere else those tests fail
+# with the command to run.
+services:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing PostgreSQL (apt-get install postgresql) for the ledger tests ..."; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; }; \
+	fi
+# --- end services -----------------------------------------------------------------------------
 
 test: lint typecheck pytest
 

@@ -345,8 +345,10 @@ OPTIONS: Mapping[str, Option] = _options(
         "run",
         "str",
         "Where the --once-per ledger lives (default: the per-user data directory, or beside "
-        "the --config file). Name shared storage here when runs share keys.",
-        metavar="PATH",
+        "the --config file): a SQLite file, or postgresql://USER@HOST/DB shared by workers on "
+        "many machines (with the campaign registry). A password in the URL is used, never "
+        "stored: a resume reads it from PGPASSWORD or ~/.pgpass.",
+        metavar="PATH|URL",
     ),
     Option(
         "fail_on_rejects",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bulkbatch.config import MAX_BATCH_SIZE
+from bulkbatch.dburl import is_postgres_url, location_of
 from bulkbatch.errors import UsageError
 from bulkbatch.options import OPTIONS, Option, option
 
@@ -441,6 +442,8 @@ class RunSpec:
             opt = OPTIONS.get(name)
             if opt is not None and not opt.stored:
                 continue
+            if name == "once_per_ledger" and isinstance(value, str) and is_postgres_url(value):
+                value = location_of(value)  # never the password (see bulkbatch.dburl)
             if isinstance(value, Mapping):
                 value = dict(value)
             elif isinstance(value, tuple):

@@ -338,11 +338,6 @@ def test_default_path_without_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_ledger_path() == expected
 
 
-def test_postgresql_is_not_supported_yet() -> None:
-    with pytest.raises(UsageError, match=r"PostgreSQL .* not supported yet"):
-        open_ledger("postgresql://user@db/bulkbatch")
-
-
 def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "once-per.sqlite"
     path.write_bytes(b"this is not a database at all\n" * 100)

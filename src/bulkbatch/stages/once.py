@@ -28,8 +28,8 @@ committed claim through a power cut. It is in the standard library and a single 
 needs a local file system (WAL's shared memory does not work over NFS/SMB) and an SQLite with
 the JSON functions (3.38+, or any build with JSON1), which every supported Python ships.
 
-The backend sits behind :class:`Ledger`, so a PostgreSQL backend (``postgresql://...``, with
-``INSERT ... ON CONFLICT DO NOTHING RETURNING``) can be added for runs on different machines.
+The backend sits behind :class:`Ledger`: ``postgresql://...`` selects the PostgreSQL one
+(:mod:`bulkbatch.stages.once_pg`) for runs on different machines.
 
 Recipients travel from DuckDB to the ledger in Arrow batches of :data:`CHUNK_ROWS`, each one
 JSON array expanded by SQLite's ``json_each``: memory stays bounded and 1M recipients claim in
@@ -192,14 +192,14 @@ def default_ledger_path() -> Path:
 
 
 def open_ledger(location: str | Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Ledger:
-    """Open (creating if needed) the claim ledger at ``location``: a file path, or later a
-    ``postgresql://`` URL. Waits at most ``lock_timeout`` seconds for another run's lock."""
+    """Open (creating if needed) the claim ledger at ``location``: a file path, or a
+    ``postgresql://`` (``postgres://``) URL, whose password is never shown nor recorded
+    (``Ledger.location`` drops it). Waits at most ``lock_timeout`` seconds for a lock."""
     text = str(location)
-    if text.startswith(("postgresql://", "postgres://")):
-        raise UsageError(
-            "A PostgreSQL --once-per ledger is not supported yet; give a file path "
-            f"(for example {default_ledger_path()}) on a local disk instead."
-        )
+    if text.lower().startswith(("postgresql://", "postgres://")):
+        from bulkbatch.stages.once_pg import PgLedger  # psycopg only when it is used
+
+        return PgLedger(text, lock_timeout=lock_timeout)
     if not text:
         raise UsageError("The --once-per ledger location is empty; give a file path.")
     return SqliteLedger(Path(text).expanduser(), lock_timeout=lock_timeout)

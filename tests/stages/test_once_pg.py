@@ -36,6 +36,8 @@ from bulkbatch.stages.once import open_ledger as open_any_ledger
 from bulkbatch.stages.once_pg import PgLedger
 from tests.stages.test_once_ledger import assert_layout, make_plan, plan_rows, skipped_rows, users
 
+pytest_plugins = ["tests.pgserver"]  # a real PostgreSQL server: postgres_url, pg_url
+
 KEY = "welcome"
 
 

@@ -30,6 +30,7 @@ from bulkbatch.identity import audience_fingerprint, campaign_id, shard_family
 from bulkbatch.ledger import LedgerWriter
 from bulkbatch.pipeline.begin import adopt_registered, check_inputs_unchanged
 from bulkbatch.pipeline.connect import client_for
+from bulkbatch.pipeline.shared import SharedCampaign
 from bulkbatch.progress import Progress, ProgressEvent
 from bulkbatch.spec import RunSpec
 from bulkbatch.stages import once
@@ -221,6 +222,9 @@ class Pipeline:
                 input_rows=int(info.shard["total_input_rows"]),
             )
         other = adopt_registered(state, self.settings.base_url)
+        shared = SharedCampaign.for_run(self.spec.once_per_ledger, state, self.settings.base_url)
+        if other is None and shared is not None:
+            other = await anyio.to_thread.run_sync(shared.adopt)
         if other is not None:
             raise Adopted(other, state)
         await self._claim_once_per(options.batch_size)
@@ -532,6 +536,13 @@ class Pipeline:
         await self.load()
         await self.plan()
         await anyio.to_thread.run_sync(ensure_ledger, self.con)
+        shared = SharedCampaign.for_run(
+            self.spec.once_per_ledger, self.state, self.settings.base_url
+        )
+        async with shared.holding() if shared else contextlib.nullcontext():
+            return await self._rest()
+
+    async def _rest(self) -> ResultsInfo | None:
         if not self.state.done("send") or not self.state.done("track"):
             if self.state.done("send"):
                 await self._track_only()

@@ -1,5 +1,7 @@
 """A real PostgreSQL server for the PostgreSQL ledger and registry tests (no mocks).
 
+A test module takes the fixtures with ``pytest_plugins = ["tests.pgserver"]``.
+
 One server per test session (``postgres_url``); each test that wants a clean slate takes
 ``pg_url``, a fresh empty database on it. Missing server binaries fail the tests with how to
 install them, never skip them: a skipped test proves nothing about the claims' atomicity.

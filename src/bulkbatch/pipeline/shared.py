@@ -137,6 +137,7 @@ class SharedCampaign:
         :raises StateError: another worker holds it (named), or the lease was lost mid-run
         """
         state, reg = self.state, self.registry
+        await anyio.to_thread.run_sync(self.adopt)  # registered (a resumed run may predate it)
         lease = await anyio.to_thread.run_sync(
             reg.acquire_lease, state.campaign, self.base_url, self.holder, LEASE_TTL
         )

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 
 import anyio
+import httpcore
 import httpx
 import pytest
 
@@ -82,6 +83,10 @@ async def test_no_more_reads_than_the_width_are_in_flight() -> None:
     assert most == 2 and gate.in_flight == 0
 
 
+_JOB = {"status": "COMPLETED", "definition": {}, "enqueued": 1, "failures": 0, "received": 1}
+_PAGE = {"items": [], "paging": {"cursor": None, "more": False}}
+
+
 async def test_the_client_puts_reads_through_the_gate_and_429s_narrow_it() -> None:
     in_flight = most = 0
     throttle = {"left": 1}
@@ -96,14 +101,7 @@ async def test_the_client_puts_reads_through_the_gate_and_429s_narrow_it() -> No
         await anyio.sleep(0.005)
         in_flight -= 1
         if request.method == "GET":
-            job = {
-                "status": "COMPLETED",
-                "definition": {},
-                "enqueued": 1,
-                "failures": 0,
-                "received": 1,
-            }
-            return httpx.Response(200, json={"job": job})
+            return httpx.Response(200, json=_PAGE)
         return httpx.Response(200, json={"jobId": "j"})
 
     settings = Settings(base_url="https://api.example.com", api_key="k", concurrency=4, rate=1e5)
@@ -111,16 +109,41 @@ async def test_the_client_puts_reads_through_the_gate_and_429s_narrow_it() -> No
     async with client:
         assert client.reads.width == 4 and client.reads.limit == 8
 
-        async def poll() -> None:
-            await client.retrieve_job("j")
+        async def page() -> None:
+            await client.list_users("j")
 
         async with anyio.create_task_group() as tg:
             for _ in range(40):
-                tg.start_soon(poll)
-        assert client.reads.cuts == 1
+                tg.start_soon(page)
+        assert client.reads.cuts >= 1  # the 429 (a jittery latency may add a cut above start)
+        assert client.stats.throttled == 1
         assert 1 <= most <= client.reads.peak <= 8
         await client.create_job({"event": "e"})  # writes do not take a read slot
         assert client.reads.in_flight == 0
+
+
+async def test_job_status_reads_never_queue_behind_result_pages() -> None:
+    """Verify, run and poll need ``GET /bulk/{job}``; pages filling every read slot must
+    not hold them up (it stalled the ingest of a 1M run behind 10,000 pages)."""
+    release = anyio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/users"):
+            await release.wait()
+            return httpx.Response(200, json=_PAGE)
+        return httpx.Response(200, json={"job": _JOB})
+
+    settings = Settings(base_url="https://api.example.com", api_key="k", concurrency=1, rate=1e5)
+    client = CourierClient(settings, transport=httpx.MockTransport(handler), read_limit=1)
+    async with client, anyio.create_task_group() as tg:
+        tg.start_soon(client.list_users, "j")
+        await anyio.wait_all_tasks_blocked()
+        assert client.reads.in_flight == client.reads.width == 1  # every read slot taken
+        with anyio.fail_after(5):
+            job = await client.retrieve_job("j")
+        assert job.status == "COMPLETED"
+        assert client.reads.in_flight == 1  # the page is still waiting
+        release.set()
 
 
 # -- the pool's idle check -------------------------------------------------------------------
@@ -176,3 +199,139 @@ async def test_other_transports_are_left_alone() -> None:
     mock = httpx.MockTransport(lambda request: httpx.Response(200))
     async with httpx.AsyncClient(transport=mock) as http:
         assert not transport.speed_up(http)
+
+
+def test_latency_that_stays_high_is_the_new_normal_not_a_reason_to_narrow() -> None:
+    """A busy host delays every answer alike: reads keep widening at a steady latency."""
+    gate = ReadGate(16, 64)
+    _round(gate, 0.15)  # one quick round, then the host gets busy and stays busy
+    for _ in range(30):
+        _round(gate, 0.40)
+    assert gate.width == 64
+
+
+def test_rising_latency_never_narrows_the_gate_below_its_start() -> None:
+    """Only the server's own signal (a 429) takes reads below --concurrency."""
+    gate = ReadGate(16, 64)
+    for _ in range(4):
+        _round(gate, 0.1)
+    assert gate.width > 16
+    latency = 0.1
+    for _ in range(20):
+        latency *= 2  # queueing that grows round after round
+        _round(gate, latency)
+    assert gate.width == 16 and gate.cuts >= 1
+    gate.record(latency, throttled=True)
+    assert gate.width == 12
+
+
+# -- the pool's assignment scan --------------------------------------------------------------
+
+
+class _Conn:
+    """A pooled connection as the pool sees it; counts the questions it is asked."""
+
+    asked = 0
+
+    def __init__(self, name: str, *, idle: bool = True, closed: bool = False) -> None:
+        self.name, self.idle, self.closed, self.expired = name, idle, closed, False
+
+    def _ask(self) -> None:
+        _Conn.asked += 1
+
+    def is_closed(self) -> bool:
+        self._ask()
+        return self.closed
+
+    def is_idle(self) -> bool:
+        self._ask()
+        return self.idle
+
+    def is_available(self) -> bool:
+        self._ask()
+        return self.idle
+
+    def has_expired(self) -> bool:
+        self._ask()
+        return self.expired
+
+    def can_handle_request(self, origin: object) -> bool:
+        self._ask()
+        return True
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _pool(conns: list[_Conn], *, most: int) -> transport._Pool:
+    pool = transport._Pool(max_connections=most)
+    pool._connections = list(conns)  # type: ignore[arg-type]
+    pool.create_connection = lambda origin: _Conn("new", idle=False)  # type: ignore[method-assign,assignment,return-value]
+    return pool
+
+
+def _queue(pool: transport._Pool, n: int = 1) -> list[object]:
+    from httpcore._async.connection_pool import AsyncPoolRequest
+
+    reqs = [AsyncPoolRequest(httpcore.Request("GET", "http://h/")) for _ in range(n)]
+    pool._requests.extend(reqs)
+    return reqs
+
+
+async def test_a_request_gets_the_first_usable_connection_and_expired_ones_are_closed() -> None:
+    busy, stale, ok, later = _Conn("busy", idle=False), _Conn("stale"), _Conn("ok"), _Conn("l")
+    stale.expired = True
+    gone = _Conn("gone", closed=True)
+    pool = _pool([gone, busy, stale, ok, later], most=10)
+    (req,) = _queue(pool)
+    closing = pool._assign_requests_to_connections()
+    assert req.connection is ok  # type: ignore[attr-defined]
+    assert closing == [stale]
+    assert pool._connections == [busy, ok, later]
+
+
+async def test_a_full_pool_replaces_an_idle_connection_and_a_busy_one_makes_requests_wait() -> None:
+    busy, other = _Conn("busy", idle=False), _Conn("other", idle=False)
+    pool = _pool([busy, other], most=2)
+    (req,) = _queue(pool)
+    assert pool._assign_requests_to_connections() == []
+    assert req.is_queued()  # type: ignore[attr-defined]  # every connection busy: it waits
+    other.idle = True
+    other.expired = True  # idle but expired: not usable, so it is replaced
+    closing = pool._assign_requests_to_connections()
+    assert closing == [other] and not req.is_queued()  # type: ignore[attr-defined]
+    assert [c.name for c in pool._connections] == ["busy", "new"]
+
+
+async def test_one_scan_asks_each_connection_a_bounded_number_of_questions() -> None:
+    """httpcore recounted the whole pool for every idle connection: 84 connections cost
+    ~7,000 calls per scan, twice per request."""
+    for n in (10, 100):
+        conns = [_Conn(f"c{i}", idle=False) for i in range(n - 1)] + [_Conn("last")]
+        pool = _pool(conns, most=n)
+        _queue(pool)
+        _Conn.asked = 0
+        pool._assign_requests_to_connections()
+        assert _Conn.asked <= 4 * n
+
+
+async def test_a_closed_connection_makes_room_in_a_full_pool() -> None:
+    busy, gone = _Conn("busy", idle=False), _Conn("gone", idle=False, closed=True)
+    pool = _pool([busy, gone], most=2)
+    (req,) = _queue(pool)
+    assert pool._assign_requests_to_connections() == []  # closed: dropped, not closed again
+    assert not req.is_queued()  # type: ignore[attr-defined]
+    assert [c.name for c in pool._connections] == ["busy", "new"]
+
+
+async def test_connections_taken_out_are_closed_and_an_empty_list_costs_nothing() -> None:
+    closed: list[str] = []
+
+    class Closable(_Conn):
+        async def aclose(self) -> None:
+            closed.append(self.name)
+
+    pool = _pool([], most=2)
+    await pool._close_connections([])
+    await pool._close_connections([Closable("a"), Closable("b")])  # type: ignore[list-item]
+    assert closed == ["a", "b"]

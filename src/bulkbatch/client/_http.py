@@ -125,6 +125,8 @@ class Call:
     """One logical API call: what to send and how to explain failures.
 
     :param answer_statuses: non-2xx statuses whose body is the answer (cancel's 409)
+    :param status_read: a job status read (``GET /bulk/{job}``): it takes no read slot, so
+        verify, run and the polls never queue behind result pages
     """
 
     operation: str  # SDK method name, e.g. "add_users"
@@ -136,6 +138,7 @@ class Call:
     rotate_key_after_5xx: bool = False
     not_found_hint: str = ""
     answer_statuses: tuple[int, ...] = ()
+    status_read: bool = False
 
     def where(self, status: int) -> Where:
         return Where(self.method, self.path, status)
@@ -314,8 +317,9 @@ class HttpCore:
         self, call: Call, key: str | None, *, retry: bool
     ) -> httpx.Response | _Failure:
         """One attempt; a read (``GET``) holds a :attr:`reads` slot while it waits for its
-        token and its answer, and tells the gate how long the answer took."""
-        if call.method != "GET":
+        token and its answer, and tells the gate how long the answer took. Job status reads
+        take no slot (:attr:`Call.status_read`)."""
+        if call.method != "GET" or call.status_read:
             return await self._attempt_once(call, key, retry, None)
         gate = self.reads
         await gate.acquire()

@@ -1,24 +1,34 @@
 """Adaptive concurrency for reads: widen while the server keeps up, narrow when it does not.
 
-A run's writes (ingest ``POST``\\ s) are bounded by the caller's workers (``--concurrency``).
-Reads (``GET``: result pages, job polls, messages) are the latency-bound part of a run: each
-job's pages come one after the other, so with 150 ms per request a run is as fast as the
-number of reads in flight. :class:`ReadGate` lets them run wider than writes when the server
-shows no sign of strain.
+A run's writes (every ``POST``: creates and ingest batches) share ``--concurrency`` slots.
+Reads (``GET``: result pages, messages) are the latency-bound part of a run: each job's pages
+come one after the other, so with 150 ms per request a run is as fast as the number of reads
+in flight. :class:`ReadGate` lets them run wider than writes when the server shows no sign of
+strain, up to the *read limit*: ``READ_FACTOR`` (4) × ``--concurrency``, so 64 reads in flight
+with the default 16 (``CourierClient(read_limit=...)`` sets another).
 
 **The policy** (constants are class attributes):
 
 * Start at ``start`` reads in flight (``--concurrency``), never go above ``limit`` (the read
-  limit, ``READ_FACTOR`` × ``--concurrency`` by default) nor below ``floor``.
-* Keep the lowest latency seen (the *base*: what the network costs with no queueing) and a
-  moving average of recent reads (``SMOOTHING``).
-* **Grow** after every *round* (as many completed reads as the current width) in which no
-  read was throttled and the recent latency stayed within ``TOLERANCE`` × base (plus
-  ``SLACK`` seconds for jitter): one more slot per ``GROWTH`` of the width, at least one.
-* **Back off** at once on a 429 — the width becomes ``BETA`` × itself — and after a round whose latency rose above the tolerance (queueing at the
-  server: more width would only add waiting).
-* A new round starts after each change, so one burst of 429s from reads already in flight
-  cuts the width once.
+  limit, ``READ_FACTOR`` × ``--concurrency`` by default).
+* A *round* is as many completed reads as the current width; its latency is the round's
+  median. The *base* is the lowest round latency of the last ``ROUNDS_REMEMBERED`` rounds:
+  what reads cost lately with the least queueing. A windowed base, not the lowest latency
+  ever seen, because a busy host (or a busy event loop) delays every answer alike for a
+  while; that is the new normal, not a sign the server is queueing.
+* **Grow** after every round in which no read was throttled and the round's latency stayed
+  within ``TOLERANCE`` × base (plus ``SLACK`` seconds for jitter): one more slot per
+  ``GROWTH`` of the width, at least one.
+* **Back off** at once on a 429 — the width becomes ``BETA`` × itself, down to ``floor`` —
+  and, more gently (``BETA_LATENCY``), after a round whose latency rose above the tolerance
+  (queueing at the server: more width would only add waiting), down to ``start`` and no
+  lower: below ``--concurrency`` only the server's own signal, a 429, takes reads.
+* The round after a cut only observes, so one burst of 429s from reads already in flight
+  cuts the width once (a 429 after a latency cut still cuts).
+
+Job status reads (``GET /bulk/{job}``: creation checks, verification, polls) do not take a
+slot: there is one at a time per job, and they must never queue behind the result pages
+(a job waiting to be verified and run behind 10,000 pages stalls the whole send).
 
 The request *rate* stays the :class:`~bulkbatch.client.ratelimit.AdaptiveLimiter`'s job: every
 read still takes a token, so a given ``--rate`` is never exceeded however wide reads run.
@@ -26,7 +36,7 @@ read still takes a token, so a given ``--rate`` is never exceeded however wide r
 
 from __future__ import annotations
 
-import math
+from collections import deque
 
 import anyio
 
@@ -47,29 +57,34 @@ class ReadGate:
     went with :meth:`record` (latency in seconds, whether it was throttled).
     """
 
-    SMOOTHING = 0.2
-    """Weight of the newest latency in the moving average."""
-    TOLERANCE = 1.5
-    """Recent latency up to this many times the base counts as "holding"."""
+    ROUNDS_REMEMBERED = 8
+    """How many recent rounds the base latency is the lowest of."""
+    TOLERANCE = 2.0
+    """A round's latency up to this many times the base counts as "holding"."""
     SLACK = 0.005
     """Seconds of jitter forgiven on top of the tolerance (loopback latencies are tiny)."""
     GROWTH = 0.25
     """Slots added per round that held, as a share of the width (at least one)."""
     BETA = 0.75
-    """The width is multiplied by this on a throttle or a latency rise."""
+    """The width is multiplied by this on a throttle (a 429)."""
+    BETA_LATENCY = 0.9
+    """And by this after a round whose latency rose: gently, since a host busy for a moment
+    looks the same from here (a 1M-person run against a local emulator halved its read
+    throughput when rises cut as hard as 429s)."""
 
     def __init__(self, start: int, limit: int, *, floor: int = 1) -> None:
         if not 1 <= floor <= start <= limit:
             raise ValueError(f"need 1 <= floor <= start <= limit, got {floor}, {start}, {limit}")
+        self.start = start
         self.limit = limit
         self.floor = floor
         self._width = start
         self._in_flight = 0
         self._changed = anyio.Event()
-        self._base = math.inf
-        self._recent: float | None = None
-        self._round = 0
-        self._round_throttled = False
+        self._samples: list[float] = []
+        self._rounds: deque[float] = deque(maxlen=self.ROUNDS_REMEMBERED)
+        self._observing: str | None = None
+        """Why the last cut was made ("throttle", "latency"), until a round has passed."""
         self.peak = start
         """The widest the gate has been."""
         self.cuts = 0
@@ -106,41 +121,41 @@ class ReadGate:
     def record(self, latency: float | None, *, throttled: bool = False) -> None:
         """One read finished: ``latency`` seconds (``None``: no answer), throttled or not."""
         if throttled:
-            self._cut()
+            if self._observing != "throttle":  # else: the burst that caused the last cut
+                self._cut(self.floor, self.BETA, "throttle")
             return
         if latency is None:
             return
-        self._base = min(self._base, latency)
-        recent = self._recent
-        self._recent = latency if recent is None else recent + self.SMOOTHING * (latency - recent)
-        self._round += 1
-        if self._round < self._width:
+        samples = self._samples
+        samples.append(latency)
+        if len(samples) < self._width:
             return
-        if self._round_throttled:
-            self._new_round()
-        elif self._recent <= self.TOLERANCE * self._base + self.SLACK:
+        samples.sort()
+        median = samples[len(samples) // 2]
+        samples.clear()
+        base = min(self._rounds, default=median)
+        self._rounds.append(median)
+        if self._observing:
+            self._observing = None
+        elif median <= self.TOLERANCE * base + self.SLACK:
             self._grow()
         else:
-            self._cut()
+            self._cut(self.start, self.BETA_LATENCY, "latency")
 
     def _grow(self) -> None:
         step = max(1, int(self._width * self.GROWTH))
         self._width = min(self.limit, self._width + step)
         self.peak = max(self.peak, self._width)
-        self._new_round()
         self._wake()
 
-    def _cut(self) -> None:
-        if self._round_throttled:
-            return  # this round was cut already: the same congestion event
-        self._width = max(self.floor, int(self._width * self.BETA))
+    def _cut(self, lowest: int, beta: float, why: str) -> None:
+        width = max(min(lowest, self._width), int(self._width * beta))
+        if width == self._width:
+            return  # at the bound already
+        self._width = width
         self.cuts += 1
-        self._new_round()
-        self._round_throttled = True
-
-    def _new_round(self) -> None:
-        self._round = 0
-        self._round_throttled = False
+        self._samples.clear()
+        self._observing = why  # the next round only observes
 
     def __repr__(self) -> str:
         return f"ReadGate(width={self._width}, limit={self.limit}, in_flight={self._in_flight})"

@@ -20,9 +20,11 @@ against Courier's docs line by line. Unlike the SDK, the client
 * lets reads run wider than writes when the server shows no strain: every ``GET`` attempt
   holds a slot of :attr:`reads` (:class:`~bulkbatch.client.concurrency.ReadGate`), which
   starts at ``concurrency``, grows by a quarter each round of reads in which latency held
-  (within 1.5× the lowest seen) and nothing was throttled, and shrinks to 3/4 on a 429 or a
-  latency rise; never above ``read_limit`` (4 × ``concurrency`` by default). Writes are
-  bounded by the caller's workers. The request *rate* stays the limiter's;
+  (within 2× the lowest of recent rounds) and nothing was throttled, and shrinks to 3/4 on
+  a 429 (to 9/10 on a latency rise, but not below ``concurrency``); never above ``read_limit``
+  (4 × ``concurrency`` by default). Job status reads (``retrieve_job``) take no slot: they
+  never queue behind result pages. Writes are bounded by the caller's workers. The request
+  *rate* stays the limiter's;
 * never follows a redirect (the ``Authorization`` header would go along).
 
 The API key goes into the ``Authorization`` header and nowhere else: not into an
@@ -241,7 +243,13 @@ class CourierClient(HttpCore):
     async def retrieve_job(self, job_id: str) -> Job:
         """``GET /bulk/{job_id}``: the job's status and counters."""
         jid = _path_id(job_id, "job id")
-        call = Call("retrieve_job", "GET", f"/bulk/{jid}", not_found_hint=_job_hint(job_id))
+        call = Call(
+            "retrieve_job",
+            "GET",
+            f"/bulk/{jid}",
+            not_found_hint=_job_hint(job_id),
+            status_read=True,  # never queued behind result pages (see ReadGate)
+        )
         response = await self._request(call)
         return parse_job(call.where(response.status_code), self.json(call, response))
 

@@ -43,6 +43,7 @@ from bulkbatch.stages.results import ResultsInfo, write_results, write_summary
 from bulkbatch.stages.send import (
     SendInfo,
     acked_users,
+    create_ahead,
     ingest_job,
     ingest_progress,
     plan_jobs,
@@ -314,29 +315,29 @@ class Pipeline:
 
             lanes = ingest_lanes(settings.concurrency)
             slots = anyio.CapacityLimiter(lanes)
+            creating = anyio.CapacityLimiter(lanes)  # jobs created ahead (send.create_ahead)
+            writes = anyio.CapacityLimiter(settings.concurrency)  # every POST takes one
             pending = sum(1 for j in state.jobs if not j.ingested)
 
             async def send_job(job: JobState) -> None:
                 nonlocal pending
                 verify = False
                 if not job.ingested:
-                    async with slots:
-                        self._event(
-                            "create",
-                            message=f"job {job.job_no}",
-                            extra={"job_no": job.job_no, "jobs": len(state.jobs)},
-                        )
-                        await ingest_job(
-                            con,
-                            client,
-                            state,
-                            job,
-                            ledger,
-                            concurrency=max(1, settings.concurrency // lanes),
-                            on_ack=on_ack,
-                        )
-                        await ledger.flush()
-                    verify = not job.ingested
+                    await create_ahead(client, state, job, creating, writes, self.progress)
+                    if not job.ingested:  # a replayed job was run already: tracked only
+                        async with slots:
+                            await ingest_job(
+                                con,
+                                client,
+                                state,
+                                job,
+                                ledger,
+                                concurrency=max(1, settings.concurrency // lanes),
+                                on_ack=on_ack,
+                                slots=writes,
+                            )
+                            await ledger.flush()
+                        verify = not job.ingested
                     pending -= 1
                     if pending == 0 and not state.done("send"):
                         state.mark("send", time.monotonic() - started)

@@ -25,8 +25,10 @@ How "exactly once" holds, step by step:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import anyio
@@ -44,6 +46,7 @@ __all__ = [
     "SendInfo",
     "acked_batches",
     "acked_users",
+    "create_ahead",
     "create_job",
     "ingest_job",
     "ingest_progress",
@@ -103,22 +106,36 @@ class SendInfo:
         )
 
 
+def _slot(slots: anyio.CapacityLimiter | None) -> AbstractAsyncContextManager[object]:
+    """One write slot of ``slots`` (shared by every job's writes), or none to take."""
+    return slots if slots is not None else contextlib.nullcontext()
+
+
 def _key(state: RunState, *parts: object) -> str:
     if not state.campaign:
         raise StateError(f"Run {state.run_id} has no campaign id yet: plan it first.")
     return idempotency_key(state.campaign, *parts)
 
 
-async def create_job(client: CourierClient, state: RunState, job: JobState) -> str:
+async def create_job(
+    client: CourierClient,
+    state: RunState,
+    job: JobState,
+    *,
+    slots: anyio.CapacityLimiter | None = None,
+) -> str:
     """Create ``job`` once: reuse the id in state, else ``POST /bulk`` under a fixed key.
 
     A job Courier reports as already run (this campaign was sent before, from a run
     directory that is gone) is marked ingested and run: it is tracked, never re-sent.
+
+    :param slots: write slots shared with the batches (the ``POST`` takes one)
     """
     if job.job_id is None:
-        job_id = await client.create_job(
-            state.message, idempotency_key=_key(state, "create", job.job_no)
-        )
+        async with _slot(slots):
+            job_id = await client.create_job(
+                state.message, idempotency_key=_key(state, "create", job.job_no)
+            )
         remote = await client.retrieve_job(job_id)
         job.job_id = job_id
         if not state.emulator and not state.base_url:
@@ -129,6 +146,26 @@ async def create_job(client: CourierClient, state: RunState, job: JobState) -> s
             state.replayed = True
         state.save()
     return job.job_id
+
+
+async def create_ahead(
+    client: CourierClient,
+    state: RunState,
+    job: JobState,
+    creating: anyio.CapacityLimiter,
+    writes: anyio.CapacityLimiter,
+    progress: Progress = NullProgress,
+) -> None:
+    """Create ``job`` ahead of its ingest, a few jobs at a time (``creating``): a create and
+    its check are two round trips an ingest lane would otherwise wait for, per job. The
+    ``POST`` takes one of the run's write slots (``writes``). A job created before, or a
+    canceled run (refused by :func:`ingest_job`), is left alone."""
+    if job.job_id is not None or state.canceled:
+        return
+    async with creating:
+        extra = {"job_no": job.job_no, "jobs": len(state.jobs)}
+        progress(ProgressEvent("create", message=f"job {job.job_no}", extra=extra))
+        await create_job(client, state, job, slots=writes)
 
 
 def plan_jobs(con: duckdb.DuckDBPyConnection) -> list[tuple[int, int, int, int]]:
@@ -193,11 +230,17 @@ async def ingest_job(
     *,
     concurrency: int,
     on_ack: Callable[[BatchAck], None] | None = None,
+    slots: anyio.CapacityLimiter | None = None,
 ) -> int:
-    """Send every batch of ``job`` that the ledger does not hold. Returns batches sent."""
+    """Send every batch of ``job`` that the ledger does not hold. Returns batches sent.
+
+    :param concurrency: this job's workers (batches in flight)
+    :param slots: write slots shared with other jobs' batches and creates: each ``POST``
+        takes one, so writes in flight across the run stay within their number
+    """
     if state.canceled:
         raise StateError(f"Run {state.run_id} was canceled: nothing more is ingested.")
-    job_id = await create_job(client, state, job)
+    job_id = await create_job(client, state, job, slots=slots)
     if job.ingested:  # replayed: the job had already run
         return 0
     done = await anyio.to_thread.run_sync(acked_batches, con, job)
@@ -218,11 +261,12 @@ async def ingest_job(
         nonlocal sent
         async with inbox:
             async for item in inbox:
-                result = await client.add_users(
-                    job_id,
-                    item.body,
-                    idempotency_key=_key(state, job_id, "batch", item.batch_no),
-                )
+                async with _slot(slots):
+                    result = await client.add_users(
+                        job_id,
+                        item.body,
+                        idempotency_key=_key(state, job_id, "batch", item.batch_no),
+                    )
                 dup = 0
                 other: list[tuple[str | None, str]] = []
                 for err in result.errors:

@@ -11,7 +11,7 @@ RUN_STAMP := $(VENV)/.runtime-stamp
 # per package. The warning is noise, not a failure, so it is filtered (errors still fail).
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: install demo test lint typecheck pytest services bench bench-quick clean
+.PHONY: install demo test lint typecheck pytest services bench bench-quick bench-shared-key clean
 
 # What running needs (make demo): the package and its runtime dependencies only.
 $(RUN_STAMP): pyproject.toml
@@ -63,6 +63,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/run.py --quick
+
+# N shards sharing one API key under an account rate limit (about 3 minutes; --quick: 20k people)
+bench-shared-key: install
+	$(BIN)/python bench/bench_shared_key.py --limit 40
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs bench/out

@@ -1,8 +1,10 @@
 """End-to-end benchmark: bulkbatch vs the naive SDK script vs the floor, against the emulator.
 
     .venv/bin/python bench/run.py               # full: 1M (3 reps) and 10M (1 rep), both
-                                                # scenarios, + micro-benchmarks (~1 h)
-    .venv/bin/python bench/run.py --quick       # 100k and 1M, 1 rep, latency at 100k (< 10 min)
+                                                # scenarios, + micro-benchmarks and 4 shards
+                                                # vs 1 process at 1M (~1.5 h)
+    .venv/bin/python bench/run.py --quick       # 100k and 1M, 1 rep, latency at 100k, the
+                                                # extra cells and 4 shards at 200k
     .venv/bin/python bench/run.py --smoke --out /tmp/R.md   # 5k rows, seconds (for the tests)
     .venv/bin/python bench/run.py --sizes 1M --scenarios none,latency50 --reps 3
 
@@ -18,8 +20,9 @@ Every measurement gets a fresh emulator process (``--progression immediate``; th
 ``latency50`` scenario adds ``--faults latency_ms=50``), whose CPU seconds are read with psutil
 before and after. The naive script above ``--naive-max-rows`` rows (default 1M; 100k with
 latency) is run once on a prefix of the audience and extrapolated per stage; the table says so.
-The report is written to ``bench/RESULTS.md`` (``--out``), overwritten each run; raw
-measurements go to ``bench/out/`` as JSON.
+The report goes to ``bench/RESULTS.md`` (``--out``) between its generated-section markers,
+and the run log there gets one line per run; the hand-written sections around them are kept
+(``bench/results_file.py``). Raw measurements go to ``bench/out/`` as JSON.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from common import (
     temp_dir,
 )
 from cpu_report import cpu_lines
+from results_file import write_report
 
 PROGRAMS = ("bulkbatch", "naive", "floor")
 SCENARIOS: dict[str, str | None] = {
@@ -78,6 +82,9 @@ FLOOR_TARGET = 3.0
 CELL_PROGRAMS = ("bulkbatch", "floor")
 """Programs measured in the extra ``--cells`` (the naive script at 150 ms would take hours)."""
 QUICK_CELLS = "200k:latency20,1M:latency150"
+SHARDS = 4
+"""Processes in the sharding cell (``bench/bench_shards.py``)."""
+SHARD_LATENCY_MS = 50.0
 
 
 def parse_size(text: str) -> int:
@@ -283,6 +290,17 @@ def _fmt_s(x: float) -> str:
     return "—" if math.isnan(x) else f"{x:,.1f}"
 
 
+def stage_times(r: Record) -> dict[str, float]:
+    """A run's stage seconds. bulkbatch's *track* is timed from the start of sending (a job
+    is paged while later jobs ingest), so when the stages add up to more than the wall it
+    is cut to the part after the last ingest, and the stages add up again."""
+    src = "timings" if r.program == "bulkbatch" else "stages"
+    st = {k: float(v) for k, v in r.report.get(src, {}).items()}
+    if r.program == "bulkbatch" and sum(st.get(k, 0.0) for k in BB_STAGES) > r.wall_s:
+        st["track"] = max(0.0, st.get("track", 0.0) - st.get("send", 0.0))
+    return st
+
+
 def summarize(records: list[Record]) -> dict[tuple[int, str, str], dict[str, Any]]:
     groups: dict[tuple[int, str, str], list[Record]] = defaultdict(list)
     for r in records:
@@ -298,8 +316,9 @@ def summarize(records: list[Record]) -> dict[tuple[int, str, str], dict[str, Any
             for k in r.report.get(src, {}):
                 if k not in names:
                     names.append(k)
+        timings = [stage_times(r) for r in ok]
         for k in names:
-            stages[k] = _med([float(r.report[src][k]) for r in ok if k in r.report.get(src, {})])
+            stages[k] = _med([float(t[k]) for t in timings if k in t])
         out[key] = {
             "n": len(ok),
             "failed": len(recs) - len(ok),
@@ -382,8 +401,9 @@ def _stage_table(rows: int, scen: str, summ: dict[tuple[int, str, str], Any]) ->
         client = recs[len(recs) // 2].report.get("client", {})
         out += [
             (
-                "bulkbatch per stage (median s; *other* = wall − stages: interpreter start, "
-                "imports, run setup):"
+                "bulkbatch per stage (median s; *track* is what tracking took after the last "
+                "ingest, since jobs are paged while later jobs ingest; *other* = wall − stages: "
+                "interpreter start, imports, run setup):"
             ),
             "",
             "| load | plan | send | track | results | other | wall | requests | retries | 429s |",
@@ -441,7 +461,8 @@ def render(
                 if args.render
                 else f"the runner took {(time.time() - started) / 60:.1f} min). "
             )
-            + "This file is overwritten by every run."
+            + "This section is rewritten by every run (between the markers, "
+            "`bench/results_file.py`); the notes outside it are written by hand and kept."
         ),
         "",
         (
@@ -454,7 +475,7 @@ def render(
             "**Method.** Audiences: `bulkbatch.synth.generate(rows, duplicate_rate=0.02, seed=0)` "
             "(Parquet, ~0.05 % rows without any address). Every measurement is a fresh subprocess "
             "against a fresh emulator process (`python -m bulkbatch emulator --port 0 "
-            "--progression immediate`, plus `--faults latency_ms=50` in the latency scenario). "
+            "--progression immediate`, plus `--faults latency_ms=N` in the latencyN scenarios). "
             "Wall time is the subprocess's; peak RSS is the sum over its process tree, polled "
             "with psutil every 50 ms; *emulator CPU* is the emulator's user+system CPU seconds "
             "during the run (psutil `cpu_times` before/after) divided by the wall time "
@@ -640,6 +661,52 @@ def _where_time_goes(args: argparse.Namespace, summ: dict[tuple[int, str, str], 
     return lines
 
 
+def latency_bound(report: dict[str, Any], latency: float) -> tuple[float, int, int]:
+    """``(seconds, writes, reads)``: the least time bulkbatch's network stages (send +
+    track) could take if every request took exactly ``latency``, at the concurrency it used
+    (``--concurrency`` writes, ``READ_FACTOR`` × that reads): the first create and its
+    check, every batch through the write slots, then the last job's verify, run, first poll
+    and its pages one after another (a job's pages are sequential) — or, if longer, every
+    page through the read slots."""
+    from bulkbatch.client.concurrency import READ_FACTOR
+    from bulkbatch.client.paging import PAGE_SIZE
+    from bulkbatch.config import DEFAULT_CONCURRENCY, MAX_BATCH_SIZE
+
+    users = [int(j.get("users", 0)) for j in report.get("jobs", [])] or [0]
+    writes = DEFAULT_CONCURRENCY
+    reads = READ_FACTOR * writes
+    batches = sum(-(-u // MAX_BATCH_SIZE) for u in users)
+    pages = sum(-(-u // PAGE_SIZE) for u in users)
+    chain = 2 + -(-batches // writes) + 3 + -(-max(users) // PAGE_SIZE)
+    capacity = 2 + -(-pages // reads)
+    return latency * max(chain, capacity), writes, reads
+
+
+def _bound_text(rec: Record, latency: float) -> str:
+    bound, writes, reads = latency_bound(rec.report, latency)
+    st = rec.report.get("timings", {})
+    network = float(st.get("track", 0.0))
+    if not bound or not network:
+        return ""
+    return (
+        f"Network stages (send + track, timed together) {network:,.1f} s against a latency "
+        f"bound of {bound:,.1f} s at the concurrency used ({writes} writes, up to {reads} "
+        f"reads): **{network / bound:.2f}×** the bound (target ≤ 1.25×); the whole run "
+        f"{rec.wall_s:,.1f} s against {bound + rec.wall_s - network:,.1f} s with the other "
+        f"stages as measured: {rec.wall_s / (bound + rec.wall_s - network):.2f}×."
+    )
+
+
+def _scenario_latency(scen: str) -> float:
+    """Seconds the scenario adds to every request (``latency_ms=N``), 0 for none."""
+    faults = SCENARIOS.get(scen) or ""
+    for part in faults.split(","):
+        key, _, value = part.partition("=")
+        if key == "latency_ms":
+            return float(value) / 1000
+    return 0.0
+
+
 def _analysis(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -> list[str]:
     """Plain-language reading of the stage timings (generated from the numbers above)."""
     out = []
@@ -660,8 +727,8 @@ def _analysis(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -
             text = (
                 f"- **{human(rows)}, {scen}:** the biggest stage is *{top}* "
                 f"({_fmt_s(st.get(top, 0.0))} s, {100 * st.get(top, 0.0) / wall:.0f} % of wall). "
-                f"track = wait for COMPLETED + ~{pages:,} 100-user pages over {jobs} "
-                f"job{'s' if jobs > 1 else ''} paged side by side "
+                f"track = the paging left after the last ingest, of ~{pages:,} 100-user pages "
+                f"over {jobs} job{'s' if jobs > 1 else ''} paged side by side "
                 f"(~{pages // jobs:,} sequential pages per job): "
                 f"{1000 * st.get('track', 0.0) / pages:.2f} ms of wall per page"
             )
@@ -670,10 +737,11 @@ def _analysis(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -
                     f" vs {1000 * fl['stages']['page'] / pages:.2f} ms for the floor's bare "
                     f"httpx+orjson paging of {fl_jobs} job{'s' if fl_jobs > 1 else ''}"
                 )
-            if scen == "latency50":
+            latency = _scenario_latency(scen)
+            if latency:
                 text += (
-                    f" (the 50 ms latency alone is {0.05 * pages / jobs:,.0f} s of sequential "
-                    "paging per job)"
+                    f" (the {1000 * latency:g} ms latency alone is "
+                    f"{latency * pages / jobs:,.0f} s of sequential paging per job)"
                 )
             send = st.get("send", 0.0)
             if send > 0:
@@ -682,6 +750,8 @@ def _analysis(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -
                     text += f" (floor: {rows / fl['stages']['ingest']:,.0f} rows/s, read included)"
             lp = st.get("load", 0.0) + st.get("plan", 0.0)
             text += f"; load + plan {_fmt_s(lp)} s."
+            if latency:
+                text += " " + _bound_text(recs[len(recs) // 2], latency)
             out.append(text)
     if out:
         out += [
@@ -886,6 +956,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default split, so both use the same request pattern; 1 = one job paged sequentially",
     )
     p.add_argument("--timeout", type=float, help="kill a measured program after N seconds")
+    p.add_argument(
+        "--shards",
+        help=f"the sharding cell at this size: {SHARDS} processes (send --shard i/{SHARDS}) "
+        f"vs one, one emulator at {SHARD_LATENCY_MS:g} ms ('none' to skip; default 1M, "
+        "200k with --quick, none for --smoke or chosen cells)",
+    )
     micro = p.add_mutually_exclusive_group()
     micro.add_argument("--micro", action="store_true", default=None, help="run bench_*.py too")
     micro.add_argument("--no-micro", dest="micro", action="store_false")
@@ -895,6 +971,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--note", dest="notes", action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="report path")
+    p.add_argument(
+        "--section",
+        help="the generated section of the report this run rewrites (default: full, quick, "
+        "smoke, or custom when cells, sizes, scenarios or programs are chosen); the rest of "
+        "the file is kept",
+    )
     p.add_argument(
         "--render",
         metavar="RAW_JSON",
@@ -910,17 +992,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         defaults = {"sizes": "5k", "reps": 1, "scenarios": "none", "latency_sizes": "5k",
                     "latency_reps": 1, "naive": "0", "naive_lat": "0", "micro": False,
-                    "timeout": 300.0, "cells": ""}  # fmt: skip
+                    "timeout": 300.0, "cells": "", "shards": "none"}  # fmt: skip
     elif args.quick:
         defaults = {"sizes": "100k,1M", "reps": 1, "scenarios": "none,latency50",
                     "latency_sizes": "100k", "latency_reps": 1, "naive": "100k",
-                    "naive_lat": "100k", "micro": False, "timeout": None}  # fmt: skip
+                    "naive_lat": "100k", "micro": False, "timeout": None,
+                    "shards": "200k"}  # fmt: skip
     else:
         # 3 repetitions at 1M, one at 10M (a 10M cell takes 5-15 minutes here).
         defaults = {"sizes": "1M,10M", "reps": "1M:3,10M:1", "scenarios": "none,latency50",
                     "latency_sizes": "all", "latency_reps": "200k:3,1M:3,10M:1", "naive": "1M",
                     "naive_lat": "100k", "micro": True, "timeout": None,
-                    "naive_reps": 1}  # fmt: skip
+                    "naive_reps": 1, "shards": "1M"}  # fmt: skip
     cells_text = args.cells if args.cells is not None else defaults.get("cells", QUICK_CELLS)
     args.cells = [
         (parse_size(size), scen)
@@ -962,7 +1045,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.micro = False if args.render else defaults["micro"]
     if args.timeout is None:
         args.timeout = defaults["timeout"]
+    given = (sys.argv[1:] if argv is None else argv) if not args.render else []
+    chosen = ("--sizes", "--scenarios", "--cells", "--programs", "--latency-sizes")
+    custom = any(a.split("=")[0] in chosen for a in given)
+    if args.section is None:
+        args.section = (
+            "custom" if custom else "smoke" if args.smoke else "quick" if args.quick else "full"
+        )
+    if args.shards is None:
+        args.shards = "none" if custom or args.render else defaults["shards"]
+    args.shards = None if args.shards == "none" else parse_size(args.shards)
     return args
+
+
+def log_line(args: argparse.Namespace, records: list[Record]) -> str:
+    """One line for the report's run log: when, which commit, the command, each cell."""
+    summ = summarize(records)
+    cells = []
+    for (rows, scen, program), s in sorted(summ.items()):
+        if s["n"]:
+            est = " ≈" if s["extrapolated"] else ""
+            cells.append(
+                f"{human(rows)} {scen} {program}{est} {_fmt_s(s['wall'])} s "
+                f"(CPU {s['cpu']:,.1f} s, load {s['load']:.1f})"
+            )
+        else:
+            cells.append(f"{human(rows)} {scen} {program} failed")
+    when = time.strftime("%Y-%m-%d %H:%M %Z")
+    return f"{when}, git {args.measured_at}, `{args.cmdline}`: " + ("; ".join(cells) or "none")
 
 
 def _save(path: Path, args: argparse.Namespace, records: list[Record], **extra: Any) -> None:
@@ -1039,11 +1149,24 @@ def main(argv: list[str] | None = None) -> int:
     micro: dict[str, str] = dict(saved.get("micro", {}))
     if args.micro:
         micro.update(run_micro(args.quick))
+    if args.shards:
+        import bench_shards
+
+        title = (
+            f"bench_shards.py ({SHARDS} shards as {SHARDS} processes vs one process, "
+            f"{human(args.shards)} people, one emulator at {SHARD_LATENCY_MS:g} ms)"
+        )
+        log(f"sharding cell: {title} ...")
+        cmd = f"python bench/bench_shards.py --users {human(args.shards)} --shards {SHARDS}"
+        body = bench_shards.run(args.shards, SHARDS, SHARD_LATENCY_MS, args.timeout)
+        micro[title] = f"`{cmd} --latency-ms {SHARD_LATENCY_MS:g}`\n\n{body}"
     minutes = (time.time() - started) / 60
     if not args.render or profiles or micro:
         _save(raw_path, args, records, profiles=profiles, micro=micro, minutes=minutes)
     text = render(args, records, micro, profiles, started)
-    Path(args.out).write_text(text)
+    write_report(
+        Path(args.out), text, args.section, None if args.render else log_line(args, records)
+    )
     log(f"wrote {args.out} ({minutes:.1f} min); raw data in {raw_path}")
     return 1 if any(r.error for r in records) else 0
 

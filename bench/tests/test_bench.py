@@ -145,3 +145,60 @@ def test_floor_spreads_users_over_jobs_and_lists_each_once(tmp_path: Path) -> No
     assert report["listed"] == report["received"] == table.num_rows > 4900
     assert table.column("message_id").null_count == 0
     assert len(set(table.column("message_id").to_pylist())) == table.num_rows
+
+
+def test_a_run_rewrites_only_its_own_generated_section_and_logs_itself(tmp_path: Path) -> None:
+    """Hand-written notes, the other sections and earlier log lines survive a run."""
+    from bench.results_file import merge_report, write_report
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Notes by hand\n\nbefore/after: 193 s -> 100 s\n")
+    write_report(out, "# full table v1\n", "full", "run 1")
+    write_report(out, "# one cell\n", "custom", "run 2")
+    write_report(out, "# full table v2\n", "full", "run 3")
+    text = out.read_text()
+    assert text.startswith("# Notes by hand\n\nbefore/after: 193 s -> 100 s\n")
+    assert "# full table v2" in text and "# full table v1" not in text
+    assert "# one cell" in text
+    assert text.index("- run 1") < text.index("- run 2") < text.index("- run 3")
+    assert text.count("## Run log") == 1
+    # a note added by hand after the sections is kept; one inside a section is not
+    edited = text.replace("# one cell", "# one cell\n\nInside.", 1) + "\nAt the end.\n"
+    again = merge_report(edited, "# full table v3\n", "full")
+    assert again.endswith("At the end.\n") and "# full table v3" in again and "Inside." in again
+    assert "Inside." not in merge_report(again, "# one cell again\n", "custom")
+    with pytest.raises(ValueError, match="section name"):
+        merge_report("", "x", "bad -->")
+
+
+def test_the_section_follows_the_mode_unless_cells_are_chosen() -> None:
+    from bench.run import parse_args
+
+    assert parse_args([]).section == "full"
+    assert parse_args(["--quick"]).section == "quick"
+    assert parse_args(["--smoke"]).section == "smoke"
+    assert parse_args(["--sizes", "1M", "--cells", "none"]).section == "custom"
+    assert parse_args(["--cells=1M:latency150"]).section == "custom"
+    assert parse_args(["--cells", "none", "--section", "latency150"]).section == "latency150"
+
+
+def test_the_sharding_cell_runs_at_1m_in_full_and_200k_in_quick() -> None:
+    from bench.run import parse_args
+
+    assert parse_args([]).shards == 1_000_000
+    assert parse_args(["--quick"]).shards == 200_000
+    assert parse_args(["--smoke"]).shards is None
+    assert parse_args(["--cells=1M:latency150", "--sizes", "1M"]).shards is None
+    assert parse_args(["--cells", "none", "--shards", "40k"]).shards == 40_000
+    assert parse_args(["--shards", "none"]).shards is None
+
+
+@pytest.mark.timeout(200)
+def test_the_sharding_cell_sends_everyone_once_in_both_setups() -> None:
+    from bench.bench_shards import run
+
+    text = run(8_000, 2, 5.0, timeout=150)
+    rows = [line for line in text.splitlines() if line.startswith(("| one", "| 2 shards"))]
+    assert len(rows) == 2, text
+    assert all("| yes (" in row for row in rows), text
+    assert "FAILED" not in text and "merge` of the 2 shards took" in text

@@ -1,7 +1,7 @@
 """Client CPU per request: bulkbatch's paging loop vs bare httpx, against an emulator process.
 
     .venv/bin/python bench/bench_client.py [--jobs 16] [--users 10000] [--latency-ms 20]
-        [--programs bulkbatch,ledger,httpx] [--reps 3]
+        [--programs bulkbatch,lean,ledger,httpx] [--reps 3]
 
 Sets up ``--jobs`` completed bulk jobs of ``--users`` users each on a fresh emulator process
 (``--progression immediate``, ``--faults latency_ms=N``), then pages every job's
@@ -9,7 +9,9 @@ Sets up ``--jobs`` completed bulk jobs of ``--users`` users each on a fresh emul
 
 * ``bulkbatch`` — :meth:`CourierClient.list_users` in a loop per job (limiter, retries,
   contract checks, :class:`UsersPaging` bounds), one client for all jobs;
-* ``ledger`` — the same, plus every page stored through the one :class:`LedgerWriter` into a
+* ``lean`` — the same with :meth:`CourierClient.list_user_statuses`, the typed decoding of
+  only recipient, status and messageId that tracking uses;
+* ``ledger`` — the lean loop plus every page stored through the one :class:`LedgerWriter` into a
   DuckDB run database, as ``bulkbatch send`` does (:func:`bulkbatch.stages.track.page_users`);
 * ``httpx`` — bare ``httpx.AsyncClient.get`` + ``orjson.loads`` per page (the floor's loop).
 
@@ -80,6 +82,27 @@ async def _bulkbatch(url: str, job_ids: list[str], users: int, concurrency: int)
     return pages
 
 
+async def _lean(url: str, job_ids: list[str], users: int, concurrency: int) -> int:
+    """The page loop tracking runs: ``list_user_statuses`` (typed decoding of the kept fields)."""
+    from bulkbatch.client.paging import UsersPaging
+
+    pages = 0
+    async with CourierClient(_settings(url, concurrency)) as client:
+
+        async def one(job_id: str) -> None:
+            nonlocal pages
+            paging, more = UsersPaging(job_id, users), True
+            while more:
+                page = await client.list_user_statuses(job_id, cursor=paging.cursor)
+                more = paging.check_recipients(page.recipients, page.cursor, page.more)
+                pages += 1
+
+        async with anyio.create_task_group() as tg:
+            for job_id in job_ids:
+                tg.start_soon(one, job_id)
+    return pages
+
+
 async def _ledger(url: str, job_ids: list[str], users: int, concurrency: int) -> int:
     import duckdb
 
@@ -132,7 +155,12 @@ async def _httpx(url: str, job_ids: list[str], users: int, concurrency: int) -> 
     return pages
 
 
-PROGRAMS: dict[str, Any] = {"bulkbatch": _bulkbatch, "ledger": _ledger, "httpx": _httpx}
+PROGRAMS: dict[str, Any] = {
+    "bulkbatch": _bulkbatch,
+    "lean": _lean,
+    "ledger": _ledger,
+    "httpx": _httpx,
+}
 
 
 def measure(
@@ -151,7 +179,7 @@ def main() -> None:
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--programs", default="bulkbatch,ledger,httpx")
+    p.add_argument("--programs", default="bulkbatch,lean,ledger,httpx")
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args()
     faults = f"latency_ms={args.latency_ms:g}" if args.latency_ms else None

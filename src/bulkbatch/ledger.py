@@ -14,7 +14,7 @@ after the last stored page.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -50,9 +50,9 @@ class PageRecord:
 
     job_no: int
     page_no: int
-    recipients: list[str | None]
-    message_ids: list[str | None]
-    statuses: list[str | None]
+    recipients: Sequence[str | None]
+    message_ids: Sequence[str | None]
+    statuses: Sequence[str | None]
     next_cursor: str | None
     done: bool
 

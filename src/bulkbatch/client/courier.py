@@ -59,6 +59,7 @@ from bulkbatch.client.models import (
     MessagesPage,
     RetryEvent,
     UsersPage,
+    UserStatuses,
     bad,
     obj,
     parse_content,
@@ -67,6 +68,7 @@ from bulkbatch.client.models import (
     parse_job,
     parse_message,
     parse_messages_page,
+    parse_user_statuses,
     parse_users_page,
     req,
 )
@@ -87,6 +89,7 @@ __all__ = [
     "MessagesPage",
     "RetryCallback",
     "RetryEvent",
+    "UserStatuses",
     "UsersPage",
     "parse_retry_after",
 ]
@@ -253,18 +256,31 @@ class CourierClient(HttpCore):
         response = await self._request(call)
         return parse_job(call.where(response.status_code), self.json(call, response))
 
-    async def list_users(self, job_id: str, cursor: str | None = None) -> UsersPage:
-        """``GET /bulk/{job_id}/users``: one page of users with their status and messageId."""
+    @staticmethod
+    def _users_call(job_id: str, cursor: str | None) -> Call:
         jid = _path_id(job_id, "job id")
-        call = Call(
+        return Call(
             "list_users",
             "GET",
             f"/bulk/{jid}/users",
             params={"cursor": cursor} if cursor else None,
             not_found_hint=_job_hint(job_id),
         )
+
+    async def list_users(self, job_id: str, cursor: str | None = None) -> UsersPage:
+        """``GET /bulk/{job_id}/users``: one page of users with their status and messageId."""
+        call = self._users_call(job_id, cursor)
         response = await self._request(call)
         return parse_users_page(call.where(response.status_code), self.json(call, response))
+
+    async def list_user_statuses(self, job_id: str, cursor: str | None = None) -> UserStatuses:
+        """:meth:`list_users` reduced to each user's recipient, status and messageId: what
+        tracking keeps, decoded without building the rest of every user (same checks, same
+        errors)."""
+        call = self._users_call(job_id, cursor)
+        response = await self._request(call)
+        where = call.where(response.status_code)
+        return parse_user_statuses(where, response.content, lambda: self.json(call, response))
 
     async def iter_users(
         self, job_id: str, *, received: int, cursor: str | None = None

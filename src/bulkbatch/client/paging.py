@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,14 +94,20 @@ class UsersPaging:
 
         :raises PagingError: the page breaks one of the bounds above
         """
+        return self.check_recipients([item.get("recipient") for item in items], next_cursor, more)
+
+    def check_recipients(
+        self, recipients: Sequence[Any], next_cursor: str | None, more: bool
+    ) -> bool:
+        """:meth:`check` for a page given as its users' recipients (``None`` when absent)."""
         if self.pages + 1 > self.max_pages:
             raise self._error(f"more than {self.max_pages} pages")
-        listed = self.listed + len(items)
+        listed = self.listed + len(recipients)
         if listed > self.received:
             raise self._error(
                 f"{listed} users listed so far, more than the {self.received} it received"
             )
-        duplicate = _first_duplicate(item.get("recipient") for item in items)
+        duplicate = _first_duplicate(recipients)
         if duplicate is not None:
             raise self._error(f"recipient {duplicate!r} is listed twice on one page")
         if more and next_cursor is None:

@@ -167,16 +167,15 @@ async def page_users(
     paging = UsersPaging(job.job_id, received, pages=page_no, listed=listed, cursor=cursor)
     fetched = 0
     while not done:
-        page = await client.list_users(job.job_id, cursor=paging.cursor)
-        items = page.items
-        more = paging.check(items, page.cursor, page.more)
+        page = await client.list_user_statuses(job.job_id, cursor=paging.cursor)
+        more = paging.check_recipients(page.recipients, page.cursor, page.more)
         await ledger.put(
             PageRecord(
                 job_no=job.job_no,
                 page_no=page_no,
-                recipients=[i.get("recipient") for i in items],
-                message_ids=[i.get("messageId") for i in items],
-                statuses=[i.get("status") for i in items],
+                recipients=page.recipients,
+                message_ids=page.message_ids,
+                statuses=page.statuses,
                 next_cursor=page.cursor if more else None,
                 done=not more,
             )

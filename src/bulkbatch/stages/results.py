@@ -238,16 +238,22 @@ def _copy(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     _build_keys(cur)
+    threads = int(cur.execute("SELECT current_setting('threads')").fetchall()[0][0])
     try:
         select = _select_sql(cur, state, include_profile)
         # One streamed pass: DuckDB joins, sorts (spilling if it must) and writes; nothing
-        # is materialised in Python.
+        # is materialised in Python. On one thread: the hash join of every input row with
+        # KEYS_TABLE and the sort under it each pin blocks per thread, and at 10M rows two
+        # threads ran out of the 320MB budget (one: 33 s, within it).
+        cur.execute("SET threads = 1")
         cur.execute(
             f"COPY (SELECT * FROM ({select}) ORDER BY row_number) "
             f"TO {quote_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
         )
     finally:
         # Never mask the error that got us here (an interrupt, a full disk).
+        with contextlib.suppress(duckdb.Error):
+            cur.execute(f"SET threads = {threads}")
         with contextlib.suppress(duckdb.Error):
             cur.execute(f"DROP TABLE IF EXISTS {KEYS_TABLE}")
     tmp.replace(out)

@@ -193,6 +193,14 @@ def program_cmd(
     raise ValueError(program)
 
 
+def failure_line(stderr: str) -> str:
+    """Why a program failed: the last line of its stderr that is not a warning (a 10M floor
+    run's only recorded line was asyncio's "Enable tracemalloc" RuntimeWarning)."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    telling = [line for line in lines if "Warning" not in line and "tracemalloc" not in line]
+    return (telling or lines or ["no output"])[-1][:300]
+
+
 def _parse_report(program: str, stdout: str) -> dict[str, Any]:
     text = stdout.strip()
     if not text:
@@ -243,7 +251,8 @@ def run_one(
     )
     rec.report["emulator_stats"] = m.emulator_stats
     if m.returncode != 0 or not report:
-        rec.error = (m.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        rec.error = failure_line(m.stderr)
+        rec.report["stderr_tail"] = m.stderr[-4000:]  # the whole story, in the raw JSON
         log(f"  {program} FAILED (exit {m.returncode}): {rec.error}")
     if prefix_rows is not None:
         rec.prefix_rows = prefix_rows

@@ -107,6 +107,22 @@ def test_reps_parse_per_size() -> None:
     assert reps_for(per_size, 100_000) == 1
 
 
+def test_a_failure_is_reported_by_its_error_not_a_trailing_warning() -> None:
+    from bench.run import failure_line
+
+    stderr = (
+        "Traceback (most recent call last):\n"
+        "httpx.RemoteProtocolError: Server disconnected without sending a response.\n"
+        "sys:1: RuntimeWarning: coroutine 'pager' was never awaited\n"
+        "RuntimeWarning: Enable tracemalloc to get the object allocation traceback\n"
+    )
+    assert failure_line(stderr) == (
+        "httpx.RemoteProtocolError: Server disconnected without sending a response."
+    )
+    assert failure_line("") == "no output"
+    assert failure_line("only a UserWarning: x\n") == "only a UserWarning: x"
+
+
 def test_the_floor_uses_as_many_jobs_as_bulkbatch_default_split() -> None:
     from bench.run import floor_jobs
 

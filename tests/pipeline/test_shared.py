@@ -5,7 +5,9 @@ worker never sends while another holds the campaign's lease."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -39,7 +41,9 @@ def _worker(tmp_path: Path, name: str, emu: EmulatorProcess) -> tuple[Path, dict
     return home, env
 
 
-def _send(audience: Path, ledger: str, home: Path, env: dict[str, str]) -> object:
+def _send(
+    audience: Path, ledger: str, home: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     return bulkbatch(
         "--quiet", "send", str(audience), "--event", "welcome", "--run-id", "w-2026-12-01",
         "--once-per", "welcome", "--once-per-ledger", ledger, "--poll-interval", "0.05",
@@ -47,15 +51,23 @@ def _send(audience: Path, ledger: str, home: Path, env: dict[str, str]) -> objec
     )  # fmt: skip
 
 
+def _first_worker_sends(
+    audience: Path, ledger: str, tmp_path: Path, emu: EmulatorProcess
+) -> dict[str, Any]:
+    """Worker ``a`` sends the whole campaign; its ``--json`` summary."""
+    home, env = _worker(tmp_path, "a", emu)
+    first = _send(audience, ledger, home, env)
+    assert first.returncode == 0, first.stderr
+    summary: dict[str, Any] = orjson.loads(first.stdout)
+    return summary
+
+
 def test_a_fresh_worker_after_the_idempotency_window_sends_nobody_again(
     tmp_path: Path, pg_url: str
 ) -> None:
     audience = _audience(tmp_path / "aud.parquet")
     with EmulatorProcess() as emu:
-        home, env = _worker(tmp_path, "a", emu)
-        first = _send(audience, pg_url, home, env)
-        assert first.returncode == 0, first.stderr  # type: ignore[attr-defined]
-        summary = orjson.loads(first.stdout)  # type: ignore[attr-defined]
+        summary = _first_worker_sends(audience, pg_url, tmp_path, emu)
         assert summary["counts"]["ingested"] == 3_000 and len(summary["jobs"]) == 3
         # two days later Courier has forgotten the keys; the first worker is gone
         httpx.post(
@@ -66,8 +78,8 @@ def test_a_fresh_worker_after_the_idempotency_window_sends_nobody_again(
         shutil.rmtree(summary["run_dir"])
         home, env = _worker(tmp_path, "b", emu)
         again = _send(audience, pg_url, home, env)
-        assert again.returncode == 0, again.stderr  # type: ignore[attr-defined]
-        repeat = orjson.loads(again.stdout)  # type: ignore[attr-defined]
+        assert again.returncode == 0, again.stderr
+        repeat = orjson.loads(again.stdout)
         stats = emu.stats()
     assert repeat["campaign"] == summary["campaign"] and repeat["already_sent"] is True
     assert repeat["counts"] == summary["counts"]
@@ -84,10 +96,7 @@ def test_a_worker_does_not_send_while_another_holds_the_campaign(
 ) -> None:
     audience = _audience(tmp_path / "aud.parquet")
     with EmulatorProcess() as emu:
-        home, env = _worker(tmp_path, "a", emu)
-        first = _send(audience, pg_url, home, env)
-        assert first.returncode == 0, first.stderr  # type: ignore[attr-defined]
-        campaign = orjson.loads(first.stdout)["campaign"]  # type: ignore[attr-defined]
+        campaign = _first_worker_sends(audience, pg_url, tmp_path, emu)["campaign"]
         # another machine takes the campaign over and is sending it right now
         registry = open_registry(pg_url)
         registry.register(
@@ -104,11 +113,11 @@ def test_a_worker_does_not_send_while_another_holds_the_campaign(
         registry.release(lease)
         third = _send(audience, pg_url, home, env)
         final = emu.stats()
-    assert second.returncode == 1  # type: ignore[attr-defined]
-    err = second.stderr  # type: ignore[attr-defined]
+    assert second.returncode == 1
+    err = second.stderr
     assert f"Campaign {campaign} is being sent by worker-7: /srv/runs/w" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert after["users_accepted"] == before["users_accepted"] == 3_000
     assert after["jobs_created"] == before["jobs_created"]
-    assert third.returncode == 0, third.stderr  # type: ignore[attr-defined]
+    assert third.returncode == 0, third.stderr
     assert final["users_accepted"] == 3_000 and final["max_accepted_per_recipient"] == 1

@@ -34,7 +34,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from bulkbatch.db import quote_ident, quote_literal
+from bulkbatch.db import fetch_one, quote_ident, quote_literal
 from bulkbatch.errors import AccountingError
 from bulkbatch.files import atomic_write_bytes
 from bulkbatch.options import option
@@ -238,7 +238,7 @@ def _copy(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     _build_keys(cur)
-    threads = int(cur.execute("SELECT current_setting('threads')").fetchall()[0][0])
+    threads = int(fetch_one(cur, "SELECT current_setting('threads')")[0])
     try:
         select = _select_sql(cur, state, include_profile)
         # One streamed pass: DuckDB joins, sorts (spilling if it must) and writes; nothing

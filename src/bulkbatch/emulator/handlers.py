@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import orjson
@@ -59,6 +60,40 @@ DROP_LOG_MESSAGE = "ASGI callable returned without completing response."
 MAX_BODY_BYTES = 10 * 1024 * 1024
 
 Headers = list[tuple[bytes, bytes]]
+_T = TypeVar("_T")
+
+
+class Turns:
+    """Requests are handled one per event-loop turn, in the order they became ready.
+
+    Why: asyncio runs every callback that is ready in a turn before it polls the sockets
+    again, and a handler is synchronous. When a wave of requests wakes together (their
+    ``latency_ms`` sleeps end in the same turn), they were handled back to back, which hid
+    every follow-up request from the loop until the whole wave was done; the next wave then
+    slept in step and the loop idled through it. Measured with 16 ingests of 1,000 users in
+    flight at 150 ms: the loop read no socket for 290 ms at a time and idled 155 ms per
+    wave, 34-37 batches/s. Taking a lock and then yielding once makes the next request
+    wait for a wake-up, which comes a turn later, after the sockets were polled, as on a
+    server whose network overlaps its work.
+
+    One lock per running loop: an app may be served by more than one loop in its life
+    (a test client's portal), and a lock belongs to the loop that first waits on it.
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def run(self, work: Callable[[], _T]) -> _T:
+        """``work()`` in its own turn, after the requests that became ready before it."""
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        async with lock:
+            await asyncio.sleep(0)  # the others queue on the lock; the sockets get a turn
+            return work()
 
 
 @dataclass
@@ -70,6 +105,7 @@ class EmulatorState:
     api_key: str | None = None
     contract: Any = None  # a contract.ContractChecker when the contract check is on
     webhooks: WebhookSender | None = None  # with --webhook-url
+    turns: Turns = field(default_factory=Turns)
 
     def start(self) -> None:
         """Start the background work (the webhook sender) once the app is served."""
@@ -249,7 +285,7 @@ class ApiEndpoint:
             reply = _envelope(500, "Internal Server Error (emulated fault)", "api_error")
         else:
             try:
-                reply = self._handle(scope, raw)
+                reply = await self.state.turns.run(lambda: self._handle(scope, raw))
             except Exception:
                 log.exception("emulator bug while handling %s", self.op.name)
                 reply = _envelope(500, "Internal Server Error", "api_error")

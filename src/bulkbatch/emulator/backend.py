@@ -377,8 +377,11 @@ class Backend:
 
     # -- bulk jobs ------------------------------------------------------------------------
 
-    def validate_create(self, body: object) -> JsonDict:
-        """Return the job's ``message`` or raise the API's 400 (nothing is stored)."""
+    def validate_create(self, body: object, raw: bytes | None = None) -> JsonDict:
+        """Return the job's ``message`` or raise the API's 400 (nothing is stored).
+
+        ``raw``: the bytes ``body`` was parsed from (a valid body then takes the fast check).
+        """
         if self.flavor == "tutorial":
             # The backend snapshot's wording first (courier-bulk-api.md §2.1), then the spec.
             message = body.get("message") if isinstance(body, dict) else None
@@ -395,25 +398,25 @@ class Backend:
                 or nested.get("content")
             ):
                 raise ValidationError("The 'event' parameter is required.")
-        self._check_body("POST", "/bulk", body)
+        self._check_body("POST", "/bulk", body, raw)
         message = body["message"]  # type: ignore[index]  # checked by the schema
         if self.flavor == "current" and not message["event"]:
             raise ValidationError("message.event is required (it is an empty string).")
         result: JsonDict = message
         return result
 
-    def validate_ingest(self, body: object) -> list[Any]:
+    def validate_ingest(self, body: object, raw: bytes | None = None) -> list[Any]:
         if self.flavor == "tutorial":
             users = body.get("users") if isinstance(body, dict) else None
             if not isinstance(users, list):
                 raise ValidationError("The 'users' parameter is required.")
-        self._check_body("POST", "/bulk/{job_id}", body)
+        self._check_body("POST", "/bulk/{job_id}", body, raw)
         result: list[Any] = body["users"]  # type: ignore[index]  # checked by the schema
         return result
 
-    def _check_body(self, method: str, path: str, body: object) -> None:
+    def _check_body(self, method: str, path: str, body: object, raw: bytes | None) -> None:
         try:
-            spec.body_validator(self.flavor, method, path)(body)
+            spec.body_validator(self.flavor, method, path)(body, raw)
         except spec.SpecViolation as exc:
             raise ValidationError(str(exc)) from None
 

@@ -162,7 +162,7 @@ class Operation:
 
     name: str
     execute: Callable[[Backend, Call], tuple[int, object]]
-    validate: Callable[[Backend, Any], Any] | None = None
+    validate: Callable[[Backend, Any, bytes], Any] | None = None
     idempotent: bool = False
     ingest: bool = False
     spec_path: str = ""
@@ -346,7 +346,7 @@ class ApiEndpoint:
                             f"the limit of {limit} (max_users_per_call).",
                             "api_error",
                         )
-                call.input = op.validate(backend, parsed)
+                call.input = op.validate(backend, parsed, raw)
             expires_ms = 0
             if request_hash:
                 now = backend.now_ms()

@@ -21,7 +21,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import fastjsonschema
+import msgspec
 import yaml
+
+from bulkbatch.emulator.fastcheck import body_decoder
 
 __all__ = [
     "JOB_MESSAGE_FIELDS",
@@ -116,7 +119,9 @@ JOB_MESSAGE_FIELDS = tuple(
 
 
 @functools.cache
-def _compiled(flavor: str, method: str, path: str) -> tuple[Callable[[Any], Any], JsonDict]:
+def _compiled(
+    flavor: str, method: str, path: str
+) -> tuple[Callable[[Any], Any], JsonDict, msgspec.json.Decoder[Any] | None]:
     body = _operation(load_spec(), method, path)["requestBody"]["content"]["application/json"]
     schema = _to_json_schema(body["schema"])
     defs = _definitions(flavor)
@@ -128,14 +133,25 @@ def _compiled(flavor: str, method: str, path: str) -> tuple[Callable[[Any], Any]
         schema["required"] = ["users"]
     document = {"definitions": defs, **schema}
     validate = fastjsonschema.compile(document, use_formats=False)
-    return validate, defs
+    return validate, defs, body_decoder(document)
 
 
-def body_validator(flavor: str, method: str, path: str) -> Callable[[Any], None]:
-    """A function that raises :class:`SpecViolation` if ``body`` breaks the spec."""
-    validate, defs = _compiled(flavor, method, path)
+def body_validator(flavor: str, method: str, path: str) -> Callable[[Any, bytes | None], None]:
+    """``check(body, raw)`` raises :class:`SpecViolation` if ``body`` breaks the spec.
 
-    def check(body: Any) -> None:
+    ``raw``, the bytes ``body`` was parsed from, lets a valid body pass the fast check of
+    :mod:`.fastcheck` (about 2 ms per 1,000 users instead of 6); a body it refuses, or none,
+    is decided and worded by the full check.
+    """
+    validate, defs, fast = _compiled(flavor, method, path)
+
+    def check(body: Any, raw: bytes | None = None) -> None:
+        if fast is not None and raw is not None:
+            try:
+                fast.decode(raw)
+                return
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass  # the full check below decides, and words the error
         try:
             validate(body)
         except fastjsonschema.JsonSchemaValueException as exc:

@@ -123,6 +123,21 @@ def test_a_failure_is_reported_by_its_error_not_a_trailing_warning() -> None:
     assert failure_line("only a UserWarning: x\n") == "only a UserWarning: x"
 
 
+def test_the_peak_rss_target_is_450_mib_at_10m_and_600_below() -> None:
+    import argparse
+
+    from bench.run import _targets
+
+    bb = {"n": 1, "wall": 1.0, "rss": 500.0, "emu_share": 0.3}
+    args = argparse.Namespace(sizes=[1_000_000, 10_000_000], scenarios=["none"])
+    summ = {(1_000_000, "none", "bulkbatch"): bb, (10_000_000, "none", "bulkbatch"): bb}
+    rss = [line for line in _targets(args, summ) if line.startswith("| peak RSS")]
+    assert rss == [
+        "| peak RSS ≤ 600 MiB | 1M, none | 500 MiB | yes |",
+        "| peak RSS ≤ 450 MiB | 10M, none | 500 MiB | **no** |",
+    ]
+
+
 def test_the_floor_uses_as_many_jobs_as_bulkbatch_default_split() -> None:
     from bench.run import floor_jobs
 

@@ -25,6 +25,7 @@ __all__ = [
     "DB_FILE",
     "MEMORY_LIMIT",
     "MEMORY_LIMIT_ENV",
+    "PARQUET_OPTIONS",
     "configure_connection",
     "fetch_one",
     "in_thread",
@@ -42,6 +43,10 @@ MEMORY_LIMIT = "320MB"
 beyond it): measured to keep a 10M-row run within a few hundred MiB.
 ``BULKBATCH_MEMORY_LIMIT`` (e.g. ``1GB``) overrides it."""
 MEMORY_LIMIT_ENV = "BULKBATCH_MEMORY_LIMIT"
+PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
+"""How bulkbatch writes Parquet (plan, rejects, duplicates, results, merged results). zstd's
+level 1 rather than DuckDB's default 3: writing 10M results rows on one thread took
+9.9-10.7 s against 11.9-14.5 s, and the file is smaller (192 MB against 211 MB)."""
 _PID = re.compile(r"PID (\d+)")
 
 

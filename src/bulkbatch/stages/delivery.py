@@ -113,8 +113,12 @@ def _sources(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def build_delivery(con: duckdb.DuckDBPyConnection) -> bool:
-    """(Re)build table ``delivery`` from every source; False when there is none."""
+    """(Re)build table ``delivery`` from every source; False (and no table) when no source
+    has a row: the results stage then joins nothing (at 10M, 7.6 s of 55)."""
     parts = _sources(con)
+    if parts:
+        union = " UNION ALL ".join(parts)
+        parts = parts if con.execute(f"SELECT 1 FROM ({union}) LIMIT 1").fetchall() else []
     if not parts:
         con.execute(f"DROP TABLE IF EXISTS {DELIVERY_TABLE}")
         return False

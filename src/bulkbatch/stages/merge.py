@@ -41,7 +41,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from bulkbatch.db import configure_connection, fetch_one, quote_literal
+from bulkbatch.db import PARQUET_OPTIONS, configure_connection, fetch_one, quote_literal
 from bulkbatch.errors import AccountingError, StateError, UsageError
 from bulkbatch.files import atomic_write_bytes
 from bulkbatch.storage import destination, download, is_remote, upload
@@ -240,12 +240,10 @@ def _copy(con: duckdb.DuckDBPyConnection, shards: Sequence[ShardResult], target:
     if dataset:
         con.execute(
             f"COPY ({source}) TO {quote_literal(str(target))} "
-            "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (shard))"
+            f"({PARQUET_OPTIONS}, PARTITION_BY (shard))"
         )
     else:
-        con.execute(
-            f"COPY ({source}) TO {quote_literal(str(target))} (FORMAT parquet, COMPRESSION zstd)"
-        )
+        con.execute(f"COPY ({source}) TO {quote_literal(str(target))} ({PARQUET_OPTIONS})")
 
 
 def _check(

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from bulkbatch.db import fetch_one, quote_ident, quote_literal
+from bulkbatch.db import PARQUET_OPTIONS, fetch_one, quote_ident, quote_literal
 from bulkbatch.errors import AccountingError, PlanError
 from bulkbatch.options import option
 from bulkbatch.stages.plan.filters import first_line
@@ -331,8 +331,7 @@ def write_files(con: duckdb.DuckDBPyConnection, run_dir: Path) -> dict[str, str]
     try:
         con.execute(
             "COPY (SELECT row_number, job_no, batch_no, recipient, user_json FROM plan) "
-            f"TO {quote_literal(paths['plan.parquet'])} "
-            "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
+            f"TO {quote_literal(paths['plan.parquet'])} ({PARQUET_OPTIONS})"
         )
         for table, name, keys in (
             ("rejects", "rejects.parquet", ("reason_code", "reason")),
@@ -343,7 +342,7 @@ def write_files(con: duckdb.DuckDBPyConnection, run_dir: Path) -> dict[str, str]
             con.execute(
                 f"COPY (SELECT t.row_number, {chosen}, {picked} FROM {table} t "
                 "JOIN inputs i USING (row_number) ORDER BY t.row_number) "
-                f"TO {quote_literal(paths[name])} (FORMAT parquet, COMPRESSION zstd)"
+                f"TO {quote_literal(paths[name])} ({PARQUET_OPTIONS})"
             )
     except duckdb.OutOfMemoryException:
         raise  # not an unwritable directory: the pipeline reports the memory budget

@@ -140,7 +140,7 @@ def body_validator(flavor: str, method: str, path: str) -> Callable[[Any, bytes 
     """``check(body, raw)`` raises :class:`SpecViolation` if ``body`` breaks the spec.
 
     ``raw``, the bytes ``body`` was parsed from, lets a valid body pass the fast check of
-    :mod:`.fastcheck` (about 2 ms per 1,000 users instead of 6); a body it refuses, or none,
+    :mod:`.fastcheck` (2-2.4 ms per 1,000 users instead of 5-6); a body it refuses, or none,
     is decided and worded by the full check.
     """
     validate, defs, fast = _compiled(flavor, method, path)

@@ -103,8 +103,8 @@ def _fast_accepts(flavor: str, method: str, path: str, raw: bytes) -> bool:
 def test_whatever_the_fast_check_accepts_the_full_check_accepts(
     flavor: str, method: str, path: str, edits: list[tuple[int, str, Any]]
 ) -> None:
-    body = _changed(path, edits)
-    raw = orjson.dumps(body)
+    raw = orjson.dumps(_changed(path, edits))
+    body = orjson.loads(raw)  # as the emulator parses it (orjson writes inf as null)
     if _fast_accepts(flavor, method, path, raw):
         assert _full_accepts(flavor, method, path, body), body
 

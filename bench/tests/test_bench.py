@@ -138,6 +138,15 @@ def test_the_peak_rss_target_is_450_mib_at_10m_and_600_below() -> None:
     ]
 
 
+def test_the_results_benchmark_times_write_results_on_a_synthetic_run(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_results.py"), "--rows", "20000"]
+    out = subprocess.run(
+        [*cmd, "--dir", str(tmp_path)], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert "built 20,000 rows" in out
+    assert re.search(rf"write_results: 20,000 rows in {NUM} s, peak RSS {NUM} MiB", out), out
+
+
 def test_the_floor_uses_as_many_jobs_as_bulkbatch_default_split() -> None:
     from bench.run import floor_jobs
 

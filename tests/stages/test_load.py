@@ -144,6 +144,45 @@ def test_order_kept_on_multi_file_multi_thread_load(con, tmp_path):
         assert bad == [(0,)], pattern
 
 
+def test_parquet_rows_are_numbered_by_file_and_position(con, tmp_path):
+    # Parquet rows are numbered from each row's file and its place in it (no one-thread
+    # window): files of unequal sizes, an empty one, a column only one file has, several
+    # row groups, two threads, and a CSV between two Parquet groups.
+    con.execute("SET threads = 2")
+    sizes = {"p0": 25_000, "p1": 0, "p2": 3, "p3": 40_001}
+    (tmp_path / "d").mkdir()
+    start = 0
+    for name, n in sizes.items():
+        extra = ", i * 2 AS twice" if name == "p3" else ""
+        con.execute(
+            f"COPY (SELECT i AS v{extra} FROM range({start}, {start + n}) r(i)) "
+            f"TO '{tmp_path / 'd' / f'{name}.parquet'}' (ROW_GROUP_SIZE 7000)"
+        )
+        start += n
+    total = start
+    write(tmp_path / "m.csv", f"v\n{total}\n{total + 1}\n")
+    con.execute(f"COPY (SELECT {total + 2} AS v) TO '{tmp_path / 'z.parquet'}'")
+    sources = (str(tmp_path / "d"), str(tmp_path / "m.csv"), str(tmp_path / "z.parquet"))
+    info = load_inputs(con, LoadOptions(sources))
+    assert info.rows == total + 3
+    bad = con.execute(
+        "SELECT count(*) FROM inputs WHERE v::BIGINT + 1 <> row_number OR rowid + 1 <> row_number "
+        "OR (twice IS NOT NULL AND twice::BIGINT <> 2 * v::BIGINT)"
+    ).fetchall()
+    assert bad == [(0,)]
+    assert rows(con, "SELECT count(twice) FROM inputs") == [(40_001,)]
+
+
+def test_parquet_numbering_falls_back_to_the_stream_order(con, tmp_path):
+    from bulkbatch.stages.load import _parquet_numbering
+
+    f = tmp_path / "a.parquet"
+    con.execute(f"COPY (SELECT 1 AS v) TO '{f}'")
+    assert _parquet_numbering(con, [str(f)]) == "(0 + file_row_number + 1)"
+    # a footer that cannot be matched or read: number in the read's order instead
+    assert _parquet_numbering(con, [str(tmp_path / "missing.parquet")]) == "row_number() OVER ()"
+
+
 def test_reserved_column_names_are_renamed(con, tmp_path):
     f = write(tmp_path / "a.csv", "user_id,source,row_number\nu1,ads,7\n")
     info = load_inputs(con, LoadOptions((str(f),)))

@@ -35,7 +35,7 @@ from bulkbatch.files import private_dir
 from bulkbatch.identity import lookup, register
 from bulkbatch.options import option
 from bulkbatch.spec import RunSpec
-from bulkbatch.stages.load import resolve_sources
+from bulkbatch.stages.sources import resolve_sources
 from bulkbatch.state import RunState
 
 __all__ = [

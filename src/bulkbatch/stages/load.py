@@ -16,9 +16,12 @@ Rules
 * **Format** is taken from the extension unless ``format`` says otherwise. Several inputs are
   read "by name": a column missing from one file is NULL for its rows.
 * **Order**: ``row_number`` follows the sources in the order given, the files of a glob or folder
-  in path order, and the rows of a file in file order. It is assigned during the read by DuckDB's
-  streaming ``row_number() OVER ()`` with ``preserve_insertion_order`` on (this function sets it),
-  so there is no extra copy of the table and the order holds with several threads.
+  in path order, and the rows of a file in file order. It is assigned during the read, with
+  ``preserve_insertion_order`` on (this function sets it), so there is no extra copy of the table
+  and the order holds with several threads: for Parquet from each row's file and its position in
+  the file (DuckDB's ``file_index`` and ``file_row_number``, plus the row counts of the files'
+  footers), otherwise by DuckDB's streaming ``row_number() OVER ()``, which runs on one thread
+  (10M Parquet rows: 31 s against 14 s).
 * **CSV** (:mod:`bulkbatch.stages.csvread`): delimiter, quote and header are sniffed by DuckDB
   unless given; a UTF-8 BOM is tolerated; ``encoding`` may be any encoding Python knows
   (``cp1252`` too). Columns are read as text, then a column whose every value is a number, a
@@ -40,24 +43,27 @@ Rules
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
-import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Literal
 
 import duckdb
 
 from bulkbatch.db import configure_connection, fetch_one, quote_ident, quote_literal
-from bulkbatch.errors import InputError, UsageError
+from bulkbatch.errors import InputError
 from bulkbatch.options import option
 from bulkbatch.stages.csvread import SOURCE_COL, CsvFile, csv_rejects, infer_types, open_csv
 from bulkbatch.stages.remote import GroupRead, group_read
-from bulkbatch.storage import expand, fingerprint, is_remote
+from bulkbatch.stages.sources import (
+    INPUT_EXTENSIONS,
+    fingerprint_files,
+    format_of,
+    resolve_sources,
+)
+from bulkbatch.storage import is_remote
 
 __all__ = [
     "INPUT_EXTENSIONS",
@@ -69,33 +75,6 @@ __all__ = [
     "resolve_sources",
 ]
 
-INPUT_EXTENSIONS: tuple[str, ...] = (
-    ".parquet",
-    ".pq",
-    ".csv",
-    ".csv.gz",
-    ".tsv",
-    ".ndjson",
-    ".jsonl",
-    ".json",
-    ".ndjson.gz",
-    ".jsonl.gz",
-)
-_FORMAT_BY_EXT: tuple[tuple[str, str], ...] = (
-    (".parquet", "parquet"),
-    (".pq", "parquet"),
-    (".csv", "csv"),
-    (".csv.gz", "csv"),
-    (".tsv", "csv"),
-    (".tsv.gz", "csv"),
-    (".txt", "csv"),
-    (".ndjson", "ndjson"),
-    (".jsonl", "ndjson"),
-    (".json", "ndjson"),
-    (".ndjson.gz", "ndjson"),
-    (".jsonl.gz", "ndjson"),
-    (".json.gz", "ndjson"),
-)
 _RESERVED = {"row_number": "input_row_number", "source": "input_source"}
 
 
@@ -144,87 +123,6 @@ class LoadInfo:
     seconds: float
     bad_lines: int = 0
     inferred_types: dict[str, str] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------- resolving files
-
-
-def _has_glob(text: str) -> bool:
-    return any(ch in text for ch in "*?[")
-
-
-def _is_input_file(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and any(name.endswith(ext) for ext in INPUT_EXTENSIONS)
-
-
-def _folder_files(source: str, path: Path) -> list[str]:
-    found = sorted(p for p in path.rglob("*") if _is_input_file(p))
-    if not found:
-        raise InputError(
-            f"No input files in folder {source}: expected *.parquet, *.csv, *.csv.gz, "
-            "*.ndjson, *.jsonl or *.json files. Check the folder, or name the files."
-        )
-    return [str(p.resolve()) for p in found]
-
-
-def _glob_files(source: str) -> list[str]:
-    matches = sorted(
-        m for m in glob.glob(os.path.expanduser(source), recursive=True) if Path(m).is_file()
-    )
-    if not matches:
-        raise InputError(f"No files match {source}. Check the pattern and the folder it points at.")
-    return [str(Path(m).resolve()) for m in matches]
-
-
-def resolve_sources(sources: Sequence[str]) -> list[str]:
-    """The files ``sources`` stand for, in load order (absolute, resolved paths)."""
-    if not sources:
-        raise UsageError("No input given: pass one or more files, globs or folders.")
-    files: list[str] = []
-    for source in sources:
-        if is_remote(source):  # s3://bucket/key, a prefix or a glob
-            files.extend(expand(source, INPUT_EXTENSIONS))
-            continue
-        path = Path(source).expanduser()
-        if path.is_dir():
-            files.extend(_folder_files(source, path))
-        elif path.is_file():
-            files.append(str(path.resolve()))
-        elif _has_glob(source):
-            files.extend(_glob_files(source))
-        else:
-            raise InputError(
-                f"Input not found: {source}. "
-                "Check the path, or quote a glob so the shell does not expand it."
-            )
-    return files
-
-
-def _format_of(file: str, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    name = file.lower()
-    for ext, kind in sorted(_FORMAT_BY_EXT, key=lambda e: -len(e[0])):
-        if name.endswith(ext):
-            return kind
-    f = option("format").flag
-    raise UsageError(
-        f"Cannot tell the format of {file} from its extension: "
-        f"pass {f} csv, {f} parquet or {f} ndjson."
-    )
-
-
-def fingerprint_files(files: Iterable[str]) -> str:
-    """sha256 over (path, size, mtime_ns) of each file, in order: changes when an input does."""
-    h = hashlib.sha256()
-    for f in files:
-        if is_remote(f):
-            h.update(f"{f}\0{fingerprint(f)}\n".encode())
-            continue
-        st = os.stat(f)
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------- reading
@@ -299,8 +197,35 @@ def _describe(con: duckdb.DuckDBPyConnection, query: str) -> list[tuple[str, str
     return [(str(r[0]), str(r[1])) for r in rows if r[0] != SOURCE_COL]
 
 
-def _select_list(columns: Sequence[tuple[str, str]], offset: int, source: str) -> str:
-    parts = [f"{offset} + row_number() OVER () AS row_number", f"{source} AS source"]
+_STREAM_NUMBER = "row_number() OVER ()"
+
+
+def _parquet_numbering(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> str:
+    """SQL numbering the rows of ``read_parquet(files)`` from 1, in file then row order, on
+    every thread: the file's first number (from the row counts in the files' footers) plus
+    the row's position in its file. ``row_number() OVER ()`` if a footer cannot be matched."""
+    try:
+        counts = dict(
+            con.execute(
+                f"SELECT file_name, num_rows FROM parquet_file_metadata({_file_list(files)})"
+            ).fetchall()
+        )
+    except duckdb.Error:
+        return _STREAM_NUMBER  # the read itself reports what is wrong with the file
+    if any(f not in counts for f in files):
+        return _STREAM_NUMBER
+    starts, total = [], 0
+    for f in files:
+        starts.append(total)
+        total += int(counts[f])
+    first = "0" if len(files) == 1 else f"[{', '.join(map(str, starts))}][file_index::BIGINT + 1]"
+    return f"({first} + file_row_number + 1)"
+
+
+def _select_list(
+    columns: Sequence[tuple[str, str]], offset: int, source: str, numbering: str = _STREAM_NUMBER
+) -> str:
+    parts = [f"{offset} + {numbering} AS row_number", f"{source} AS source"]
     for name, _ in columns:
         parts.append(f"{quote_ident(name)} AS {quote_ident(_RESERVED.get(name, name))}")
     return ", ".join(parts)
@@ -331,7 +256,7 @@ def _groups(files: Sequence[str], fmt: str) -> list[tuple[str, list[str]]]:
     columns are still unioned by name when appended."""
     groups: list[tuple[str, list[str]]] = []
     for f in files:
-        kind = _format_of(f, fmt)
+        kind = format_of(f, fmt)
         same = groups and is_remote(groups[-1][1][0]) == is_remote(f)
         if same and groups[-1][0] == kind and kind != "csv":
             groups[-1][1].append(f)
@@ -379,11 +304,16 @@ class _Loaded:
 
 
 def _append(
-    con: duckdb.DuckDBPyConnection, loaded: _Loaded, reader: str, source: str
+    con: duckdb.DuckDBPyConnection,
+    loaded: _Loaded,
+    reader: str,
+    source: str,
+    numbering: str = _STREAM_NUMBER,
 ) -> list[tuple[str, str]]:
-    """Read one group into ``inputs`` (creating it for the first); its columns."""
+    """Read one group into ``inputs`` (creating it for the first); its columns.
+    ``numbering`` numbers the group's rows from 1, in order."""
     described = _describe(con, reader)
-    select = _select_list(described, loaded.rows, source)
+    select = _select_list(described, loaded.rows, source, numbering)
     if not loaded.created:
         con.execute(f"CREATE OR REPLACE TABLE inputs AS SELECT {select} FROM {reader}")
         loaded.created = True
@@ -408,7 +338,10 @@ def _load_group(
         try:
             try:
                 reader = read.reader or _reader(kind, group)
-                described = _append(con, loaded, reader, read.source)
+                numbering = _STREAM_NUMBER
+                if kind == "parquet" and read.reader is None:
+                    numbering = _parquet_numbering(con, group)
+                described = _append(con, loaded, reader, read.source, numbering)
             except duckdb.InvalidInputException as exc:
                 if kind != "ndjson" or "maximum recursion depth" not in str(exc):
                     raise

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from bulkbatch.stages.load import load_frame
-from bulkbatch.stages.plan import PlanInfo, PlanOptions, build_plan
+from bulkbatch.stages.plan import PlanInfo, PlanOptions, build, build_plan
 
 
 @pytest.fixture
@@ -52,11 +52,17 @@ def test_too_large_first_row_does_not_shadow_a_later_valid_one(con):
     )
 
 
+@pytest.mark.parametrize("join_rows", [build.JOIN_ROWS, 333], ids=["one-join", "join-ranges"])
 @pytest.mark.parametrize(("max_job_size", "batch_size"), [(None, 7), (300, 7), (250, 1000)])
-def test_numbering_and_physical_order_match_a_reference(con, max_job_size, batch_size):
+def test_numbering_and_physical_order_match_a_reference(
+    con, monkeypatch, max_job_size, batch_size, join_rows
+):
+    # join-ranges: the users' JSON is built over several row-number ranges (big audiences)
+    monkeypatch.setattr(build, "JOIN_ROWS", join_rows)
     n = 2000
     ids = [f"u{i % 1700}" if i % 11 else "" for i in range(n)]  # duplicates and no-address
     plan_of(con, {"user_id": ids}, max_job_size=max_job_size, batch_size=batch_size)
+    assert con.execute("SELECT count(*) FROM plan WHERE user_json IS NULL").fetchone() == (0,)
     seen: set[str] = set()
     kept: list[tuple[int, str]] = []
     for row, uid in enumerate(ids, start=1):

@@ -354,10 +354,17 @@ def order_sql(options: PlanOptions) -> str:
         FROM ({source})
         """
     mjs = int(options.max_job_size)
+    # md5(recipient) order, as two unsigned 64-bit halves of the digest (the same order as its
+    # hex text): the window sorts 16 fixed-width bytes instead of 32-character strings
+    # (10M: 9.4-10.7 -> 5.7-6.7 s; the text spilled 4.3 GB under the 320MB cap).
     return f"""
-    WITH p AS ({source}),
+    WITH p AS (
+        SELECT row_number, ('0x' || left(h, 16))::UBIGINT AS h1,
+               ('0x' || right(h, 16))::UBIGINT AS h2
+        FROM (SELECT row_number, md5(recipient) AS h FROM ({source}))
+    ),
     j AS (
-        SELECT row_number, (row_number() OVER (ORDER BY md5(recipient), row_number) - 1)
+        SELECT row_number, (row_number() OVER (ORDER BY h1, h2, row_number) - 1)
                // {mjs} AS job_no
         FROM p
     ),

@@ -21,7 +21,7 @@ Rules
   and the order holds with several threads: for Parquet from each row's file and its position in
   the file (DuckDB's ``file_index`` and ``file_row_number``, plus the row counts of the files'
   footers), otherwise by DuckDB's streaming ``row_number() OVER ()``, which runs on one thread
-  (10M Parquet rows: 31 s against 14 s).
+  (10M Parquet rows: 20-29 s against 12-15 s).
 * **CSV** (:mod:`bulkbatch.stages.csvread`): delimiter, quote and header are sniffed by DuckDB
   unless given; a UTF-8 BOM is tolerated; ``encoding`` may be any encoding Python knows
   (``cp1252`` too). Columns are read as text, then a column whose every value is a number, a

@@ -173,6 +173,24 @@ def test_parquet_rows_are_numbered_by_file_and_position(con, tmp_path):
     assert rows(con, "SELECT count(twice) FROM inputs") == [(40_001,)]
 
 
+def test_parquet_columns_named_like_the_virtual_ones_do_not_number_the_rows(con, tmp_path):
+    # A file's own column shadows DuckDB's virtual file_row_number / file_index: such a file
+    # is numbered in read order instead.
+    f = tmp_path / "a.parquet"
+    con.execute(
+        f"COPY (SELECT i * 10 AS file_row_number, 7 AS File_Index FROM range(3) t(i)) TO '{f}'"
+    )
+    load_inputs(con, LoadOptions((str(f), str(f))))
+    assert rows(con, "SELECT row_number, file_row_number, File_Index FROM inputs") == [
+        (1, 0, 7),
+        (2, 10, 7),
+        (3, 20, 7),
+        (4, 0, 7),
+        (5, 10, 7),
+        (6, 20, 7),
+    ]
+
+
 def test_parquet_numbering_falls_back_to_the_stream_order(con, tmp_path):
     from bulkbatch.stages.load import _parquet_numbering
 

@@ -198,6 +198,7 @@ def _describe(con: duckdb.DuckDBPyConnection, query: str) -> list[tuple[str, str
 
 
 _STREAM_NUMBER = "row_number() OVER ()"
+_VIRTUAL_COLUMNS = ("file_row_number", "file_index")
 
 
 def _parquet_numbering(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> str:
@@ -313,6 +314,8 @@ def _append(
     """Read one group into ``inputs`` (creating it for the first); its columns.
     ``numbering`` numbers the group's rows from 1, in order."""
     described = _describe(con, reader)
+    if any(n.lower() in _VIRTUAL_COLUMNS for n, _ in described):
+        numbering = _STREAM_NUMBER  # the file's own column would shadow DuckDB's
     select = _select_list(described, loaded.rows, source, numbering)
     if not loaded.created:
         con.execute(f"CREATE OR REPLACE TABLE inputs AS SELECT {select} FROM {reader}")

@@ -22,6 +22,7 @@ import duckdb
 from bulkbatch.errors import StateError
 
 __all__ = [
+    "ARROW_PARQUET",
     "DB_FILE",
     "MEMORY_LIMIT",
     "MEMORY_LIMIT_ENV",
@@ -29,6 +30,7 @@ __all__ = [
     "configure_connection",
     "fetch_one",
     "in_thread",
+    "key_ranges",
     "memory_limit",
     "open_run_db",
     "quote_ident",
@@ -47,6 +49,9 @@ PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 """How bulkbatch writes Parquet (plan, rejects, duplicates, results, merged results). zstd's
 level 1 rather than DuckDB's default 3: writing 10M results rows on one thread took
 9.9-10.7 s against 11.9-14.5 s, and the file is smaller (192 MB against 211 MB)."""
+ARROW_PARQUET: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
+"""The same codec and level for Parquet that bulkbatch writes with pyarrow's writer (results,
+written one range at a time)."""
 _PID = re.compile(r"PID (\d+)")
 
 
@@ -73,6 +78,25 @@ def fetch_one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
     """
     rows = con.execute(sql).fetchall()
     return tuple(rows[0]) if rows else ()
+
+
+def key_ranges(
+    con: duckdb.DuckDBPyConnection, table: str, column: str, rows: int
+) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges of the integer ``column`` that cover ``table`` in order, about
+    ``rows`` rows each when its values are spread evenly (row numbers, job numbers).
+
+    How bulkbatch keeps a join of two 10M-row tables within its memory cap: one statement per
+    range, with the range's filter on both sides, so each hash join builds on one range only.
+    There is always one range at least, so a table created by the first statement exists even
+    when ``table`` is empty.
+    """
+    n, lo, hi = fetch_one(con, f"SELECT count(*), min({column}), max({column}) FROM {table}")
+    if not n:
+        return [(0, 1)]
+    first, last = int(lo), int(hi)
+    step = -(-(last - first + 1) // -(-int(n) // max(1, rows)))
+    return [(start, start + step) for start in range(first, last + 1, step)]
 
 
 def parse_bytes(text: str) -> int | None:

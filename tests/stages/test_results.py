@@ -16,6 +16,7 @@ import pytest
 
 import bulkbatch
 from bulkbatch.errors import AccountingError
+from bulkbatch.stages import results
 from bulkbatch.state import open_run_db
 from tests.support import SAMPLE
 
@@ -91,3 +92,27 @@ def test_ingested_rows_must_match_what_courier_received(run_dir: Path) -> None:
     text = str(info.value)
     assert "1 input rows are not in exactly one" in text
     assert "Courier reports" in text and "users received" in text
+
+
+@pytest.mark.parametrize("include_profile", [False, True], ids=["keys", "profile"])
+def test_results_written_in_many_ranges_match_one_range(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, include_profile: bool
+) -> None:
+    """The file is written one row-number range at a time, and the pages join runs over
+    ranges of whole jobs: tiny ranges (and a range boundary inside every job) must give the
+    same rows, in the same order, with the same schema as one range of each."""
+    one = bulkbatch.results(run_dir, tmp_path / "one.parquet", include_profile=include_profile)
+    monkeypatch.setattr(results, "RESULT_ROWS", 7)
+    monkeypatch.setattr(results, "PAGES_JOIN_ROWS", 1)
+    many = bulkbatch.results(run_dir, tmp_path / "many.parquet", include_profile=include_profile)
+    assert (one.ingested, one.duplicates, one.rejected) == (
+        many.ingested,
+        many.duplicates,
+        many.rejected,
+    )
+    assert one.duplicates and one.rejected and one.ingested  # every kind of row is there
+    whole, ranged = pq.read_table(one.path), pq.read_table(many.path)
+    assert ranged.schema == whole.schema
+    assert ranged.equals(whole)
+    assert ranged["row_number"].to_pylist() == list(range(1, 2_001))
+    assert pq.ParquetFile(many.path).metadata.num_row_groups > 1  # really written in ranges

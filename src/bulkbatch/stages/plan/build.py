@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import orjson
 
-from bulkbatch.db import configure_connection, fetch_one, quote_ident, quote_literal
+from bulkbatch.db import configure_connection, fetch_one, key_ranges, quote_ident, quote_literal
 from bulkbatch.errors import InputError, PlanError, UsageError
 from bulkbatch.options import option
 from bulkbatch.stages.plan.columns import Cols
@@ -214,21 +214,11 @@ _PLAN_COLUMNS = (
 JOIN_ROWS = 3_000_000
 
 
-def _row_ranges(con: duckdb.DuckDBPyConnection) -> list[tuple[int, int]]:
-    """``[lo, hi)`` row-number ranges covering ``_bb_order``, about ``JOIN_ROWS`` rows each."""
-    n, lo, hi = fetch_one(con, "SELECT count(*), min(row_number), max(row_number) FROM _bb_order")
-    if not n:
-        return [(0, 1)]
-    parts = -(-int(n) // JOIN_ROWS)
-    step = -(-(int(hi) - int(lo) + 1) // parts)
-    return [(int(lo) + i * step, int(lo) + (i + 1) * step) for i in range(parts)]
-
-
 def _build_users(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> None:
     """Fill the unsorted temp table ``_bb_users`` with the JSON of every user to send, on every
     thread: a hash join of the audience with the narrow ``_bb_order``, one row-number range at
     a time (the range filters reach both scans, so each join builds on one range only)."""
-    for i, (lo, hi) in enumerate(_row_ranges(con)):
+    for i, (lo, hi) in enumerate(key_ranges(con, "_bb_order", "row_number", JOIN_ROWS)):
         rows = f"row_number >= {lo} AND row_number < {hi}"
         source = (
             f"(SELECT * FROM (SELECT * FROM {audience} WHERE {rows}) "

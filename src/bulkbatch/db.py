@@ -35,6 +35,7 @@ __all__ = [
     "open_run_db",
     "quote_ident",
     "quote_literal",
+    "scaled_to_cap",
 ]
 
 T = TypeVar("T")
@@ -97,6 +98,13 @@ def key_ranges(
     first, last = int(lo), int(hi)
     step = -(-(last - first + 1) // -(-int(n) // max(1, rows)))
     return [(start, start + step) for start in range(first, last + 1, step)]
+
+
+def scaled_to_cap(con: duckdb.DuckDBPyConnection, rows: int) -> int:
+    """``rows`` (a range size measured under the default cap) scaled to ``con``'s memory cap."""
+    default = parse_bytes(MEMORY_LIMIT) or 1
+    cap = parse_bytes(str(fetch_one(con, "SELECT current_setting('memory_limit')")[0]))
+    return max(1, rows * (cap or default) // default)
 
 
 def parse_bytes(text: str) -> int | None:

@@ -52,13 +52,13 @@ def test_too_large_first_row_does_not_shadow_a_later_valid_one(con):
     )
 
 
-@pytest.mark.parametrize("join_rows", [build.JOIN_ROWS, 333], ids=["one-join", "join-ranges"])
+@pytest.mark.parametrize("plan_rows", [build.PLAN_ROWS, 333], ids=["one-pass", "batch-ranges"])
 @pytest.mark.parametrize(("max_job_size", "batch_size"), [(None, 7), (300, 7), (250, 1000)])
 def test_numbering_and_physical_order_match_a_reference(
-    con, monkeypatch, max_job_size, batch_size, join_rows
+    con, monkeypatch, max_job_size, batch_size, plan_rows
 ):
-    # join-ranges: the users' JSON is built over several row-number ranges (big audiences)
-    monkeypatch.setattr(build, "JOIN_ROWS", join_rows)
+    # batch-ranges: plan is written in passes over ranges of whole batches (big audiences)
+    monkeypatch.setattr(build, "PLAN_ROWS", plan_rows)
     n = 2000
     ids = [f"u{i % 1700}" if i % 11 else "" for i in range(n)]  # duplicates and no-address
     plan_of(con, {"user_id": ids}, max_job_size=max_job_size, batch_size=batch_size)

@@ -39,12 +39,12 @@ import pyarrow.parquet as pq
 
 from bulkbatch.db import (
     ARROW_PARQUET,
-    MEMORY_LIMIT,
     fetch_one,
     key_ranges,
     parse_bytes,
     quote_ident,
     quote_literal,
+    scaled_to_cap,
 )
 from bulkbatch.errors import AccountingError
 from bulkbatch.files import atomic_write_bytes
@@ -111,7 +111,6 @@ PAGES_JOIN_ROWS = 1_500_000
 # and the writer, all on one thread) took 34.8 s; ranges of 250,000 rows, 9.5 s. Smaller
 # ranges pay for more scans of the keys table (125,000: 14 s).
 RESULT_ROWS = 250_000
-DEFAULT_CAP = parse_bytes(MEMORY_LIMIT) or 1
 ROW_GROUP_ROWS = 122_880  # DuckDB's own row group size, so the file reads as before
 # Low-cardinality columns, dictionary-encoded; the writer's default (a dictionary for every
 # column, dropped once it overflows) cost 1.29 s per 2M rows against 0.88 s on the unique
@@ -344,10 +343,10 @@ def _copy(
         shape = _shape(cur, state, include_profile, delivery)
         # Two ranges of Arrow rows live outside DuckDB's cap; half the cap for DuckDB keeps
         # the process's peak where the pages join put it (10M: 480 MiB, 495 before).
-        cap = parse_bytes(limit) or DEFAULT_CAP
-        cur.execute(f"SET memory_limit = '{cap // 2}B'")
-        per_range = max(1, RESULT_ROWS * cap // DEFAULT_CAP)
-        ranges = key_ranges(cur, "inputs", "row_number", per_range)
+        ranges = key_ranges(cur, "inputs", "row_number", scaled_to_cap(cur, RESULT_ROWS))
+        cap = parse_bytes(limit)
+        if cap:
+            cur.execute(f"SET memory_limit = '{cap // 2}B'")
         writer: pq.ParquetWriter | None = None
         try:
             for table in _ranges_as_arrow(cur, shape, ranges):

@@ -12,7 +12,14 @@ from pathlib import Path
 import duckdb
 import orjson
 
-from bulkbatch.db import configure_connection, fetch_one, key_ranges, quote_ident, quote_literal
+from bulkbatch.db import (
+    configure_connection,
+    fetch_one,
+    key_ranges,
+    quote_ident,
+    quote_literal,
+    scaled_to_cap,
+)
 from bulkbatch.errors import InputError, PlanError, UsageError
 from bulkbatch.options import option
 from bulkbatch.stages.plan.columns import Cols
@@ -30,7 +37,7 @@ from bulkbatch.stages.plan.shard import ShardInfo, apply_shard
 
 __all__ = ["build_plan"]
 
-_TEMP_TABLES = ("_bb_keys", "_bb_groups", "_bb_order", "_bb_large", "_bb_other", "_bb_users")
+_TEMP_TABLES = ("_bb_keys", "_bb_groups", "_bb_order", "_bb_large", "_bb_other")
 
 
 def _fingerprint(options: PlanOptions) -> str:
@@ -209,52 +216,46 @@ _PLAN_COLUMNS = (
 )
 
 
-# The most rows of ``_bb_order`` one hash join builds on. At 10M, one join spilled 1.3 GB under
-# the 320MB cap and took 33-41 s; joins over row-number ranges of ~3M rows each, 27-28 s.
-JOIN_ROWS = 3_000_000
-
-
-def _build_users(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> None:
-    """Fill the unsorted temp table ``_bb_users`` with the JSON of every user to send, on every
-    thread: a hash join of the audience with the narrow ``_bb_order``, one row-number range at
-    a time (the range filters reach both scans, so each join builds on one range only)."""
-    for i, (lo, hi) in enumerate(key_ranges(con, "_bb_order", "row_number", JOIN_ROWS)):
-        rows = f"row_number >= {lo} AND row_number < {hi}"
-        source = (
-            f"(SELECT * FROM (SELECT * FROM {audience} WHERE {rows}) "
-            "JOIN (SELECT row_number AS __bb_row, job_no AS __bb_job, batch_no AS __bb_batch "
-            f"FROM _bb_order WHERE {rows}) o ON o.__bb_row = row_number)"
-        )
-        users = users_sql(q, source, "true", ("__bb_job", "__bb_batch"))
-        into = "CREATE OR REPLACE TEMP TABLE _bb_users AS" if i == 0 else "INSERT INTO _bb_users"
-        con.execute(f"{into} SELECT {_PLAN_COLUMNS} FROM ({users})")
+# Users per pass that writes ``plan`` (a range of whole batches), under the default memory
+# cap; scaled with the cap in force. At 10M, building every user's JSON into a temp table and
+# then one sort of it on one thread (two ran out of the 320MB cap) took 34 + 51 s; passes of
+# 1M users, 58 s; of 2.5M, 50 s. Each pass scans the whole audience once more.
+PLAN_ROWS = 2_000_000
 
 
 def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> None:
     """Create ``plan`` in ``batch_no, row_number`` order, building each user's JSON once,
-    only for the users to send (into ``_bb_users`` on every thread, see :func:`_build_users`,
-    then one sort on the two integer keys on one thread)."""
+    only for the users to send.
+
+    One statement per range of whole batches (:data:`PLAN_ROWS` users): a hash join of the
+    audience with that range of the narrow ``_bb_order`` (so the join builds on the range
+    only), the JSON built and the range sorted on every thread, appended in order. The
+    ranges follow each other in batch order, so the table ends up in order, with no sort of
+    every user's JSON at once (gigabytes at 10M) and no temp copy of it.
+    """
     # zstd for the stored user JSON: faster to write than DuckDB's automatic choice (which
-    # analyses every column; the sorted insert compresses on one thread) and half the size.
+    # analyses every column) and half the size.
     previous = str(fetch_one(con, "SELECT current_setting('force_compression')")[0])
     try:
         con.execute("SET force_compression = 'zstd'")
     except duckdb.Error:  # pragma: no cover - a DuckDB without zstd storage
         previous = ""
-    threads = int(fetch_one(con, "SELECT current_setting('threads')")[0])
     try:
-        # The JSON is built on every thread into a temp table first: built inside the
-        # one-thread sort below it was single-threaded (10M: 70 s for both in one statement,
-        # 23 s + 30 s apart; no change at 1M).
-        _build_users(con, q, audience)
-        # One thread for this sort: it orders every user's JSON (gigabytes at 10M) under the
-        # run's memory cap, and each sorting thread pins its own blocks; with 64 jobs at 10M,
-        # two threads ran out of the 320MB budget.
-        con.execute("SET threads = 1")
-        con.execute("CREATE TABLE plan AS SELECT * FROM _bb_users ORDER BY batch_no, row_number")
-        con.execute("DROP TABLE _bb_users")
+        per_pass = scaled_to_cap(con, PLAN_ROWS)
+        for i, (lo, hi) in enumerate(key_ranges(con, "_bb_order", "batch_no", per_pass)):
+            source = (
+                f"(SELECT * FROM {audience} "
+                "JOIN (SELECT row_number AS __bb_row, job_no AS __bb_job, batch_no AS __bb_batch "
+                f"FROM _bb_order WHERE batch_no >= {lo} AND batch_no < {hi}) o "
+                "ON o.__bb_row = row_number)"
+            )
+            users = users_sql(q, source, "true", ("__bb_job", "__bb_batch"))
+            into = "CREATE TABLE plan AS" if i == 0 else "INSERT INTO plan"
+            con.execute(
+                f"{into} SELECT * FROM (SELECT {_PLAN_COLUMNS} FROM ({users})) "
+                "ORDER BY batch_no, row_number"
+            )
     finally:
-        con.execute(f"SET threads = {threads}")
         if previous:
             con.execute(f"SET force_compression = {quote_literal(previous)}")
 

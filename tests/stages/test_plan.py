@@ -75,6 +75,28 @@ def test_sample_audience_plan(con, tmp_path):
     assert "rows read" in text and "no_address" in text and "estimated" in text
 
 
+def test_plan_file_is_the_plan_table_in_its_order(con, tmp_path):
+    """plan.parquet is streamed through pyarrow's writer in Arrow batches: every row of the
+    table, in its physical (batch, row) order, with the table's column types."""
+    load_frame(con, pl.DataFrame({"user_id": [f"u{i % 4_000}" for i in range(70_000)]}))
+    info = build_plan(con, PlanOptions(batch_size=97, max_job_size=1_000), tmp_path)
+    assert info.to_send == 4_000 and info.jobs == 4
+    columns = "row_number, job_no, batch_no, recipient, user_json"
+    table = con.execute(f"SELECT {columns} FROM plan").fetchall()
+    file = f"'{tmp_path / 'plan.parquet'}'"
+    assert con.execute(f"SELECT {columns} FROM {file}").fetchall() == table
+    assert table == sorted(table, key=lambda r: (r[2], r[0]))
+    types = con.execute(f"SELECT column_type FROM (DESCRIBE SELECT * FROM {file})").fetchall()
+    assert [t[0] for t in types] == ["BIGINT", "INTEGER", "INTEGER", "VARCHAR", "VARCHAR"]
+
+
+def test_an_unwritable_plan_file_is_a_plan_error(con, tmp_path):
+    (tmp_path / "plan.parquet").mkdir()  # a directory where the file goes
+    load_frame(con, pl.DataFrame({"user_id": ["a", "b"]}))
+    with pytest.raises(PlanError, match=r"Cannot write the plan files to .*writable"):
+        build_plan(con, PlanOptions(), tmp_path)
+
+
 def test_table_contract(con):
     plan_of(con, {"user_id": ["a"]})
     expected = {

@@ -39,9 +39,8 @@ import pyarrow.parquet as pq
 
 from bulkbatch.db import (
     ARROW_PARQUET,
-    fetch_one,
+    arrow_budget,
     key_ranges,
-    parse_bytes,
     quote_ident,
     quote_literal,
     scaled_to_cap,
@@ -111,6 +110,7 @@ PAGES_JOIN_ROWS = 1_500_000
 # and the writer, all on one thread) took 34.8 s; ranges of 250,000 rows, 9.5 s. Smaller
 # ranges pay for more scans of the keys table (125,000: 14 s).
 RESULT_ROWS = 250_000
+RESULTS_SHARE = 2 / 3
 ROW_GROUP_ROWS = 122_880  # DuckDB's own row group size, so the file reads as before
 # Low-cardinality columns, dictionary-encoded; the writer's default (a dictionary for every
 # column, dropped once it overflows) cost 1.29 s per 2M rows against 0.88 s on the unique
@@ -338,31 +338,26 @@ def _copy(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     delivery = _build_keys(cur)
-    limit = str(fetch_one(cur, "SELECT current_setting('memory_limit')")[0])
     try:
         shape = _shape(cur, state, include_profile, delivery)
-        # Two ranges of Arrow rows live outside DuckDB's cap; half the cap for DuckDB keeps
-        # the process's peak where the pages join put it (10M: 480 MiB, 495 before).
         ranges = key_ranges(cur, "inputs", "row_number", scaled_to_cap(cur, RESULT_ROWS))
-        cap = parse_bytes(limit)
-        if cap:
-            cur.execute(f"SET memory_limit = '{cap // 2}B'")
         writer: pq.ParquetWriter | None = None
-        try:
-            for table in _ranges_as_arrow(cur, shape, ranges):
-                if writer is None:
-                    dictionary = [c for c in table.column_names if c in _DICTIONARY_COLUMNS]
-                    writer = pq.ParquetWriter(
-                        tmp, table.schema, use_dictionary=dictionary, **ARROW_PARQUET
-                    )
-                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-        finally:
-            if writer is not None:
-                writer.close()
+        # Two ranges of Arrow rows live outside DuckDB's cap, so DuckDB gets two thirds of it.
+        # Not half: each join and the sort hold blocks per thread whatever the range's size,
+        # and with 2 threads a 112MB cap's half (56MB) ran out on ranges of 87,000 rows.
+        with arrow_budget(cur, RESULTS_SHARE):
+            try:
+                for table in _ranges_as_arrow(cur, shape, ranges):
+                    if writer is None:
+                        dictionary = [c for c in table.column_names if c in _DICTIONARY_COLUMNS]
+                        writer = pq.ParquetWriter(
+                            tmp, table.schema, use_dictionary=dictionary, **ARROW_PARQUET
+                        )
+                    writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            finally:
+                if writer is not None:
+                    writer.close()
     finally:
-        # Never mask the error that got us here (an interrupt, a full disk).
-        with contextlib.suppress(duckdb.Error):
-            cur.execute(f"SET memory_limit = {quote_literal(limit)}")
         with contextlib.suppress(duckdb.Error):
             cur.execute(f"DROP TABLE IF EXISTS {KEYS_TABLE}")
     tmp.replace(out)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import threading
 
 import duckdb
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulkbatch.db import key_ranges
+from bulkbatch.db import key_ranges, prefetched_batches
 
 
 @settings(max_examples=60, deadline=None)
@@ -31,3 +33,37 @@ def test_key_ranges_cover_every_key_once_in_order(keys: list[int], rows: int) ->
         assert ranges[0][0] == min(keys) and ranges[-1][0] <= max(keys)
         # evenly spread keys give about ``rows`` keys a range: never more ranges than needed
         assert len(ranges) <= -(-len(keys) // rows)
+
+
+def _arrow_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "bulkbatch-arrow"]
+
+
+def test_prefetched_batches_are_every_querys_rows_in_order() -> None:
+    con = duckdb.connect()
+    queries = [
+        f"SELECT range AS n FROM range({lo}, {lo + 70_000}) ORDER BY n" for lo in (0, 70_000)
+    ]
+    got = [n for b in prefetched_batches(con, queries) for n in b.column("n").to_pylist()]
+    assert got == list(range(140_000))
+    assert not _arrow_threads()
+
+
+def test_prefetched_batches_raise_a_querys_error_in_the_callers_thread() -> None:
+    con = duckdb.connect()
+    queries = ["SELECT 1 AS n", "SELECT error('boom') AS n"]
+    with pytest.raises(duckdb.Error, match="boom"):
+        list(prefetched_batches(con, queries))
+    assert not _arrow_threads()
+    assert con.execute("SELECT 42").fetchall() == [(42,)]  # the connection is free
+
+
+def test_a_caller_that_stops_early_leaves_no_query_running() -> None:
+    """A caller that fails while the worker is blocked on a full queue in the middle of a big
+    query: the query is interrupted and the worker gone before the error goes on."""
+    con = duckdb.connect()
+    batches = prefetched_batches(con, ["SELECT range AS n FROM range(100_000_000)"], queued=1)
+    assert next(batches).num_rows > 0
+    batches.close()  # what a ``for`` loop does when its body raises
+    assert not _arrow_threads()
+    assert con.execute("SELECT 42").fetchall() == [(42,)]

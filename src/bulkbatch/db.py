@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import duckdb
+import pyarrow as pa
 
 from bulkbatch.errors import StateError
 
@@ -35,6 +37,7 @@ __all__ = [
     "key_ranges",
     "memory_limit",
     "open_run_db",
+    "prefetched_batches",
     "quote_ident",
     "quote_literal",
     "scaled_to_cap",
@@ -120,6 +123,51 @@ def arrow_budget(con: duckdb.DuckDBPyConnection, share: float) -> Iterator[None]
         # Never mask the error that got us here (an interrupt, a full disk).
         with contextlib.suppress(duckdb.Error):
             con.execute(f"SET memory_limit = {quote_literal(limit)}")
+
+
+_DONE = object()
+
+
+def prefetched_batches(
+    con: duckdb.DuckDBPyConnection, queries: Sequence[str], queued: int = 4
+) -> Iterator[pa.RecordBatch]:
+    """The Arrow batches of each query in turn (:data:`ARROW_BATCH_ROWS` rows each), read by a
+    worker thread up to ``queued`` batches ahead, so that DuckDB computes while the caller
+    writes. When the caller stops early (an error, an interrupt), the running query is
+    interrupted and the worker waited for: the connection is free again when this returns.
+
+    A thread and a queue rather than anyio: the caller is itself blocking code in a worker
+    thread (:func:`in_thread`), and DuckDB and pyarrow both release the GIL.
+    """
+    box: queue.Queue[object] = queue.Queue(maxsize=queued)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for sql in queries:
+                for batch in con.sql(sql).to_arrow_reader(ARROW_BATCH_ROWS):
+                    if stop.is_set():
+                        return
+                    box.put(batch)
+            box.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            box.put(exc)
+
+    worker = threading.Thread(target=produce, name="bulkbatch-arrow", daemon=True)
+    worker.start()
+    try:
+        while (item := box.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pa.RecordBatch)
+            yield item
+    finally:
+        stop.set()
+        con.interrupt()  # the query still running, if any (idle, it does nothing)
+        while worker.is_alive():  # a worker blocked on a full queue gets room to see stop
+            with contextlib.suppress(queue.Empty):
+                box.get(timeout=0.05)
+        worker.join()
 
 
 def scaled_to_cap(con: duckdb.DuckDBPyConnection, rows: int) -> int:

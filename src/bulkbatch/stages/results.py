@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import orjson
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bulkbatch.db import (
     ARROW_PARQUET,
     arrow_budget,
     key_ranges,
+    prefetched_batches,
     quote_ident,
     quote_literal,
     scaled_to_cap,
@@ -94,10 +93,11 @@ class ResultsInfo:
 
 
 def _table_exists(cur: duckdb.DuckDBPyConnection, name: str) -> bool:
-    row = cur.execute(
+    # fetchall, not fetchone: DuckDB refuses con.sql() while a result is unfinished.
+    rows = cur.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchone()
-    return bool(row and row[0])
+    ).fetchall()
+    return bool(rows and rows[0][0])
 
 
 KEYS_TABLE = "_results_keys"
@@ -110,8 +110,10 @@ PAGES_JOIN_ROWS = 1_500_000
 # and the writer, all on one thread) took 34.8 s; ranges of 250,000 rows, 9.5 s. Smaller
 # ranges pay for more scans of the keys table (125,000: 14 s).
 RESULT_ROWS = 250_000
+# DuckDB's share of its cap while the ranges are written: a few Arrow batches live outside
+# it. Not half: each join and the sort hold blocks per thread whatever the range's size, and
+# with 2 threads half of a 112MB cap (56MB) ran out on ranges of 87,000 rows.
 RESULTS_SHARE = 2 / 3
-ROW_GROUP_ROWS = 122_880  # DuckDB's own row group size, so the file reads as before
 # Low-cardinality columns, dictionary-encoded; the writer's default (a dictionary for every
 # column, dropped once it overflows) cost 1.29 s per 2M rows against 0.88 s on the unique
 # row numbers, e-mails and message ids, and made the file larger.
@@ -299,31 +301,6 @@ def _misplaced(cur: duckdb.DuckDBPyConnection, total: int, unplaced: int) -> int
     return int(placements) - int(distinct) + abs(int(distinct) - placed_inputs)
 
 
-def _ranges_as_arrow(
-    con: duckdb.DuckDBPyConnection, shape: _Shape, ranges: list[tuple[int, int]]
-) -> Iterator[pa.Table]:
-    """Each row-number range's results rows, in order, as an Arrow table; DuckDB computes the
-    next range (in a worker thread, on its own threads) while the caller writes this one."""
-
-    def rows(lo: int, hi: int) -> pa.Table:
-        select = _select_sql(shape, f"row_number >= {lo} AND row_number < {hi}")
-        return con.sql(f"SELECT * FROM ({select}) ORDER BY row_number").to_arrow_table()
-
-    with ThreadPoolExecutor(1, thread_name_prefix="bulkbatch-results") as pool:
-        pending: Future[pa.Table] = pool.submit(rows, *ranges[0])
-        try:
-            for following in [*ranges[1:], None]:
-                table = pending.result()
-                if following is not None:
-                    pending = pool.submit(rows, *following)
-                yield table
-        except BaseException:
-            # Stop the query still running (an interrupt, a full disk): the pool then waits
-            # for it, so the connection is free when this returns. Idle, this is a no-op.
-            con.interrupt()
-            raise
-
-
 def _copy(
     cur: duckdb.DuckDBPyConnection, state: RunState, out: Path, include_profile: bool
 ) -> None:
@@ -341,22 +318,19 @@ def _copy(
     try:
         shape = _shape(cur, state, include_profile, delivery)
         ranges = key_ranges(cur, "inputs", "row_number", scaled_to_cap(cur, RESULT_ROWS))
-        writer: pq.ParquetWriter | None = None
-        # Two ranges of Arrow rows live outside DuckDB's cap, so DuckDB gets two thirds of it.
-        # Not half: each join and the sort hold blocks per thread whatever the range's size,
-        # and with 2 threads a 112MB cap's half (56MB) ran out on ranges of 87,000 rows.
-        with arrow_budget(cur, RESULTS_SHARE):
-            try:
-                for table in _ranges_as_arrow(cur, shape, ranges):
-                    if writer is None:
-                        dictionary = [c for c in table.column_names if c in _DICTIONARY_COLUMNS]
-                        writer = pq.ParquetWriter(
-                            tmp, table.schema, use_dictionary=dictionary, **ARROW_PARQUET
-                        )
-                    writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-            finally:
-                if writer is not None:
-                    writer.close()
+        queries = [
+            f"SELECT * FROM ({_select_sql(shape, f'row_number >= {lo} AND row_number < {hi}')}) "
+            "ORDER BY row_number"
+            for lo, hi in ranges
+        ]
+        schema = cur.sql(f"SELECT * FROM ({_select_sql(shape, 'false')})").to_arrow_table().schema
+        dictionary = [c for c in schema.names if c in _DICTIONARY_COLUMNS]
+        with (
+            arrow_budget(cur, RESULTS_SHARE),
+            pq.ParquetWriter(tmp, schema, use_dictionary=dictionary, **ARROW_PARQUET) as writer,
+        ):
+            for batch in prefetched_batches(cur, queries):
+                writer.write_batch(batch)
     finally:
         with contextlib.suppress(duckdb.Error):
             cur.execute(f"DROP TABLE IF EXISTS {KEYS_TABLE}")

@@ -14,11 +14,11 @@ import orjson
 import pyarrow.parquet as pq
 
 from bulkbatch.db import (
-    ARROW_BATCH_ROWS,
     ARROW_PARQUET,
     PARQUET_OPTIONS,
     arrow_budget,
     fetch_one,
+    prefetched_batches,
     quote_ident,
     quote_literal,
 )
@@ -334,19 +334,20 @@ def _write_plan_file(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     user JSON is written without dictionary or statistics, which cannot help a reader. A scan
     needs little of DuckDB's cap: with half of it, the peak RSS at 10M was 366 MiB, against
     508 MiB with all of it and 418 MiB for DuckDB's own COPY."""
-    with arrow_budget(con, 0.5):
-        reader = con.sql(
-            "SELECT row_number, job_no, batch_no, recipient, user_json FROM plan"
-        ).to_arrow_reader(ARROW_BATCH_ROWS)
-        with pq.ParquetWriter(
+    sql = "SELECT row_number, job_no, batch_no, recipient, user_json FROM plan"
+    schema = con.sql(f"{sql} LIMIT 0").to_arrow_table().schema
+    with (
+        arrow_budget(con, 0.5),
+        pq.ParquetWriter(
             path,
-            reader.schema,
+            schema,
             use_dictionary=["job_no", "batch_no"],
             write_statistics=["row_number", "job_no", "batch_no", "recipient"],
             **ARROW_PARQUET,
-        ) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
+        ) as writer,
+    ):
+        for batch in prefetched_batches(con, [sql]):
+            writer.write_batch(batch)
 
 
 def write_files(con: duckdb.DuckDBPyConnection, run_dir: Path) -> dict[str, str]:

@@ -90,6 +90,11 @@ def fetch_one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
     return tuple(rows[0]) if rows else ()
 
 
+def _cap_in_force(con: duckdb.DuckDBPyConnection) -> int | None:
+    """``con``'s DuckDB memory cap in bytes (None if DuckDB spells it in a way we cannot read)."""
+    return parse_bytes(str(fetch_one(con, "SELECT current_setting('memory_limit')")[0]))
+
+
 def key_ranges(
     con: duckdb.DuckDBPyConnection, table: str, column: str, rows: int
 ) -> list[tuple[int, int]]:
@@ -113,16 +118,16 @@ def key_ranges(
 def arrow_budget(con: duckdb.DuckDBPyConnection, share: float) -> Iterator[None]:
     """``share`` of ``con``'s memory cap for DuckDB while rows it produces live outside it, as
     Arrow data on their way to a Parquet writer; the cap is restored after."""
-    limit = str(fetch_one(con, "SELECT current_setting('memory_limit')")[0])
-    cap = parse_bytes(limit)
+    cap = _cap_in_force(con)
     if cap:
         con.execute(f"SET memory_limit = '{int(cap * share)}B'")
     try:
         yield
     finally:
         # Never mask the error that got us here (an interrupt, a full disk).
-        with contextlib.suppress(duckdb.Error):
-            con.execute(f"SET memory_limit = {quote_literal(limit)}")
+        if cap:
+            with contextlib.suppress(duckdb.Error):
+                con.execute(f"SET memory_limit = '{cap}B'")
 
 
 _DONE = object()
@@ -172,8 +177,7 @@ def prefetched_batches(
 def scaled_to_cap(con: duckdb.DuckDBPyConnection, rows: int) -> int:
     """``rows`` (a range size measured under the default cap) scaled to ``con``'s memory cap."""
     default = parse_bytes(MEMORY_LIMIT) or 1
-    cap = parse_bytes(str(fetch_one(con, "SELECT current_setting('memory_limit')")[0]))
-    return max(1, rows * (cap or default) // default)
+    return max(1, rows * (_cap_in_force(con) or default) // default)
 
 
 def parse_bytes(text: str) -> int | None:
@@ -206,7 +210,7 @@ def configure_connection(con: duckdb.DuckDBPyConnection) -> None:
         # Library code never prints. Inside Jupyter, DuckDB refuses to change this setting
         # when ipywidgets is missing; its bar is then off anyway.
         con.execute("SET enable_progress_bar = false")
-    current = parse_bytes(str(fetch_one(con, "SELECT current_setting('memory_limit')")[0]))
+    current = _cap_in_force(con)
     if current is None or current > cap:
         con.execute(f"SET memory_limit = '{cap}B'")
 

@@ -1,0 +1,88 @@
+"""Memory while the run talks to Courier: DuckDB gets a small share of its cap.
+
+The send and the tracking read the plan a few batches at a time and commit small groups of
+acknowledgements and pages. Under the whole cap, DuckDB kept every plan block it had read
+cached until the cap was full: at 10M people that held ~270 MiB for the whole send and put the
+peak RSS at 630 MiB (``bench/RESULTS.md``, round 7 of #19).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+import bulkbatch
+from bulkbatch import db
+from bulkbatch.ledger import NETWORK_SHARE, LedgerWriter
+from bulkbatch.stages import results as results_stage
+from bulkbatch.stages import send as send_stage
+from tests.support import SAMPLE
+
+FAST = bulkbatch.Settings(poll_interval=0.02, start_rate=2000)
+
+
+def _limit(con: duckdb.DuckDBPyConnection) -> int:
+    value = db.parse_bytes(
+        str(db.fetch_one(con.cursor(), "SELECT current_setting('memory_limit')")[0])
+    )
+    assert value is not None
+    return value
+
+
+def test_the_network_phase_holds_duckdb_to_its_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cap = db.parse_bytes(db.memory_limit())
+    assert cap is not None
+    seen: dict[str, list[int]] = {"read": [], "commit": [], "results": []}
+    read_bodies = send_stage._read_bodies
+    commit = LedgerWriter._commit
+    key_ranges = results_stage.key_ranges
+
+    def reading(con: duckdb.DuckDBPyConnection, *args: Any) -> Any:
+        seen["read"].append(_limit(con))
+        return read_bodies(con, *args)
+
+    def committing(self: LedgerWriter, group: Any) -> None:
+        seen["commit"].append(_limit(self._cursor))
+        commit(self, group)
+
+    def ranges(con: duckdb.DuckDBPyConnection, *args: Any) -> Any:
+        seen["results"].append(_limit(con))
+        return key_ranges(con, *args)
+
+    monkeypatch.setattr(send_stage, "_read_bodies", reading)
+    monkeypatch.setattr(results_stage, "key_ranges", ranges)
+    monkeypatch.setattr(LedgerWriter, "_commit", committing)
+    with bulkbatch.Emulator(progression="immediate") as emu:
+        run = bulkbatch.send(
+            SAMPLE, event="welcome", settings=FAST.with_(base_url=emu.url), run_dir=tmp_path / "r"
+        )
+    assert run.read_results().height == 2000
+    assert seen["read"] and seen["commit"]
+    assert set(seen["read"]) | set(seen["commit"]) == {int(cap * NETWORK_SHARE)}
+    # The cap is back for the stages after (the results' joins and sorts need it).
+    assert seen["results"] and set(seen["results"]) == {cap}
+
+
+def test_a_send_does_not_import_pandas(tmp_path: Path) -> None:
+    """Given a Python list, ``pa.array`` imports pandas when it is installed: 47 MiB of RSS
+    and 0.4 s in a run that never uses it (the ledger builds its columns another way)."""
+    pytest.importorskip("pandas")
+    script = (
+        "import sys, bulkbatch\n"
+        f"run = bulkbatch.send({str(SAMPLE)!r}, event='welcome', emulator='immediate', "
+        f"run_dir={str(tmp_path / 'r')!r})\n"
+        "assert run.read_results().height == 2000\n"
+        "print(sorted(m for m in ('pandas', 'polars') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    # read_results() is a polars DataFrame: polars is imported for it, pandas never.
+    assert out.stdout.strip() == "['polars']"

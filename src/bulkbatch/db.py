@@ -30,12 +30,12 @@ __all__ = [
     "MEMORY_LIMIT",
     "MEMORY_LIMIT_ENV",
     "PARQUET_OPTIONS",
-    "arrow_budget",
     "configure_connection",
     "fetch_one",
     "in_thread",
     "key_ranges",
     "memory_limit",
+    "memory_share",
     "open_run_db",
     "prefetched_batches",
     "quote_ident",
@@ -115,9 +115,15 @@ def key_ranges(
 
 
 @contextlib.contextmanager
-def arrow_budget(con: duckdb.DuckDBPyConnection, share: float) -> Iterator[None]:
-    """``share`` of ``con``'s memory cap for DuckDB while rows it produces live outside it, as
-    Arrow data on their way to a Parquet writer; the cap is restored after."""
+def memory_share(con: duckdb.DuckDBPyConnection, share: float) -> Iterator[None]:
+    """``share`` of ``con``'s memory cap for DuckDB while the rest of the process needs the
+    memory, the cap restored after.
+
+    Two uses: rows DuckDB produces live outside it as Arrow data on their way to a Parquet
+    writer (the plan file, the results), and the network phase, whose DuckDB work is small
+    but which would otherwise leave every plan block it read cached up to the whole cap.
+    Lowering the cap evicts those blocks at once; DuckDB hands their memory back.
+    """
     cap = _cap_in_force(con)
     if cap:
         con.execute(f"SET memory_limit = '{int(cap * share)}B'")

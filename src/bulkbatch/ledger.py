@@ -13,6 +13,7 @@ after the last stored page.
 
 from __future__ import annotations
 
+import array
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +26,18 @@ import duckdb
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from bulkbatch.db import memory_share
 from bulkbatch.errors import StateError
 
-__all__ = ["BatchAck", "LedgerWriter", "PageRecord"]
+__all__ = ["NETWORK_SHARE", "BatchAck", "LedgerWriter", "PageRecord"]
+
+NETWORK_SHARE = 0.25
+"""DuckDB's share of its memory cap while a :class:`LedgerWriter` is open, i.e. while the run
+talks to Courier. The DuckDB work of that phase is small: reading 16 batches of the plan at a
+time, committing groups of acknowledgements and pages. Under the whole cap, DuckDB kept each
+plan block the send read cached until the cap was full; at 10M people that held ~270 MiB for
+the whole send and made the run's peak RSS (630 MiB). Reading a 10M plan's bodies under a
+quarter of the cap: RSS 452 → 187 MiB, and no slower (``bench/RESULTS.md``, round 7 of #19)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,8 @@ class LedgerWriter:
     A record waits at most ``linger`` seconds before its group is committed; a crash in
     that window only means a batch is re-sent under the same Idempotency-Key (Courier
     replays the answer) or a page is fetched again, never a duplicate. :meth:`flush` cuts
-    the wait short, so nothing that waits on a commit waits for the linger.
+    the wait short, so nothing that waits on a commit waits for the linger. While it is open,
+    DuckDB runs under :data:`NETWORK_SHARE` of its memory cap.
 
     ``linger`` is 0.5 s: a commit costs ~10 ms of CPU whatever its size (the paging upsert
     and the WAL sync), and at 0.1 s a 200k-user run at 20 ms latency made ~50 commits of ~27
@@ -115,6 +126,12 @@ class LedgerWriter:
 
     @contextlib.asynccontextmanager
     async def _open(self) -> AsyncIterator[Self]:
+        with memory_share(self._cursor, NETWORK_SHARE):
+            async with self._writing():
+                yield self
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[Self]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._run)
             try:
@@ -212,22 +229,15 @@ class LedgerWriter:
                     )
                     cur.executemany("INSERT INTO ingest_errors VALUES (?, ?, ?)", errors)
             if pages:
-                rows = pa.table(
-                    {
-                        "job_no": pa.array(
-                            [p.job_no for p in pages for _ in p.recipients], pa.int32()
-                        ),
-                        "page_no": pa.array(
-                            [p.page_no for p in pages for _ in p.recipients], pa.int32()
-                        ),
-                        "recipient": pa.array(
-                            [r for p in pages for r in p.recipients], pa.string()
-                        ),
-                        "message_id": pa.array(
-                            [m for p in pages for m in p.message_ids], pa.string()
-                        ),
-                        "status": pa.array([s for p in pages for s in p.statuses], pa.string()),
-                    }
+                rows = pa.Table.from_arrays(
+                    [
+                        _int32s([p.job_no for p in pages for _ in p.recipients]),
+                        _int32s([p.page_no for p in pages for _ in p.recipients]),
+                        _strings([r for p in pages for r in p.recipients]),
+                        _strings([m for p in pages for m in p.message_ids]),
+                        _strings([s for p in pages for s in p.statuses]),
+                    ],
+                    names=["job_no", "page_no", "recipient", "message_id", "status"],
                 )
                 cur.register("_page_rows", rows)
                 cur.execute("INSERT INTO user_pages SELECT * FROM _page_rows")
@@ -244,6 +254,25 @@ class LedgerWriter:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+
+_INT32 = next(code for code in "ihl" if array.array(code).itemsize == 4)
+
+
+def _strings(values: list[str | None]) -> pa.Array:
+    """A string column (None is null) built without ``pa.array``: given a Python list,
+    ``pa.array`` imports pandas whenever it is installed, to ask whether the list is a pandas
+    object. In a run, the first page commit then cost 0.4 s and 47 MiB of RSS for nothing.
+    pyarrow's builder appends the same values, about 1 µs a string slower."""
+    builder = pa.lib.StringBuilder()
+    builder.append_values(values)
+    return builder.finish()
+
+
+def _int32s(values: list[int]) -> pa.Array:
+    """An int32 column without ``pa.array`` (see :func:`_strings`): the values' buffer."""
+    data = pa.py_buffer(array.array(_INT32, values))
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, data])
 
 
 def _insert_rows(

@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 
 from bulkbatch.db import (
     ARROW_PARQUET,
-    arrow_budget,
     key_ranges,
+    memory_share,
     prefetched_batches,
     quote_ident,
     quote_literal,
@@ -334,7 +334,7 @@ def _copy(
         schema = cur.sql(f"SELECT * FROM ({_select_sql(shape, 'false')})").to_arrow_table().schema
         dictionary = [c for c in schema.names if c in _DICTIONARY_COLUMNS]
         with (
-            arrow_budget(cur, RESULTS_SHARE),
+            memory_share(cur, RESULTS_SHARE),
             pq.ParquetWriter(tmp, schema, use_dictionary=dictionary, **ARROW_PARQUET) as writer,
         ):
             for batch in prefetched_batches(cur, queries):

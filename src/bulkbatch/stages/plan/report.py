@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 from bulkbatch.db import (
     ARROW_PARQUET,
     PARQUET_OPTIONS,
-    arrow_budget,
     fetch_one,
+    memory_share,
     prefetched_batches,
     quote_ident,
     quote_literal,
@@ -337,7 +337,7 @@ def _write_plan_file(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     sql = "SELECT row_number, job_no, batch_no, recipient, user_json FROM plan"
     schema = con.sql(f"{sql} LIMIT 0").to_arrow_table().schema
     with (
-        arrow_budget(con, 0.5),
+        memory_share(con, 0.5),
         pq.ParquetWriter(
             path,
             schema,

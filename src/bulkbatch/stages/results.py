@@ -102,7 +102,8 @@ def _table_exists(cur: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 KEYS_TABLE = "_results_keys"
 PAGES_TABLE = "_results_pages"
-# How many planned users one pages join takes (a range of whole jobs). At 10M in one join
+# How many planned users one pages join takes (a range of whole jobs) under the default cap
+# (scaled with the cap in force). At 10M in one join
 # it took 11-13 s and spilled; in ranges of 8 of 64 jobs, 7.2-9.4 s within the cap.
 PAGES_JOIN_ROWS = 1_500_000
 # Input rows per results range under the default memory cap (scaled with the cap in force):
@@ -114,6 +115,10 @@ RESULT_ROWS = 250_000
 # it. Not half: each join and the sort hold blocks per thread whatever the range's size, and
 # with 2 threads half of a 112MB cap (56MB) ran out on ranges of 87,000 rows.
 RESULTS_SHARE = 2 / 3
+# DuckDB's share of its cap for the pages join (ranges sized from the whole cap). At 10M:
+# 7.0-8.0 s and +330 MiB of RSS under the whole cap, 7.5-8.2 s and +174 MiB under half; a
+# third spilled (14.4 s). Run after a send, that join had made the run's peak RSS.
+PAGES_SHARE = 1 / 2
 # Low-cardinality columns, dictionary-encoded; the writer's default (a dictionary for every
 # column, dropped once it overflows) cost 1.29 s per 2M rows against 0.88 s on the unique
 # row numbers, e-mails and message ids, and made the file larger.
@@ -140,7 +145,25 @@ def _build_keys(cur: duckdb.DuckDBPyConnection) -> bool:
     delivery data (no webhooks, no Messages API rows) it is the pages join alone, renamed,
     not copied (at 10M the copy took 7.6 of 55 s).
     """
-    for i, (lo, hi) in enumerate(key_ranges(cur, "plan", "job_no", PAGES_JOIN_ROWS)):
+    ranges = key_ranges(cur, "plan", "job_no", scaled_to_cap(cur, PAGES_JOIN_ROWS))
+    with memory_share(cur, PAGES_SHARE):
+        _join_pages(cur, ranges)
+    cur.execute(f"DROP TABLE IF EXISTS {KEYS_TABLE}")
+    if not build_delivery(cur):
+        cur.execute(f"ALTER TABLE {PAGES_TABLE} RENAME TO {KEYS_TABLE}")
+        return False
+    delivery = ", ".join(f"d.{c}" for c in DELIVERY_COLUMNS)
+    cur.execute(
+        f"CREATE TABLE {KEYS_TABLE} AS SELECT k.*, {delivery} FROM {PAGES_TABLE} k "
+        f"LEFT JOIN {DELIVERY_TABLE} d ON d.message_id = k.message_id"
+    )
+    cur.execute(f"DROP TABLE {PAGES_TABLE}")
+    return True
+
+
+def _join_pages(cur: duckdb.DuckDBPyConnection, ranges: list[tuple[int, int]]) -> None:
+    """``PAGES_TABLE``: the plan ⋈ ``user_pages``, one statement per range of job numbers."""
+    for i, (lo, hi) in enumerate(ranges):
         jobs = f"job_no >= {lo} AND job_no < {hi}"
         into = (
             f"CREATE OR REPLACE TABLE {PAGES_TABLE} AS" if i == 0 else f"INSERT INTO {PAGES_TABLE}"
@@ -156,17 +179,6 @@ def _build_keys(cur: duckdb.DuckDBPyConnection) -> bool:
                 ON pg.recipient = p.recipient AND pg.job_no = p.job_no
             """
         )
-    cur.execute(f"DROP TABLE IF EXISTS {KEYS_TABLE}")
-    if not build_delivery(cur):
-        cur.execute(f"ALTER TABLE {PAGES_TABLE} RENAME TO {KEYS_TABLE}")
-        return False
-    delivery = ", ".join(f"d.{c}" for c in DELIVERY_COLUMNS)
-    cur.execute(
-        f"CREATE TABLE {KEYS_TABLE} AS SELECT k.*, {delivery} FROM {PAGES_TABLE} k "
-        f"LEFT JOIN {DELIVERY_TABLE} d ON d.message_id = k.message_id"
-    )
-    cur.execute(f"DROP TABLE {PAGES_TABLE}")
-    return True
 
 
 def _delivery_columns(delivery: bool) -> str:

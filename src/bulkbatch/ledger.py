@@ -36,8 +36,9 @@ NETWORK_SHARE = 0.25
 talks to Courier. The DuckDB work of that phase is small: reading 16 batches of the plan at a
 time, committing groups of acknowledgements and pages. Under the whole cap, DuckDB kept each
 plan block the send read cached until the cap was full; at 10M people that held ~270 MiB for
-the whole send and made the run's peak RSS (630 MiB). Reading a 10M plan's bodies under a
-quarter of the cap: RSS 452 → 187 MiB, and no slower (``bench/RESULTS.md``, round 7 of #19)."""
+the whole send and made the run's peak RSS (631 MiB). Reading a 10M plan's bodies under 64MB
+instead: RSS 452 → 187 MiB, and no slower. With this share, the 10M send and tracking peaked
+at 358 MiB (``bench/RESULTS.md``, round 7 of #19)."""
 
 
 @dataclass(frozen=True)

@@ -102,9 +102,9 @@ def _table_exists(cur: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 KEYS_TABLE = "_results_keys"
 PAGES_TABLE = "_results_pages"
-# How many planned users one pages join takes (a range of whole jobs) under the default cap
-# (scaled with the cap in force). At 10M in one join
-# it took 11-13 s and spilled; in ranges of 8 of 64 jobs, 7.2-9.4 s within the cap.
+# How many planned users one pages join takes (a range of whole jobs) under the default cap,
+# scaled with the cap in force. At 10M in one join it took 11-13 s and spilled; in ranges of
+# 8 of 64 jobs, 7.2-9.4 s within the cap.
 PAGES_JOIN_ROWS = 1_500_000
 # Input rows per results range under the default memory cap (scaled with the cap in force):
 # joined, sorted in memory and written as Arrow. At 10M the one COPY (joins, a 10M-row sort

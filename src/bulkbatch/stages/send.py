@@ -11,9 +11,10 @@ How "exactly once" holds, step by step:
   run (the same campaign was sent before, e.g. from a lost run directory) is not ingested
   again: the run goes straight to tracking it.
 * **ingest** — each batch is one ``POST /bulk/{job}`` whose body is joined from the users'
-  JSON in the plan (read a chunk of batches at a time, so memory stays bounded) and whose key is ``bb1.<campaign>.<job>.batch.<n>``. Every user carries a
-  stable ``recipient``, Courier's dedupe key, so a batch re-sent after a lost answer gets
-  "Duplicate user" for the users it already has: those count as ingested, not failed.
+  JSON in the plan (read a chunk of batches at a time, so memory stays bounded) and whose
+  key is ``bb1.<campaign>.<job>.batch.<n>``. Every user carries a stable ``recipient``,
+  Courier's dedupe key, so a batch re-sent after a lost answer gets "Duplicate user" for the
+  users it already has: those count as ingested, not failed.
   A batch enters the ledger only after a 2xx, through the one :class:`LedgerWriter`.
 * **verify** — before a job is run, ``GET /bulk/{job}`` must report ``received`` equal to the
   planned users minus the per-user ingest errors. If not, the job is *not* run and the
@@ -203,8 +204,9 @@ def _read_bodies(con: duckdb.DuckDBPyConnection, lo: int, hi: int, skip: set[int
     DuckDB reads the users' JSON in order and Python joins it. ``string_agg(… ORDER BY
     row_number) GROUP BY batch_no`` built the same bytes, but its ordered hash aggregate took
     about 14 MiB of DuckDB memory per query and 52-56 ms of CPU per 16 batches, against about
-    4.5 MiB and 31-35 ms (10M plan, ``bench/RESULTS.md``, round 7 of #19): the send runs a query per lane
-    while DuckDB is held to a quarter of its cap (:data:`bulkbatch.ledger.NETWORK_SHARE`).
+    4.5 MiB and 31-35 ms (10M plan, ``bench/RESULTS.md``, round 7 of #19). The send runs a
+    query per lane while DuckDB is held to a quarter of its cap
+    (:data:`bulkbatch.ledger.NETWORK_SHARE`), where four of those aggregates ran out.
     """
     rows = (
         con.cursor()

@@ -291,66 +291,64 @@ class Pipeline:
         state.progress["users_acked"] = await anyio.to_thread.run_sync(acked_users, con)
         started = time.monotonic()
         await anyio.to_thread.run_sync(ensure_ledger, con)
-        async with (
-            client_for(state, settings, self.progress) as client,
-            LedgerWriter(con) as ledger,
-        ):
-            on_ack = ingest_progress(state, self.progress, client)
-            pagers = anyio.CapacityLimiter(client.reads.limit)  # the client widens reads itself
+        async with client_for(state, settings, self.progress) as client:
+            async with LedgerWriter(con) as ledger:
+                on_ack = ingest_progress(state, self.progress, client)
+                pagers = anyio.CapacityLimiter(client.reads.limit)  # the client widens reads itself
 
-            async def finish(job: JobState, verify: bool) -> None:
-                if verify:
-                    await verify_job(con, client, state, job)
-                if not job.run:
-                    await run_job(client, state, job)
-                    self._event(
-                        "run",
-                        message=f"job {job.job_id} started",
-                        extra={"job_no": job.job_no, "jobs": len(state.jobs)},
-                    )
-                await self._record_once_per(job)
-                if track and self.spec.tracking.wait and not job.paged:
-                    async with pagers:
-                        await self._track_job(client, job, ledger)
+                async def finish(job: JobState, verify: bool) -> None:
+                    if verify:
+                        await verify_job(con, client, state, job)
+                    if not job.run:
+                        await run_job(client, state, job)
+                        self._event(
+                            "run",
+                            message=f"job {job.job_id} started",
+                            extra={"job_no": job.job_no, "jobs": len(state.jobs)},
+                        )
+                    await self._record_once_per(job)
+                    if track and self.spec.tracking.wait and not job.paged:
+                        async with pagers:
+                            await self._track_job(client, job, ledger)
 
-            lanes = ingest_lanes(settings.concurrency)
-            slots = anyio.CapacityLimiter(lanes)
-            creating = anyio.CapacityLimiter(lanes)  # jobs created ahead (send.create_ahead)
-            writes = anyio.CapacityLimiter(settings.concurrency)  # every POST takes one
-            pending = sum(1 for j in state.jobs if not j.ingested)
+                lanes = ingest_lanes(settings.concurrency)
+                slots = anyio.CapacityLimiter(lanes)
+                creating = anyio.CapacityLimiter(lanes)  # jobs created ahead (send.create_ahead)
+                writes = anyio.CapacityLimiter(settings.concurrency)  # every POST takes one
+                pending = sum(1 for j in state.jobs if not j.ingested)
 
-            async def send_job(job: JobState) -> None:
-                nonlocal pending
-                verify = False
-                if not job.ingested:
-                    await create_ahead(client, state, job, creating, writes, self.progress)
-                    if not job.ingested:  # a replayed job was run already: tracked only
-                        async with slots:
-                            await ingest_job(
-                                con,
-                                client,
-                                state,
-                                job,
-                                ledger,
-                                concurrency=max(1, settings.concurrency // lanes),
-                                on_ack=on_ack,
-                                slots=writes,
-                            )
-                            await ledger.flush()
-                        verify = not job.ingested
-                    pending -= 1
-                    if pending == 0 and not state.done("send"):
-                        state.mark("send", time.monotonic() - started)
-                await finish(job, verify)
+                async def send_job(job: JobState) -> None:
+                    nonlocal pending
+                    verify = False
+                    if not job.ingested:
+                        await create_ahead(client, state, job, creating, writes, self.progress)
+                        if not job.ingested:  # a replayed job was run already: tracked only
+                            async with slots:
+                                await ingest_job(
+                                    con,
+                                    client,
+                                    state,
+                                    job,
+                                    ledger,
+                                    concurrency=max(1, settings.concurrency // lanes),
+                                    on_ack=on_ack,
+                                    slots=writes,
+                                )
+                                await ledger.flush()
+                            verify = not job.ingested
+                        pending -= 1
+                        if pending == 0 and not state.done("send"):
+                            state.mark("send", time.monotonic() - started)
+                    await finish(job, verify)
 
-            async with anyio.create_task_group() as tg:
-                for job in state.jobs:
-                    tg.start_soon(send_job, job)
-            if not state.done("send"):
-                state.mark("send", time.monotonic() - started)
+                async with anyio.create_task_group() as tg:
+                    for job in state.jobs:
+                        tg.start_soon(send_job, job)
+                if not state.done("send"):
+                    state.mark("send", time.monotonic() - started)
             state.progress["client"] = _client_stats(client)
-            if track:
-                await self._finish_tracking(client, ledger, started)
+            if track:  # the ledger closed: every page is committed, and DuckDB has its cap
+                await self._finish_tracking(client, started)
         state.save()
         return SendInfo.of(state, time.monotonic() - started)
 
@@ -365,13 +363,13 @@ class Pipeline:
         )
         await page_users(self.con, client, self.state, job, ledger, progress=self.progress)
 
-    async def _finish_tracking(
-        self, client: CourierClient, ledger: LedgerWriter, started: float
-    ) -> None:
+    async def _finish_tracking(self, client: CourierClient, started: float) -> None:
+        """The Messages API pass (``--messages``), once every job is paged. Called after the
+        ledger is closed: it reads every message id, which needs DuckDB's whole cap (at 10M,
+        a quarter of it ran out of memory)."""
         state = self.state
         if not (self.spec.tracking.wait and all(j.paged for j in state.jobs)):
             return
-        await ledger.flush()  # every page committed before messages are read from them
         if self.spec.tracking.messages:
             await fetch_messages(
                 self.con, client, concurrency=self.settings.concurrency, progress=self.progress
@@ -382,21 +380,19 @@ class Pipeline:
         state, con = self.state, self.con
         started = time.monotonic()
         await anyio.to_thread.run_sync(ensure_ledger, con)
-        async with (
-            client_for(state, self.settings, self.progress) as client,
-            LedgerWriter(con) as ledger,
-        ):
-            pagers = anyio.CapacityLimiter(client.reads.limit)
+        async with client_for(state, self.settings, self.progress) as client:
+            async with LedgerWriter(con) as ledger:
+                pagers = anyio.CapacityLimiter(client.reads.limit)
 
-            async def one(job: JobState) -> None:
-                async with pagers:
-                    await self._track_job(client, job, ledger)
+                async def one(job: JobState) -> None:
+                    async with pagers:
+                        await self._track_job(client, job, ledger)
 
-            async with anyio.create_task_group() as tg:
-                for job in state.jobs:
-                    if job.run and not job.paged:
-                        tg.start_soon(one, job)
-            await self._finish_tracking(client, ledger, started)
+                async with anyio.create_task_group() as tg:
+                    for job in state.jobs:
+                        if job.run and not job.paged:
+                            tg.start_soon(one, job)
+            await self._finish_tracking(client, started)
         state.save()
 
     async def _record_once_per(self, job: JobState) -> None:

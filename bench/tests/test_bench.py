@@ -7,6 +7,7 @@ asserted (this is a test, not a benchmark).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -242,3 +243,15 @@ def test_the_sharding_cell_sends_everyone_once_in_both_setups() -> None:
     assert len(rows) == 2, text
     assert all("| yes (" in row for row in rows), text
     assert "FAILED" not in text and "merge` of the 2 shards took" in text
+
+
+def test_the_rss_timeline_labels_samples_by_stage(tmp_path: Path) -> None:
+    out_json = tmp_path / "rss.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "rss_timeline.py"), "--rows", "5000"]
+    out = subprocess.run(
+        [*cmd, "--json", str(out_json)], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert re.search(rf"\| results \| {NUM} \|", out), out
+    assert re.search(rf"peak {NUM} MiB at {NUM} s, during \w+", out), out
+    samples = json.loads(out_json.read_text())
+    assert samples and all(rss > 0 for _, rss, _ in samples)

@@ -39,14 +39,15 @@ def test_modules_stay_small() -> None:
     [
         # the emulator imports nothing from the client side: shared bugs cannot cancel out
         ("emulator", ("bulkbatch.emulator",)),
-        ("webhooks", ("bulkbatch.webhooks", "bulkbatch.errors", "bulkbatch.models")),
+        ("webhooks", ("bulkbatch.webhooks", "bulkbatch.errors", "bulkbatch.models",
+                      "bulkbatch.columns")),
         ("client", ("bulkbatch.client", "bulkbatch.config", "bulkbatch.errors",
                     "bulkbatch.models", "bulkbatch.options")),
         ("stages", ("bulkbatch.stages", "bulkbatch.client", "bulkbatch.db", "bulkbatch.state",
                     "bulkbatch.ledger", "bulkbatch.identity", "bulkbatch.files",
                     "bulkbatch.models", "bulkbatch.spec", "bulkbatch.options",
                     "bulkbatch.config", "bulkbatch.errors", "bulkbatch.progress",
-                    "bulkbatch.webhooks", "bulkbatch.storage")),
+                    "bulkbatch.webhooks", "bulkbatch.storage", "bulkbatch.columns")),
     ],
 )  # fmt: skip
 def test_imports_point_one_way(package: str, may_import: tuple[str, ...]) -> None:
@@ -61,6 +62,11 @@ def test_storage_imports_only_errors_and_config() -> None:
     """Stages, the pipeline and the CLI all use bulkbatch.storage: it stays at the bottom."""
     allowed = ("bulkbatch.errors", "bulkbatch.config")
     assert sorted(m for m in _imports(SRC / "storage.py") if not m.startswith(allowed)) == []
+
+
+def test_columns_import_nothing_of_bulkbatch() -> None:
+    """The ledger and the stages build Arrow columns with bulkbatch.columns: it is a leaf."""
+    assert _imports(SRC / "columns.py") == set()
 
 
 def test_library_code_never_imports_the_cli() -> None:

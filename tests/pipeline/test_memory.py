@@ -79,17 +79,28 @@ def test_the_network_phase_holds_duckdb_to_its_share(
     assert seen["pages"] == [int(cap * results_stage.PAGES_SHARE)]
 
 
-def test_a_send_does_not_import_pandas(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sends",
+    [
+        ["event='welcome'"],
+        # the Messages API pass stores its rows through Arrow too
+        ["event='welcome', messages=True"],
+        # the second campaign finds every recipient held by the first (--once-per)
+        ["event='welcome', once_per='k'", "event='promo', once_per='k'"],
+    ],
+    ids=["send", "messages", "once-per"],
+)
+def test_a_send_does_not_import_pandas(tmp_path: Path, sends: list[str]) -> None:
     """Given a Python list, ``pa.array`` imports pandas when it is installed: 47 MiB of RSS
-    and 0.4 s in a run that never uses it (the ledger builds its columns another way)."""
+    and 0.4 s in a run that never uses it (:mod:`bulkbatch.columns` builds them instead)."""
     pytest.importorskip("pandas")
-    script = (
-        "import sys, bulkbatch\n"
-        f"run = bulkbatch.send({str(SAMPLE)!r}, event='welcome', emulator='immediate', "
-        f"run_dir={str(tmp_path / 'r')!r})\n"
+    script = "import sys, bulkbatch\n" + "".join(
+        f"run = bulkbatch.send({str(SAMPLE)!r}, {args}, emulator='immediate', "
+        f"run_dir={str(tmp_path / f'r{i}')!r})\n"
         "assert run.read_results().height == 2000\n"
-        "print(sorted(m for m in ('pandas', 'polars') if m in sys.modules))\n"
+        for i, args in enumerate(sends)
     )
+    script += "print(sorted(m for m in ('pandas', 'polars') if m in sys.modules))\n"
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -255,3 +257,23 @@ def test_every_lifecycle_ends_on_its_highest_rank() -> None:
     for life in LIFECYCLES:
         ranks = [STATUS_RANK[s] for s in life]
         assert ranks == sorted(ranks), life
+
+
+def test_reading_outcomes_does_not_import_pandas(tmp_path: Path) -> None:
+    """The results of a webhook-tracked run read the store's outcomes in the run's process:
+    building those columns with ``pa.array`` imported pandas (47 MiB, 0.4 s) for nothing."""
+    pytest.importorskip("pandas")
+    path = tmp_path / "w.sqlite"
+    with WebhookStore(path) as store:
+        store.insert([ev("a", "SENT", sent=T0), ev("a", "DELIVERED"), ev("b", "ENQUEUED")])
+    script = (
+        "import sys\n"
+        "from bulkbatch.webhooks import delivery_outcomes, events_reader\n"
+        f"assert delivery_outcomes({str(path)!r}).read_all().num_rows == 2\n"
+        f"assert events_reader({str(path)!r}).read_all().num_rows == 3\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "False"

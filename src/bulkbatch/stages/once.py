@@ -52,6 +52,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from bulkbatch.columns import strings
 from bulkbatch.errors import StateError, UsageError
 from bulkbatch.identity import DATA_DIR_ENV, data_dir
 
@@ -231,7 +232,7 @@ def claim_plan(
     )
 
     def on_held(held: Held) -> None:
-        stage.register(_HELD_CHUNK, pa.table({"recipient": pa.array(held.recipients, pa.string())}))
+        stage.register(_HELD_CHUNK, pa.table({"recipient": strings(held.recipients)}))
         try:
             stage.execute(
                 f"INSERT INTO {_HELD_TABLE} SELECT recipient, ?, ?, ? FROM {_HELD_CHUNK}",

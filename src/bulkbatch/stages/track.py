@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from bulkbatch.client.courier import CourierClient, Job
 from bulkbatch.client.paging import PollSchedule, UsersPaging
 from bulkbatch.client.ratelimit import AnyioClock, Clock
+from bulkbatch.columns import int64s, strings
 from bulkbatch.errors import Interrupted, JobFailed
 from bulkbatch.ledger import LedgerWriter, PageRecord
 from bulkbatch.models import FINAL_JOB_STATUSES
@@ -220,16 +221,18 @@ def _message_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-_MESSAGE_COLUMNS = (
-    ("message_id", pa.string()),
-    ("delivery_status", pa.string()),
-    ("enqueued", pa.int64()),
-    ("sent", pa.int64()),
-    ("delivered", pa.int64()),
-    ("opened", pa.int64()),
-    ("clicked", pa.int64()),
-    ("error", pa.string()),
+_MESSAGE_COLUMNS: tuple[tuple[str, Callable[[Any], pa.Array]], ...] = (
+    ("message_id", strings),
+    ("delivery_status", strings),
+    ("enqueued", int64s),
+    ("sent", int64s),
+    ("delivered", int64s),
+    ("opened", int64s),
+    ("clicked", int64s),
+    ("error", strings),
 )
+"""The ``messages`` columns and how each is built (:mod:`bulkbatch.columns`: not
+``pa.array``, which imports pandas)."""
 
 
 def _store_messages(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
@@ -238,10 +241,7 @@ def _store_messages(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]])
     latest = {row[0]: row for row in rows}  # one row per id (the last), as the upsert needs
     columns = list(zip(*latest.values(), strict=True)) if latest else [()] * 8
     table = pa.table(
-        {
-            name: pa.array(col, kind)
-            for (name, kind), col in zip(_MESSAGE_COLUMNS, columns, strict=True)
-        }
+        {name: build(col) for (name, build), col in zip(_MESSAGE_COLUMNS, columns, strict=True)}
     )
     cur = con.cursor()
     cur.execute("BEGIN TRANSACTION")

@@ -33,6 +33,7 @@ from typing import Any, Self
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bulkbatch.columns import int64s, strings
 from bulkbatch.webhooks.errors import WebhookStoreError
 from bulkbatch.webhooks.events import MESSAGE_UPDATED, STATUS_RANK, WebhookEvent
 
@@ -345,9 +346,15 @@ class WebhookStore:
 
 
 def _column(values: tuple[Any, ...], field: pa.Field) -> pa.Array:
+    """One column of a batch, built without ``pa.array`` (:mod:`bulkbatch.columns`: given a
+    Python list it imports pandas). The schemas hold strings, integers and epoch-ms times."""
     if pa.types.is_timestamp(field.type):
-        return pa.array(values, type=pa.int64()).cast(field.type)
-    return pa.array(values, type=field.type)
+        return int64s(values).cast(field.type)
+    if pa.types.is_int64(field.type):
+        return int64s(values)
+    if pa.types.is_string(field.type):
+        return strings(values)
+    raise TypeError(f"no column builder for {field.name} ({field.type})")
 
 
 def _batches(

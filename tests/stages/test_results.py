@@ -155,3 +155,20 @@ def test_statistics_are_kept_only_where_they_can_prune(run_dir: Path) -> None:
         assert has_stats[kept], kept
     for dropped in ("email", "recipient", "message_id"):
         assert not has_stats[dropped], dropped
+
+
+def test_scratch_tables_left_in_the_run_database_are_dropped(run_dir: Path) -> None:
+    """Older versions wrote the scratch tables into the run database; one killed midway left
+    them there. The next results run drops them."""
+    _sql(
+        run_dir,
+        f"CREATE TABLE {results.KEYS_TABLE} AS SELECT 1 AS row_number",
+        f"CREATE TABLE {results.PAGES_TABLE} AS SELECT 1 AS row_number",
+    )
+    assert bulkbatch.results(run_dir).accounting_ok
+    con = open_run_db(run_dir, read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    finally:
+        con.close()
+    assert not {t for t in tables if t.startswith("_results")}, tables

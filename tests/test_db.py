@@ -1,16 +1,20 @@
-"""``bulkbatch.db``: the key ranges that split big joins and writes."""
+"""``bulkbatch.db``: the key ranges that split big joins and writes, and DuckDB work in a
+worker thread that a stop interrupts."""
 
 from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import anyio
 import duckdb
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulkbatch.db import key_ranges, prefetched_batches
+from bulkbatch.db import in_thread, key_ranges, prefetched_batches
 
 
 @settings(max_examples=60, deadline=None)
@@ -67,3 +71,75 @@ def test_a_caller_that_stops_early_leaves_no_query_running() -> None:
     batches.close()  # what a ``for`` loop does when its body raises
     assert not _arrow_threads()
     assert con.execute("SELECT 42").fetchall() == [(42,)]
+
+
+def _within(seconds: float, scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run ``scenario`` in its own thread and loop; fail if it has not ended in ``seconds``
+    (a shielded wait ignores the test's own cancel scopes)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            anyio.run(scenario)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    if errors:
+        raise errors[0]
+
+
+def test_in_thread_cancelled_before_its_worker_starts_ends_and_never_runs(
+    tmp_path: Path,
+) -> None:
+    # A stop that lands before the worker thread took the call (a SIGTERM one moment into
+    # the load): anyio drops the call, so waiting for it to finish waited forever (the
+    # no-traceback sweep's hang, every time when the stop came right after "[start]").
+    con = duckdb.connect()
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await in_thread(con, lambda: ran.append("ran"), tmp_path)
+        assert scope.cancelled_caught
+
+    _within(10, scenario)
+    assert ran == []
+    assert con.execute("SELECT 1").fetchall() == [(1,)]  # the connection is free
+
+
+def test_in_thread_cancelled_between_statements_stops_the_next_one(tmp_path: Path) -> None:
+    # A stage is several statements; an interrupt that lands between two is dropped by
+    # DuckDB, so the wait keeps interrupting until the work has ended.
+    con = duckdb.connect()
+    first_done = threading.Event()
+    went_on = threading.Event()
+    steps: list[str] = []
+
+    def stage() -> None:
+        con.execute("SELECT 1").fetchall()
+        first_done.set()
+        went_on.wait(5)  # the cancellation and its first interrupt happen here
+        steps.append("second")
+        con.execute("SELECT count(*) FROM range(20000000000)").fetchall()
+        steps.append("finished")
+
+    async def scenario() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_soon() -> None:
+                await anyio.to_thread.run_sync(first_done.wait, 5)
+                tg.cancel_scope.cancel()
+                await anyio.sleep(0.3)
+                went_on.set()
+
+            tg.start_soon(stop_soon)
+            await in_thread(con, stage, tmp_path)
+            steps.append("not cancelled")
+
+    _within(30, scenario)
+    assert steps == ["second"]

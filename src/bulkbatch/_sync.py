@@ -3,15 +3,20 @@
 Jupyter already runs an asyncio loop in the main thread, so ``anyio.run`` would fail
 there ("already running"). In that case the coroutine runs in a worker thread's own
 loop through an anyio blocking portal, and the caller blocks until it is done.
+
+Ctrl-C is taken over while the coroutine runs in the main thread (:func:`_stoppable`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.from_thread
 
 from bulkbatch.errors import unwrap
@@ -35,6 +40,43 @@ def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return anyio.run(call)
+        if threading.current_thread() is threading.main_thread():
+            return anyio.run(_stoppable, call)
+        return anyio.run(call)  # signal handlers can only be set from the main thread
     with anyio.from_thread.start_blocking_portal() as portal:
         return portal.call(call)
+
+
+async def _stoppable(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, which Ctrl-C stops as an anyio cancellation, then ``KeyboardInterrupt``.
+
+    asyncio's own Ctrl-C handling cancels the main task natively, and a native cancel goes
+    through anyio's shields: the future of a worker thread that is still using the run
+    database is cancelled under it, and the pipeline then closed a DuckDB connection that was
+    busy (``ResourceInUseException``); the ledger's last shielded commit was as exposed. Taken as
+    an anyio cancellation, every shielded wait holds: DuckDB is interrupted and its thread
+    waited for, acknowledged batches are committed, then the stop comes out as Ctrl-C does.
+    """
+    stopped = False
+    result: list[T] = []
+
+    async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        nonlocal stopped
+        with anyio.open_signal_receiver(signal.SIGINT) as signals:
+            task_status.started()
+            async for _ in signals:
+                stopped = True
+                tg.cancel_scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(watch)  # the receiver is installed before the work starts
+            result.append(await call())
+            tg.cancel_scope.cancel()  # done: stop watching
+    except BaseExceptionGroup as group:
+        raise unwrap(group) from None
+    if result:
+        return result[0]  # a stop that came as the work finished changes nothing
+    if stopped:
+        raise KeyboardInterrupt
+    raise AssertionError("unreachable: the work neither finished nor was stopped")

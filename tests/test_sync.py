@@ -1,0 +1,109 @@
+"""``run_sync``: Ctrl-C (and the SIGTERM the CLI turns into it) stops a run as an anyio
+cancellation, so the shields that guard DuckDB work hold.
+
+asyncio's own Ctrl-C path cancels the main task natively, which cancels whatever future the
+task awaits, shield or not: a worker thread still using the run database went on while the
+pipeline closed its connection, and DuckDB refused with ``ResourceInUseException`` (seen in
+the no-traceback sweep, one SIGTERM in six right after the plan). Each case runs in a fresh
+interpreter, so the signal never reaches pytest.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, time
+    import anyio, duckdb
+    from bulkbatch._sync import run_sync
+
+    events = []
+
+    async def main():
+        con = duckdb.connect()
+        try:
+            def work():
+                os.kill(os.getpid(), signal.SIGINT)  # the stop arrives while DuckDB works
+                time.sleep(0.3)
+                events.append(str(con.execute("SELECT 42").fetchall()[0][0]))
+            await anyio.to_thread.run_sync(work)
+            await anyio.sleep(5)
+            events.append("not stopped")
+        finally:
+            con.close()
+            events.append("closed")
+
+    try:
+        run_sync(main)
+    except KeyboardInterrupt:
+        events.append("KeyboardInterrupt")
+    print(events)
+    """
+)
+
+
+def _run(script: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_ctrl_c_waits_for_the_thread_before_the_connection_closes() -> None:
+    assert _run(SCRIPT) == "['42', 'closed', 'KeyboardInterrupt']"
+
+
+def test_a_finished_run_returns_its_result() -> None:
+    script = "from bulkbatch._sync import run_sync\nasync def f(x):\n    return x + 1\n"
+    assert _run(script + "print(run_sync(f, 41))") == "42"
+
+
+@pytest.mark.parametrize("where", ["thread", "loop"])
+def test_run_sync_outside_the_main_thread_keeps_working(where: str) -> None:
+    # Signal handlers can only be set from the main thread: elsewhere run_sync runs as before.
+    script = textwrap.dedent(
+        """
+        import threading
+        from bulkbatch._sync import run_sync
+        async def f():
+            return 7
+        out = []
+        t = threading.Thread(target=lambda: out.append(run_sync(f)))
+        t.start(); t.join()
+        print(out[0])
+        """
+    )
+    if where == "loop":
+        script = textwrap.dedent(
+            """
+            import asyncio
+            from bulkbatch._sync import run_sync
+            async def f():
+                return 7
+            async def inside():
+                return run_sync(f)  # a running loop (Jupyter): a portal thread runs it
+            print(asyncio.run(inside()))
+            """
+        )
+    assert _run(script) == "7"
+
+
+def test_an_error_comes_out_as_itself() -> None:
+    script = textwrap.dedent(
+        """
+        from bulkbatch._sync import run_sync
+        async def f():
+            raise ValueError("bad value")
+        try:
+            run_sync(f)
+        except ValueError as exc:
+            print("ValueError", exc)
+        """
+    )
+    assert _run(script) == "ValueError bad value"

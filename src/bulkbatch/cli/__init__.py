@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from bulkbatch.cli.commands import COMMANDS
-from bulkbatch.cli.exits import install_signal_handlers
+from bulkbatch.cli.exits import forget_handled_interrupt, install_signal_handlers
 
 __all__ = ["cli", "main"]
 
@@ -98,7 +98,10 @@ cli.lazy_commands["webhooks"] = _webhooks_command
 def main() -> None:
     """Console-script entry point."""
     install_signal_handlers()
-    cli(prog_name="bulkbatch", auto_envvar_prefix="BULKBATCH")
+    try:
+        cli(prog_name="bulkbatch", auto_envvar_prefix="BULKBATCH")
+    finally:
+        forget_handled_interrupt()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,6 +30,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "CliError",
+    "forget_handled_interrupt",
     "handle_errors",
     "install_signal_handlers",
 ]
@@ -89,6 +90,19 @@ def install_signal_handlers() -> None:
     Ctrl-C does: acknowledged batches stay recorded, one line names the resume command."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop)
+
+
+def forget_handled_interrupt() -> None:
+    """Clear CPython's note of an unhandled Ctrl-C once the CLI has handled the stop.
+
+    CPython 3.11 notes a ``KeyboardInterrupt`` that leaves an ``exec()`` of a string (a
+    dataclass being built while a module imports: the stop came during the run commands'
+    lazy imports) as unhandled, even when the CLI then handles it, and ``python -m bulkbatch``
+    killed itself with SIGINT at exit (-2) instead of exiting 1. Each ``exec()`` of a string
+    clears that note first, so an empty one clears it: there is no API for it. A stop that
+    really goes unhandled is noted again on its way out.
+    """
+    exec("")  # noqa: S102 - a constant, empty program
 
 
 def _debug(ctx: click.Context) -> bool:

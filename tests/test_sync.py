@@ -107,3 +107,36 @@ def test_an_error_comes_out_as_itself() -> None:
         """
     )
     assert _run(script) == "ValueError bad value"
+
+
+def test_a_host_s_own_ctrl_c_handler_is_left_alone() -> None:
+    # Dagster's step processes, for one, handle SIGINT themselves: run_sync takes Ctrl-C
+    # over only from Python's default handler (as asyncio.run does), and leaves theirs set.
+    script = textwrap.dedent(
+        """
+        import signal
+        from bulkbatch._sync import run_sync
+        def host(signum, frame):
+            pass
+        signal.signal(signal.SIGINT, host)
+        async def f():
+            return signal.getsignal(signal.SIGINT) is host
+        during = run_sync(f)
+        print(during, signal.getsignal(signal.SIGINT) is host)
+        """
+    )
+    assert _run(script) == "True True"
+
+
+def test_the_default_handler_is_back_after_a_run() -> None:
+    script = textwrap.dedent(
+        """
+        import signal
+        from bulkbatch._sync import run_sync
+        async def f():
+            return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        during = run_sync(f)
+        print(during, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        """
+    )
+    assert _run(script) == "False True"

@@ -40,11 +40,22 @@ def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        if threading.current_thread() is threading.main_thread():
+        if _takes_ctrl_c():
             return anyio.run(_stoppable, call)
-        return anyio.run(call)  # signal handlers can only be set from the main thread
+        return anyio.run(call)
     with anyio.from_thread.start_blocking_portal() as portal:
         return portal.call(call)
+
+
+def _takes_ctrl_c() -> bool:
+    """Whether this call may take Ctrl-C over: only in the main thread (the only one that can
+    set signal handlers), and only from Python's default handler, as ``asyncio.run`` does. A
+    host with its own SIGINT handler (Dagster's step processes, say) keeps it, and its own
+    way of stopping; the default handler is set back when the run ends."""
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
 
 
 async def _stoppable(call: Callable[[], Awaitable[T]]) -> T:

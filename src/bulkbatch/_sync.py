@@ -64,9 +64,10 @@ async def _stoppable(call: Callable[[], Awaitable[T]]) -> T:
     asyncio's own Ctrl-C handling cancels the main task natively, and a native cancel goes
     through anyio's shields: the future of a worker thread that is still using the run
     database is cancelled under it, and the pipeline then closed a DuckDB connection that was
-    busy (``ResourceInUseException``); the ledger's last shielded commit was as exposed. Taken as
-    an anyio cancellation, every shielded wait holds: DuckDB is interrupted and its thread
-    waited for, acknowledged batches are committed, then the stop comes out as Ctrl-C does.
+    busy (``ResourceInUseException``). The wait for the ledger's last commit is shielded the
+    same way. Taken as an anyio cancellation, every shielded wait holds: DuckDB is interrupted
+    and its thread waited for, acknowledged batches are committed, then the stop comes out as
+    Ctrl-C does.
     """
     stopped = False
     result: list[T] = []

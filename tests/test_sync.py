@@ -47,9 +47,18 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(script: str) -> str:
+# Ctrl-C as in a terminal, whatever the test runner's own children inherit (a background
+# job of a shell script starts with SIGINT ignored: test_an_ignored_ctrl_c_stays_ignored).
+TERMINAL = "import signal as _s\n_s.signal(_s.SIGINT, _s.default_int_handler)\n"
+
+
+def _run(script: str, *, prelude: str = TERMINAL) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", prelude + script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip()
@@ -140,3 +149,59 @@ def test_the_default_handler_is_back_after_a_run() -> None:
         """
     )
     assert _run(script) == "False True"
+
+
+STOP_ON_SIGTERM = textwrap.dedent(
+    """
+    import os, signal, time
+    import anyio
+    from bulkbatch._sync import run_sync
+    from bulkbatch.stopping import stop_on
+
+    def own(signum, frame):
+        raise SystemExit("the caller's own SIGTERM handler ran")
+
+    signal.signal(signal.SIGTERM, own)
+    stop_on(signal.SIGTERM)
+    events = []
+
+    async def main():
+        def work():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.3)
+            events.append("thread done")
+        try:
+            await anyio.to_thread.run_sync(work)
+            await anyio.sleep(5)
+            events.append("not stopped")
+        finally:
+            events.append("unwound")
+
+    try:
+        run_sync(main)
+    except KeyboardInterrupt as exc:
+        events.append(f"KeyboardInterrupt{exc.args}")
+    print(events, signal.getsignal(signal.SIGTERM) is own)
+    """
+)
+
+
+def test_a_signal_given_to_stop_on_stops_like_ctrl_c_and_its_handler_comes_back() -> None:
+    # The CLI's SIGTERM and SIGHUP: taken as an anyio cancellation while the run goes on,
+    # named in the KeyboardInterrupt, and the CLI's own handler set again after the run
+    # (asyncio would leave SIG_DFL there).
+    assert _run(STOP_ON_SIGTERM) == (
+        "['thread done', 'unwound', \"KeyboardInterrupt('SIGTERM',)\"] True"
+    )
+
+
+def test_an_ignored_ctrl_c_stays_ignored_and_stop_on_still_stops() -> None:
+    # A background job of a shell script starts with SIGINT ignored. It stays ignored, and
+    # SIGTERM, which the CLI used to turn into that ignored SIGINT, still stops the run.
+    ignored = "import signal as _s\n_s.signal(_s.SIGINT, _s.SIG_IGN)\n"
+    script = STOP_ON_SIGTERM.replace(
+        "print(events,", "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN, events,"
+    )
+    assert _run(script, prelude=ignored) == (
+        "True ['thread done', 'unwound', \"KeyboardInterrupt('SIGTERM',)\"] True"
+    )

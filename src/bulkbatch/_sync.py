@@ -4,7 +4,8 @@ Jupyter already runs an asyncio loop in the main thread, so ``anyio.run`` would 
 there ("already running"). In that case the coroutine runs in a worker thread's own
 loop through an anyio blocking portal, and the caller blocks until it is done.
 
-Ctrl-C is taken over while the coroutine runs in the main thread (:func:`_stoppable`).
+Ctrl-C (and what :func:`bulkbatch.stopping.stop_on` adds) is taken over while the coroutine runs in the main
+thread (:func:`_stoppable`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import anyio.abc
 import anyio.from_thread
 
 from bulkbatch.errors import unwrap
+from bulkbatch.stopping import stop_signals
 
 __all__ = ["run_sync"]
 
@@ -40,26 +42,25 @@ def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        if _takes_ctrl_c():
-            return anyio.run(_stoppable, call)
+        taken = _stop_signals()
+        if taken:
+            return anyio.run(_stoppable, call, taken)
         return anyio.run(call)
     with anyio.from_thread.start_blocking_portal() as portal:
         return portal.call(call)
 
 
-def _takes_ctrl_c() -> bool:
-    """Whether this call may take Ctrl-C over: only in the main thread (the only one that can
-    set signal handlers), and only from Python's default handler, as ``asyncio.run`` does. A
-    host with its own SIGINT handler (Dagster's step processes, say) keeps it, and its own
-    way of stopping; the default handler is set back when the run ends."""
-    return (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    )
+def _stop_signals() -> list[signal.Signals]:
+    """The signals this call takes over (:func:`bulkbatch.stopping.stop_signals`): none outside
+    the main thread, the only one that can set handlers. Every handler is set back after."""
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    return stop_signals()
 
 
-async def _stoppable(call: Callable[[], Awaitable[T]]) -> T:
-    """``call()``, which Ctrl-C stops as an anyio cancellation, then ``KeyboardInterrupt``.
+async def _stoppable(call: Callable[[], Awaitable[T]], taken: list[signal.Signals]) -> T:
+    """``call()``, which any of ``taken`` stops as an anyio cancellation, then
+    ``KeyboardInterrupt`` naming the signal.
 
     asyncio's own Ctrl-C handling cancels the main task natively, and a native cancel goes
     through anyio's shields: the future of a worker thread that is still using the run
@@ -69,15 +70,17 @@ async def _stoppable(call: Callable[[], Awaitable[T]]) -> T:
     and its thread waited for, acknowledged batches are committed, then the stop comes out as
     Ctrl-C does.
     """
-    stopped = False
+    received: list[signal.Signals] = []
     result: list[T] = []
+    # asyncio sets SIGINT back to Python's default handler and any other signal to SIG_DFL
+    # when the receiver closes: the caller's own handlers (the CLI's) are put back after.
+    previous = {sig: signal.getsignal(sig) for sig in taken}
 
     async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-        nonlocal stopped
-        with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(*taken) as signals:
             task_status.started()
-            async for _ in signals:
-                stopped = True
+            async for signum in signals:
+                received.append(signal.Signals(signum))
                 tg.cancel_scope.cancel()
 
     try:
@@ -87,8 +90,12 @@ async def _stoppable(call: Callable[[], Awaitable[T]]) -> T:
             tg.cancel_scope.cancel()  # done: stop watching
     except BaseExceptionGroup as group:
         raise unwrap(group) from None
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
     if result:
         return result[0]  # a stop that came as the work finished changes nothing
-    if stopped:
-        raise KeyboardInterrupt
+    if received:
+        raise KeyboardInterrupt(received[0].name)
     raise AssertionError("unreachable: the work neither finished nor was stopped")

@@ -16,7 +16,6 @@ code   meaning, and what a scheduler's retry does
 from __future__ import annotations
 
 import functools
-import os
 import signal
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import click
 
 from bulkbatch.errors import BulkBatchError
+from bulkbatch.stopping import stop_on
 
 __all__ = [
     "EXIT_FAILED",
@@ -73,16 +73,15 @@ class StopNotice(CliError):
             click.echo(self.format_message(), err=True)
 
 
-_received: list[str] = []
-"""The name of the signal that stopped the command, when it was not Ctrl-C."""
-
-
 def _stop(signum: int, frame: object) -> None:
-    # Turned into SIGINT, so the event loop runs its graceful Ctrl-C path: the main task is
-    # cancelled, DuckDB work is interrupted, the ledger keeps every acknowledged batch, and
-    # KeyboardInterrupt comes out at the end. Raising here instead could land in any frame.
-    _received.append(signal.Signals(signum).name)
-    os.kill(os.getpid(), signal.SIGINT)
+    # While a run's event loop runs, bulkbatch._sync receives SIGTERM and SIGHUP itself
+    # (stop_on, below) and stops the run as an anyio cancellation: DuckDB work is
+    # interrupted, the ledger keeps every acknowledged batch, then KeyboardInterrupt comes
+    # out. This handler only sees a stop outside that loop (starting up, importing, writing
+    # the summary), where raising is what Ctrl-C itself does. It used to send SIGINT to the
+    # process, which an inherited "ignore SIGINT" (a background job of a shell script)
+    # swallowed: the run went on.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def install_signal_handlers() -> None:
@@ -90,6 +89,7 @@ def install_signal_handlers() -> None:
     Ctrl-C does: acknowledged batches stay recorded, one line names the resume command."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop)
+    stop_on(signal.SIGTERM, signal.SIGHUP)
 
 
 def forget_handled_interrupt() -> None:
@@ -121,9 +121,10 @@ def handle_errors(fn: F) -> F:
             if _debug(ctx):
                 raise
             raise CliError(str(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             run_dir = ctx.meta.get("bulkbatch.run_dir")
-            what = f"Stopped by {_received[-1]}" if _received else "Interrupted"
+            name = exc.args[0] if exc.args else "SIGINT"
+            what = "Interrupted" if name == "SIGINT" else f"Stopped by {name}"
             hint = f" Resume with: bulkbatch resume {run_dir}" if run_dir else ""
             raise StopNotice(f"{what}. Every acknowledged batch is recorded.{hint}") from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):

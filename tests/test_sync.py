@@ -1,5 +1,6 @@
-"""``run_sync``: Ctrl-C (and the SIGTERM the CLI turns into it) stops a run as an anyio
-cancellation, so the shields that guard DuckDB work hold.
+"""``run_sync``: Ctrl-C (and SIGTERM and SIGHUP, which the CLI adds with
+``bulkbatch.stopping.stop_on``) stops a run as an anyio cancellation, so the shields that
+guard DuckDB work hold.
 
 asyncio's own Ctrl-C path cancels the main task natively, which cancels whatever future the
 task awaits, shield or not: a worker thread still using the run database went on while the

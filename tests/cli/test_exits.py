@@ -1,8 +1,9 @@
 """``bulkbatch.cli.exits``: a stop exits 1 wherever it lands, as the exit-code table says.
 
 Each case runs the CLI's own entry point in a fresh interpreter (the signal must not reach
-pytest) as ``python -m``, the way the tests and ``make demo`` run it, with a command that
-stops itself at a chosen point.
+pytest) as ``python -m``, the way the tests run it (the console script exits through
+another path, which the CPython note below does not reach), with a command that stops itself
+at a chosen point.
 """
 
 from __future__ import annotations

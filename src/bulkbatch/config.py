@@ -81,14 +81,11 @@ class Settings:
         option("concurrency").check(self.concurrency)
         option("http_timeout").check(self.timeout)
         option("poll_interval").check(self.poll_interval)
-        for name in ("start_rate", "max_backoff"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise UsageError(f"Settings({name}={value!r}): use a number above 0.")
-        if not (isinstance(self.max_attempts, int) and self.max_attempts >= 1):
-            raise UsageError(
-                f"Settings(max_attempts={self.max_attempts!r}): use a whole number of at least 1."
-            )
+        option("max_attempts").check(self.max_attempts)
+        option("max_backoff").check(self.max_backoff)
+        value = self.start_rate
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise UsageError(f"Settings(start_rate={value!r}): use a number above 0.")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

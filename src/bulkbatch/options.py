@@ -278,6 +278,25 @@ OPTIONS: Mapping[str, Option] = _options(
         minimum=0,
         maximum=3600,
     ),
+    Option(
+        "max_attempts",
+        "sending",
+        "int",
+        "Tries per request, the first included, before a retryable failure (429, 5xx, "
+        "timeout, dropped connection) stops the run; resume continues it (default 8).",
+        minimum=1,
+        maximum=1000,
+    ),
+    Option(
+        "max_backoff",
+        "sending",
+        "float",
+        "Most seconds to wait between two tries of a request, also when the server's "
+        "Retry-After asks for longer (default 30).",
+        minimum=0,
+        min_open=True,
+        maximum=86_400,
+    ),
     # -- tracking: what to learn after sending ----------------------------------------------------
     Option(
         "wait",

@@ -135,7 +135,7 @@ async def test_huge_retry_after_is_capped_and_reported(started: float) -> None:
     assert [e.will_retry for e in h.events] == [True, True, False]
     for event in h.events:
         assert event.reason == (
-            "HTTP 429 rate limited; Retry-After 86400 s capped at 30 s (Settings(max_backoff=...))"
+            "HTTP 429 rate limited; Retry-After 86400 s capped at 30 s (--max-backoff (max_backoff=))"
         )
         assert event.status == 429 and event.max_attempts == 3
 

@@ -52,6 +52,32 @@ def test_bad_key_is_one_line_and_never_shown(tmp_path: Path) -> None:
         assert emu.stats()["jobs_created"] == 1
 
 
+def test_giving_up_names_the_flag_that_allows_more_tries(tmp_path: Path) -> None:
+    """A server failing every request: the run stops after --max-attempts tries, waiting at
+    most --max-backoff between them, and the line names the flag a CLI user can raise; the
+    run keeps both for its resume."""
+    run_dir = tmp_path / "r"
+    with EmulatorProcess("--faults", "error_rate=1,seed=1") as emu:
+        proc = run_cli(
+            "send", str(SAMPLE), "--event", "welcome", "--run-dir", str(run_dir),
+            "--max-attempts", "3", "--max-backoff", "0.01", env=emu.env(),
+        )  # fmt: skip
+        posts = emu.stats()["requests_by_status"]
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: POST /bulk failed with HTTP 500"), last
+    assert last.endswith(
+        "(gave up after 3 attempts; allow more with --max-attempts (max_attempts=))"
+    )
+    assert posts == {"500": 3}
+    stored = orjson.loads((run_dir / "state.json").read_bytes())["spec"]
+    assert (stored["max_attempts"], stored["max_backoff"]) == (3, 0.01)
+    with EmulatorProcess() as emu:
+        fixed = run_cli("--quiet", "resume", str(run_dir), "--json", env=emu.env())
+        assert fixed.returncode == 0, fixed.stderr
+        assert emu.stats()["jobs_created"] == 1
+
+
 def test_key_never_in_exceptions_or_reprs(tmp_path: Path) -> None:
     settings = bulkbatch.Settings(api_key=WRONG_KEY)
     assert WRONG_KEY not in repr(settings)

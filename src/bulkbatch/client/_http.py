@@ -57,8 +57,8 @@ AUTH_HINT = (
     "COURIER_BASE_URL."
 )
 HTTP_TIMEOUT_SETTING = "--http-timeout (http_timeout=)"
-BACKOFF_SETTING = "Settings(max_backoff=...)"
-ATTEMPTS_SETTING = "Settings(max_attempts=...)"
+BACKOFF_SETTING = "--max-backoff (max_backoff=)"
+ATTEMPTS_SETTING = "--max-attempts (max_attempts=)"
 _BODY_SNIPPET = 200
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-courier-request-id")
 

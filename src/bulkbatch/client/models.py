@@ -461,10 +461,10 @@ class RetryEvent:
     :param method: ``"POST"``
     :param path: ``"/bulk/1-65f1.../run"`` (no host, no query)
     :param attempt: the number of the attempt that failed (1 = the first)
-    :param max_attempts: attempts allowed in all (``Settings(max_attempts=...)``)
+    :param max_attempts: attempts allowed in all (``--max-attempts``)
     :param wait: seconds before the next attempt (0 when ``will_retry`` is false)
     :param reason: one line, e.g. ``"HTTP 503"``, ``"ReadTimeout (no answer in 30 s)"``,
-        ``"HTTP 429; Retry-After 86400 s capped at 30 s (Settings(max_backoff=...))"``
+        ``"HTTP 429; Retry-After 86400 s capped at 30 s (--max-backoff (max_backoff=))"``
     :param status: the HTTP status, or ``None`` when no answer came
     :param will_retry: whether another attempt follows
     """

@@ -4,7 +4,7 @@ Only ``Retryable`` errors are retried (``RateLimited``, ``ServerError``, ``ApiUn
 decided by class, never by message text. The wait is capped exponential backoff with full
 jitter (``uniform(0, min(cap, base * 2**attempt))``), raised to the server's ``Retry-After``
 when it sent one, and never above ``max_retry_after`` (by default the same cap,
-``Settings(max_backoff=...)``, 30 s: a server asking for a day is not waited a day on).
+``--max-backoff``, 30 s: a server asking for a day is not waited a day on).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class RetryPolicy:
 
     :param max_attempts: tries in all, the first included (1 = never retry)
     :param base: the first backoff window, in seconds
-    :param cap: the largest backoff window, in seconds (``Settings(max_backoff=...)``)
+    :param cap: the largest backoff window, in seconds (``--max-backoff``)
     :param max_retry_after: the longest wait a server's ``Retry-After`` may impose;
         ``None`` (the default): ``cap``
     """

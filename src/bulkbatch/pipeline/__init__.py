@@ -104,6 +104,8 @@ def _settings(settings: Settings | None, keywords: Mapping[str, Any]) -> Setting
         concurrency=keywords.get("concurrency"),
         timeout=keywords.get("http_timeout"),
         poll_interval=keywords.get("poll_interval"),
+        max_attempts=keywords.get("max_attempts"),
+        max_backoff=keywords.get("max_backoff"),
     )
 
 
@@ -203,6 +205,8 @@ async def asend(
     concurrency: int | None = None,
     http_timeout: float | None = None,
     poll_interval: float | None = None,
+    max_attempts: int | None = None,
+    max_backoff: float | None = None,
     wait: bool | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - the jobs' wait, not this call's
     messages: bool | None = None,
@@ -260,6 +264,8 @@ def send(
     concurrency: int | None = None,
     http_timeout: float | None = None,
     poll_interval: float | None = None,
+    max_attempts: int | None = None,
+    max_backoff: float | None = None,
     wait: bool | None = None,
     timeout: float | None = None,
     messages: bool | None = None,
@@ -338,6 +344,8 @@ def plan(
     concurrency: int | None = None,
     http_timeout: float | None = None,
     poll_interval: float | None = None,
+    max_attempts: int | None = None,
+    max_backoff: float | None = None,
     wait: bool | None = None,
     timeout: float | None = None,
     messages: bool | None = None,

@@ -146,6 +146,8 @@ def settings_for(state: RunState, settings: Settings | None, **overrides: float 
         "concurrency": s.concurrency,
         "timeout": s.http_timeout,
         "poll_interval": s.poll_interval,
+        "max_attempts": s.max_attempts,
+        "max_backoff": s.max_backoff,
     }
     pace.update({k: v for k, v in overrides.items() if v is not None})
     return base.with_(**pace)

@@ -206,3 +206,69 @@ def test_an_ignored_ctrl_c_stays_ignored_and_stop_on_still_stops() -> None:
     assert _run(script, prelude=ignored) == (
         "True ['thread done', 'unwound', \"KeyboardInterrupt('SIGTERM',)\"] True"
     )
+
+
+# A host's own stop (Airflow's on_kill from its SIGTERM handler): request_stop, from a signal
+# handler or another thread, stops the run the same way, shields holding.
+REQUEST_STOP = textwrap.dedent(
+    """
+    import os, signal, threading, time
+    import anyio
+    from bulkbatch._sync import run_sync
+    from bulkbatch.stopping import request_stop
+
+    def host(signum, frame):  # Airflow's task runner: SIGTERM -> task.on_kill()
+        events.append(f"stopping={request_stop('Stopped by the host')}")
+
+    signal.signal(signal.SIGTERM, host)
+    events = [f"idle={request_stop('nothing runs')}"]
+
+    async def main():
+        def work():
+            KICK
+            time.sleep(0.3)
+            events.append("thread done")
+        try:
+            await anyio.to_thread.run_sync(work)
+            await anyio.sleep(5)
+            events.append("not stopped")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.05)  # a shielded cleanup (the ledger's last commit)
+            events.append("unwound")
+
+    def go():
+        try:
+            run_sync(main)
+        except KeyboardInterrupt as exc:
+            events.append(f"KeyboardInterrupt{exc.args}")
+
+    WHERE
+    print(events, signal.getsignal(signal.SIGTERM) is host)
+    """
+)
+STOPPED = (
+    "['idle=False', 'stopping=True', 'thread done', 'unwound', "
+    "\"KeyboardInterrupt('Stopped by the host',)\"] True"
+)
+
+
+@pytest.mark.parametrize(
+    ("kick", "where"),
+    [
+        ("os.kill(os.getpid(), signal.SIGTERM)", "go()"),
+        ("host(None, None)", "t = threading.Thread(target=go); t.start(); t.join()"),
+    ],
+    ids=["signal-handler-in-main-thread", "run-in-a-worker-thread"],
+)
+def test_request_stop_stops_a_run_like_ctrl_c(kick: str, where: str) -> None:
+    script = REQUEST_STOP.replace("KICK", kick).replace("WHERE", where)
+    assert _run(script) == STOPPED
+
+
+def test_request_stop_reaches_a_run_inside_a_running_loop() -> None:
+    # Jupyter: the run goes on in a portal thread's loop while the notebook's loop waits.
+    script = REQUEST_STOP.replace("KICK", "host(None, None)").replace(
+        "WHERE", "import asyncio\nasync def nb():\n    go()\nasyncio.run(nb())"
+    )
+    assert _run(script) == STOPPED

@@ -1,18 +1,25 @@
-"""Which signals stop a run the way Ctrl-C does: a leaf, so the CLI can say so at startup
-without importing the event loop (asyncio and anyio add ~80 ms to every command, ``--help``
+"""What stops a run the way Ctrl-C does: a leaf, so the CLI can say so at startup without
+importing the event loop (asyncio and anyio add ~80 ms to every command, ``--help``
 included).
 
-:mod:`bulkbatch._sync` reads it when a run starts in the main thread: SIGINT while it still
-has Python's default handler, plus whatever :func:`stop_on` added.
+* Signals: :mod:`bulkbatch._sync` reads them when a run starts in the main thread: SIGINT
+  while it still has Python's default handler, plus whatever :func:`stop_on` added.
+* A host's own stop: :func:`request_stop`, for a host that has its own signal handler and
+  calls back (Airflow's task runner calls the operator's ``on_kill`` from its SIGTERM
+  handler). Each run registers itself here while it goes on (:func:`stoppable`).
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-__all__ = ["stop_on", "stop_signals"]
+__all__ = ["request_stop", "stop_on", "stop_signals", "stoppable"]
 
 _STOP_LIKE_CTRL_C: set[signal.Signals] = set()
+_RUNNING: dict[int, Callable[[str], None]] = {}
+"""The runs going on in this process: a key of each, and how to stop it."""
 
 
 def stop_on(*signals: signal.Signals) -> None:
@@ -30,3 +37,32 @@ def stop_signals() -> list[signal.Signals]:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         taken.append(signal.SIGINT)
     return taken
+
+
+def request_stop(reason: str) -> bool:
+    """Stop every run going on in this process the way Ctrl-C does: an anyio cancellation,
+    so DuckDB work is interrupted and waited for and acknowledged batches are committed, that
+    ends in ``KeyboardInterrupt(reason)``. The run stays resumable.
+
+    Safe from a signal handler (it only schedules the stop) and from any thread. Returns
+    whether a run was going on; with none, nothing is remembered for a later one.
+    """
+    # No lock: a signal handler runs in the main thread between two bytecodes, maybe inside
+    # stoppable(), where waiting on a lock would deadlock. Copying a dict's values, setting
+    # and popping a key are each one step under the GIL.
+    stops = tuple(_RUNNING.values())
+    for stop in stops:
+        stop(reason)
+    return bool(stops)
+
+
+@contextmanager
+def stoppable(stop: Callable[[str], None]) -> Iterator[None]:
+    """Register ``stop`` (thread- and signal-safe: it only schedules the stop) as how
+    :func:`request_stop` reaches the run going on inside this block."""
+    key = id(stop)
+    _RUNNING[key] = stop
+    try:
+        yield
+    finally:
+        _RUNNING.pop(key, None)

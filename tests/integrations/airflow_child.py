@@ -14,6 +14,9 @@ Scenarios:
 * ``flaky``: one send task whose first try dies half-way through ingest; Airflow retries it
   "on another worker" (another runs root and campaign registry, so only Courier's
   idempotency replay can save it). It talks to its own emulator (connection ``courier_flaky``).
+* ``killed``: Airflow stops a send task half-way through ingest the way it stops any task (a
+  SIGTERM to the task process: marked failed in the UI, a worker shutting down); its task
+  runner calls ``on_kill()``. The retry continues the run (connection ``courier_killed``).
 * ``refused``: mistakes no retry can heal (a missing input, a bad option value, a plan
   refused as asked) fail on the first try although the tasks have retries.
 * ``units``: the connection convention, option checks, error mapping and the log throttle.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -94,6 +98,46 @@ with DAG(
         event="welcome",
         send_options={"poll_interval": 0.2, "batch_size": 500},
         courier_conn_id="courier_flaky",
+    )
+
+
+class KilledOperator(BulkbatchSendOperator):
+    """Try 1 gets Airflow's SIGTERM half-way through ingest (try 2 is left alone)."""
+
+    try_number = 0
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        self.try_number = context["ti"].try_number
+        return super().execute(context)
+
+    def progress_callback(self) -> Progress:
+        progress = super().progress_callback()
+        if self.try_number != 1:
+            return progress
+        sent: list[bool] = []
+
+        def terminated(event: ProgressEvent) -> None:
+            progress(event)
+            half = event.stage == "ingest" and event.total and event.done * 2 >= event.total
+            if half and not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        return terminated
+
+
+with DAG(
+    "bulkbatch_killed",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    default_args={"retries": 1, "retry_delay": timedelta(0)},
+) as killed_dag:
+    KilledOperator(
+        task_id="send",
+        source=ENV("BB_AF_FLAKY_SOURCE", "flaky.csv"),
+        event="welcome",
+        send_options={"poll_interval": 0.2, "batch_size": 250},
+        courier_conn_id="courier_killed",
     )
 
 
@@ -170,6 +214,10 @@ def scenario_shards() -> dict[str, Any]:
 
 def scenario_flaky() -> dict[str, Any]:
     return {"run": _dag_test(flaky_dag)}
+
+
+def scenario_killed() -> dict[str, Any]:
+    return {"run": _dag_test(killed_dag)}
 
 
 def scenario_refused() -> dict[str, Any]:
@@ -253,6 +301,7 @@ def main() -> None:
         "units": scenario_units,
         "shards": scenario_shards,
         "flaky": scenario_flaky,
+        "killed": scenario_killed,
         "refused": scenario_refused,
     }
     names = sys.argv[1:] or list(scenarios)

@@ -9,6 +9,8 @@ the emulators' stats and the files it wrote.
   then the same DAG run again: nobody accepted twice, the merged accounting adds up.
 * a send whose first try dies half-way through ingest, retried by Airflow "on another
   worker" (no run directory, no campaign registry): nobody accepted twice.
+* a send task Airflow stops (SIGTERM, its task runner calls ``on_kill``) half-way through
+  ingest: it stops the way Ctrl-C does, and the retry finishes the run, nobody twice.
 * the connection convention, the option checks and the log throttle.
 """
 
@@ -56,6 +58,7 @@ class Outcome:
     seconds: float
     shards_stats: dict[str, Any]
     flaky_stats: dict[str, Any]
+    killed_stats: dict[str, Any]
     tmp: Path
 
     def tasks(self, scenario: str, run: str, task_id: str) -> list[dict[str, Any]]:
@@ -96,6 +99,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     with (
         EmulatorProcess("--progression", "immediate") as emu,
         EmulatorProcess("--progression", "immediate") as flaky_emu,
+        EmulatorProcess("--progression", "immediate", "--faults", "latency_ms=10") as killed_emu,
     ):
         env = {
             **os.environ,
@@ -105,6 +109,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW_CONN_COURIER_DEFAULT": _conn(emu),
             "AIRFLOW_CONN_COURIER_FLAKY": _conn(flaky_emu),
+            "AIRFLOW_CONN_COURIER_KILLED": _conn(killed_emu),
             "BULKBATCH_DATA_DIR": str(tmp / "bulkbatch-data"),
             "BB_AF_SOURCE": str(source),
             "BB_AF_SHARDS": str(SHARDS),
@@ -135,6 +140,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
             seconds=seconds,
             shards_stats=emu.stats(),
             flaky_stats=flaky_emu.stats(),
+            killed_stats=killed_emu.stats(),
             tmp=tmp,
         )
 
@@ -215,16 +221,37 @@ def test_a_task_retried_on_a_fresh_worker_resumes_by_idempotency(outcome: Outcom
     assert stats["jobs_created"] == 1
 
 
+def test_a_task_airflow_stops_stops_cleanly_and_its_retry_finishes(outcome: Outcome) -> None:
+    # Before on_kill, Airflow's SIGTERM did nothing: the send went on (here: try 1 succeeded)
+    # until the supervisor's SIGKILL.
+    run = outcome.result["killed"]["run"]
+    assert run["state"] == "success"
+    [task] = outcome.tasks("killed", "run", "send")
+    assert task["state"] == "success" and task["try_number"] == 2
+    assert "bulkbatch: stopped by Airflow (on_kill)" in outcome.output
+    assert "ResourceInUse" not in outcome.output and "please report" not in outcome.output
+    # try 2 continued try 1's run directory: loaded and planned once
+    loads = re.findall(r"\[load\]  loading inputs +\[[\w.]+\.KilledOperator\]", outcome.output)
+    assert len(loads) == 1
+    xcom = task["xcom"]
+    assert _adds_up(xcom["counts"])
+    stats = outcome.killed_stats
+    assert stats["users_accepted"] == xcom["counts"]["ingested"]
+    assert stats["max_accepted_per_recipient"] == 1
+    assert stats["jobs_created"] == 1 and stats["runs"] == 1
+
+
 def test_progress_goes_to_the_task_log_throttled_and_never_the_key(outcome: Outcome) -> None:
     out = outcome.output
     assert API_KEY not in out
     log = [x for x in out.splitlines() if not x.startswith("RESULT ")]
     ingest = [x for x in log if "[ingest]" in x]
     assert ingest, out[-3000:]
-    # 4 shards, 2 sends of the flaky one: a first line and an end line each, maybe a few more
-    assert len(ingest) <= 4 * (SHARDS + 2)
+    # 4 shards, 2 sends each of the flaky and the killed one: a first line and an end line
+    # each, maybe a few more
+    assert len(ingest) <= 4 * (SHARDS + 4)
     ends = [x for x in ingest if re.search(r"\[ingest\]  ([\d,]+)/\1 users", x)]
-    assert len(ends) == SHARDS + 1  # every completed send logs its end (try 1 died)
+    assert len(ends) == SHARDS + 2  # every completed send logs its end (the try 1s stopped)
     assert "bulkbatch: merged 4 shard(s), 40,000 input rows" in out
 
     throttled = outcome.result["units"]["throttled_lines"]

@@ -27,6 +27,13 @@ Idempotency-Keys, which Courier answers with its saved replies — and sends nob
 next scheduled DAG run sends the campaign again. Errors that no retry can heal (bad options,
 a missing input, a plan refused as asked) fail the task at once (``AirflowFailException``);
 everything else (Courier unavailable, rate limits, a stopped run) is left to ``retries``.
+
+**Stopping a task.** Airflow stops a running task (marked failed or cleared in the UI, a
+worker shutting down) with a SIGTERM, on which its task runner calls the operator's
+``on_kill()``. :class:`BulkbatchSendOperator` then stops the send the way Ctrl-C stops the
+CLI: DuckDB work is interrupted and waited for, every batch Courier acknowledged is
+committed, and the task fails with "stopped by Airflow (on_kill)". Its run is resumable:
+the next try continues it, sending nobody twice.
 """
 
 from __future__ import annotations
@@ -38,13 +45,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseHook, BaseOperator, XComArg
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from bulkbatch.config import DEFAULT_BASE_URL
 from bulkbatch.errors import BulkBatchError, InputError, PlanError, UsageError
 from bulkbatch.options import OPTIONS
 from bulkbatch.progress import Progress, ProgressEvent
 from bulkbatch.stages.results import rows_failed
+from bulkbatch.stopping import request_stop
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -62,6 +70,8 @@ __all__ = [
 ]
 
 DEFAULT_CONN_ID = "courier_default"
+KILLED = "stopped by Airflow (on_kill)"
+"""Why a send stopped by :meth:`BulkbatchSendOperator.on_kill` ends (in its exception)."""
 DEFAULT_RUN_ID = "{{ dag.dag_id }}/{{ run_id }}"
 """The campaign instance of a task: stable across its tries, new with every DAG run."""
 
@@ -269,6 +279,21 @@ class BulkbatchSendOperator(BaseOperator):
         self.courier_conn_id = courier_conn_id
         self.runs_root = runs_root
         self.log_every = log_every
+        self._killed = False
+
+    def on_kill(self) -> None:
+        """Stop the send the way Ctrl-C does (see the module docstring). Airflow calls this
+        from its SIGTERM handler, so it only asks for the stop, which the send carries out:
+        it logs nothing here (a log call could need a lock the interrupted code holds)."""
+        self._killed = True
+        request_stop(KILLED)
+
+    @staticmethod
+    def _stopped() -> AirflowException:
+        return AirflowException(
+            f"bulkbatch: {KILLED}. The run is resumable: a retry of this task continues it "
+            "and sends nobody twice."
+        )
 
     def progress_callback(self) -> Progress:
         """The ``progress=`` given to bulkbatch: the task log, throttled (override to add)."""
@@ -290,6 +315,8 @@ class BulkbatchSendOperator(BaseOperator):
             base_url or "COURIER_BASE_URL",
             runs_root,
         )
+        if self._killed:  # stopped before the send began: nothing to stop yet
+            raise self._stopped()
         try:
             run = bulkbatch.send(
                 list(self.source) if isinstance(self.source, list | tuple) else self.source,
@@ -306,6 +333,10 @@ class BulkbatchSendOperator(BaseOperator):
             )
         except NEVER_RETRIED as exc:
             raise AirflowFailException(f"bulkbatch: {exc}") from exc
+        except KeyboardInterrupt as exc:
+            if exc.args != (KILLED,):
+                raise
+            raise self._stopped() from None
         summary = run.summary()
         result = {
             "run_dir": str(run.path.resolve()),

@@ -119,23 +119,54 @@ def test_an_error_comes_out_as_itself() -> None:
     assert _run(script) == "ValueError bad value"
 
 
-def test_a_host_s_own_ctrl_c_handler_is_left_alone() -> None:
-    # Dagster's step processes, for one, handle SIGINT themselves: run_sync takes Ctrl-C
-    # over only from Python's default handler (as asyncio.run does), and leaves theirs set.
+HOST_RAISES = SCRIPT.replace(
+    "events = []",
+    """events = []
+
+class Interrupted(Exception):
+    pass
+
+def host(signum, frame):  # Dagster's step processes: raise at once, inside the running code
+    events.append(f"host saw {signal.Signals(signum).name}")
+    raise Interrupted("the host's own")
+
+signal.signal(signal.SIGINT, host)""",
+).replace(
+    'except KeyboardInterrupt:\n    events.append("KeyboardInterrupt")',
+    'except Interrupted as exc:\n    events.append(f"Interrupted({exc})")\n'
+    "events.append(signal.getsignal(signal.SIGINT) is host)",
+)
+
+
+def test_a_host_s_raising_handler_gets_its_exception_out_after_the_run_unwound() -> None:
+    # Raised where the signal landed, inside the event loop, the host's exception cut
+    # through anyio's shields like asyncio's own Ctrl-C did (ResourceInUseException under
+    # Dagster). Its handler is now called from the run's loop: what it raises comes out of
+    # run_sync once DuckDB was waited for and the connection closed, and it is set back.
+    assert _run(HOST_RAISES, prelude="") == (
+        "['host saw SIGINT', '42', 'closed', \"Interrupted(the host's own)\", True]"
+    )
+
+
+def test_a_host_s_handler_that_returns_lets_the_run_go_on() -> None:
+    # Dagster outside an op only records an interrupt: the run is not stopped by it.
     script = textwrap.dedent(
         """
-        import signal
+        import os, signal
+        import anyio
         from bulkbatch._sync import run_sync
+        seen = []
         def host(signum, frame):
-            pass
+            seen.append(signum)
         signal.signal(signal.SIGINT, host)
         async def f():
-            return signal.getsignal(signal.SIGINT) is host
-        during = run_sync(f)
-        print(during, signal.getsignal(signal.SIGINT) is host)
+            os.kill(os.getpid(), signal.SIGINT)
+            await anyio.sleep(0.2)
+            return "finished"
+        print(run_sync(f), seen == [signal.SIGINT], signal.getsignal(signal.SIGINT) is host)
         """
     )
-    assert _run(script) == "True True"
+    assert _run(script, prelude="") == "finished True True"
 
 
 def test_the_default_handler_is_back_after_a_run() -> None:

@@ -23,7 +23,7 @@ import anyio.abc
 import anyio.from_thread
 
 from bulkbatch.errors import unwrap
-from bulkbatch.stopping import stop_signals, stoppable
+from bulkbatch.stopping import HostHandler, host_handlers, stop_signals, stoppable
 
 __all__ = ["run_sync"]
 
@@ -44,57 +44,96 @@ def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return anyio.run(_stoppable, call, _stop_signals())
+        return anyio.run(_stoppable, call, *_stop_signals())
     with anyio.from_thread.start_blocking_portal() as portal:
-        return portal.call(_stoppable, call, [])
+        return portal.call(_stoppable, call, [], {})
 
 
-def _stop_signals() -> list[signal.Signals]:
-    """The signals this call takes over (:func:`bulkbatch.stopping.stop_signals`): none outside
-    the main thread, the only one that can set handlers. Every handler is set back after."""
+def _stop_signals() -> tuple[list[signal.Signals], dict[signal.Signals, HostHandler]]:
+    """The signals this call takes over (:func:`bulkbatch.stopping.stop_signals` and
+    :func:`~bulkbatch.stopping.host_handlers`): none outside the main thread, the only one
+    that can set handlers. Every handler is set back after."""
     if threading.current_thread() is not threading.main_thread():
-        return []
-    return stop_signals()
+        return [], {}
+    return stop_signals(), host_handlers()
 
 
-async def _stoppable(call: Callable[[], Awaitable[T]], taken: list[signal.Signals]) -> T:
+class _Stop:
+    """How a run in :func:`_stoppable` is stopped, and what it ends in."""
+
+    def __init__(self, scope: anyio.CancelScope, hosts: dict[signal.Signals, HostHandler]):
+        self.scope = scope
+        self.hosts = hosts
+        self.reasons: list[str] = []
+        self.raised: list[BaseException] = []
+        self.loop = asyncio.get_running_loop()
+
+    def now(self, reason: str) -> None:
+        self.reasons.append(reason)
+        self.scope.cancel()
+
+    def soon(self, reason: str) -> None:
+        """:meth:`now`, from a signal handler or another thread."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the run is over
+            self.loop.call_soon_threadsafe(self.now, reason)
+
+    def received(self, signum: int) -> None:
+        sig = signal.Signals(signum)
+        host = self.hosts.get(sig)
+        if host is None:
+            self.now(sig.name)
+            return
+        try:
+            host(signum, None)  # a handler that returns lets the run go on
+        except BaseException as exc:  # the host's: raised once the run has unwound
+            self.raised.append(exc)
+            self.now(sig.name)
+
+    def error(self) -> BaseException:
+        if self.raised:
+            return self.raised[0]
+        if self.reasons:
+            return KeyboardInterrupt(self.reasons[0])
+        return AssertionError("unreachable: the work neither finished nor was stopped")
+
+
+async def _stoppable(
+    call: Callable[[], Awaitable[T]],
+    taken: list[signal.Signals],
+    hosts: dict[signal.Signals, HostHandler],
+) -> T:
     """``call()``, which any of ``taken`` (or :func:`~bulkbatch.stopping.request_stop`) stops
     as an anyio cancellation, then ``KeyboardInterrupt`` naming the signal (or the reason).
+    A signal of ``hosts`` calls the host's handler from this loop; if it raises, the run is
+    stopped the same way and its exception comes out after.
 
     asyncio's own Ctrl-C handling cancels the main task natively, and a native cancel goes
     through anyio's shields: the future of a worker thread that is still using the run
     database is cancelled under it, and the pipeline then closed a DuckDB connection that was
-    busy (``ResourceInUseException``). The wait for the ledger's last commit is shielded the
-    same way. Taken as an anyio cancellation, every shielded wait holds: DuckDB is interrupted
-    and its thread waited for, acknowledged batches are committed, then the stop comes out as
-    Ctrl-C does.
+    busy (``ResourceInUseException``). A host's handler raising where the signal landed,
+    inside the event loop, did the same. The wait for the ledger's last commit is shielded
+    the same way. Taken as an anyio cancellation, every shielded wait holds: DuckDB is
+    interrupted and its thread waited for, acknowledged batches are committed, then the stop
+    comes out.
     """
-    stops: list[str] = []
     result: list[T] = []
+    watched = [*taken, *hosts]
     # asyncio sets SIGINT back to Python's default handler and any other signal to SIG_DFL
-    # when the receiver closes: the caller's own handlers (the CLI's) are put back after.
-    previous = {sig: signal.getsignal(sig) for sig in taken}
-    loop = asyncio.get_running_loop()
+    # when the receiver closes: the caller's own handlers (the CLI's, a host's) are put back.
+    previous = {sig: signal.getsignal(sig) for sig in watched}
 
-    def stop_now(reason: str) -> None:
-        stops.append(reason)
-        tg.cancel_scope.cancel()
-
-    def stop_soon(reason: str) -> None:  # from a signal handler or another thread
-        with contextlib.suppress(RuntimeError):  # the loop has closed: the run is over
-            loop.call_soon_threadsafe(stop_now, reason)
-
-    async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-        with anyio.open_signal_receiver(*taken) as signals:
+    async def watch(stop: _Stop, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(*watched) as signals:
             task_status.started()
             async for signum in signals:
-                stop_now(signal.Signals(signum).name)
+                stop.received(signum)
 
     try:
-        with stoppable(stop_soon):
-            async with anyio.create_task_group() as tg:
-                if taken:
-                    await tg.start(watch)  # the receiver is installed before the work starts
+        async with anyio.create_task_group() as tg:
+            stop = _Stop(tg.cancel_scope, hosts)
+            with stoppable(stop.soon):
+                if watched:
+                    await tg.start(watch, stop)  # installed before the work starts
                 result.append(await call())
                 tg.cancel_scope.cancel()  # done: stop watching
     except BaseExceptionGroup as group:
@@ -105,6 +144,4 @@ async def _stoppable(call: Callable[[], Awaitable[T]], taken: list[signal.Signal
                 signal.signal(sig, handler)
     if result:
         return result[0]  # a stop that came as the work finished changes nothing
-    if stops:
-        raise KeyboardInterrupt(stops[0])
-    raise AssertionError("unreachable: the work neither finished nor was stopped")
+    raise stop.error()

@@ -14,8 +14,15 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
+from typing import Any
 
-__all__ = ["request_stop", "stop_on", "stop_signals", "stoppable"]
+__all__ = ["HostHandler", "host_handlers", "request_stop", "stop_on", "stop_signals", "stoppable"]
+
+HostHandler = Callable[[int, FrameType | None], Any]
+_HOST_STOPS = tuple(
+    getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)
+)
 
 _STOP_LIKE_CTRL_C: set[signal.Signals] = set()
 _RUNNING: dict[int, Callable[[str], None]] = {}
@@ -37,6 +44,23 @@ def stop_signals() -> list[signal.Signals]:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         taken.append(signal.SIGINT)
     return taken
+
+
+def host_handlers() -> dict[signal.Signals, HostHandler]:
+    """The stop signals (SIGINT, SIGTERM, SIGHUP) that have a host's own Python handler: not
+    Python's default, not one :func:`stop_on` took, not SIG_IGN or SIG_DFL. A run in the main
+    thread receives these itself and calls the handler from its event loop: what the handler
+    raises (Dagster's ``DagsterExecutionInterruptedError``) comes out once the run has unwound
+    as Ctrl-C unwinds it; a handler that returns (records the signal, calls
+    :func:`request_stop`) lets the run go on."""
+    found: dict[signal.Signals, HostHandler] = {}
+    for sig in _HOST_STOPS:
+        handler = signal.getsignal(sig)
+        if sig in _STOP_LIKE_CTRL_C or handler is signal.default_int_handler:
+            continue
+        if callable(handler):
+            found[sig] = handler
+    return found
 
 
 def request_stop(reason: str) -> bool:

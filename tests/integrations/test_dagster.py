@@ -7,6 +7,9 @@ from __future__ import annotations
 import csv
 import random
 import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -314,3 +317,70 @@ def test_progress_lines_are_throttled_per_stage() -> None:
         ("warning", "[retry] 429: waiting 1.0 s"),
         ("info", "[page]  1 pages"),
     ]
+
+
+INTERRUPTED = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    import dagster as dg
+    import bulkbatch
+    from bulkbatch.synth import generate
+
+    generate("audience.parquet", 20_000, fmt="parquet", seed=1)
+    kicked = []
+
+    def progress(event):
+        # Dagster terminating the run: SIGINT to its process, from outside, so it lands in
+        # the send's event loop (not in this callback), soon after ingest begins
+        if event.stage == "ingest" and not kicked:
+            kicked.append(True)
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    @dg.asset
+    def welcome(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        run = bulkbatch.send(
+            "audience.parquet", event="welcome", run_dir="run", batch_size=250,
+            poll_interval=0.1, progress=progress,
+        )
+        return dg.MaterializeResult(metadata={"ingested": run.summary()["counts"]["ingested"]})
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        for attempt in (1, 2):
+            result = dg.materialize([welcome], instance=instance, raise_on_error=False)
+            failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+            error = failure[0].event_specific_data.error if failure else None
+            print("TRY", attempt, result.success, error.cls_name if error else None, flush=True)
+            if result.success:
+                [mat] = result.asset_materializations_for_node("welcome")
+                print("INGESTED", mat.metadata["ingested"].value, flush=True)
+    """
+)
+
+
+def test_a_materialization_dagster_interrupts_unwinds_then_finishes(
+    tmp_path: Path, emulator: EmulatorProcess
+) -> None:
+    # Dagster's own SIGINT handler raises its interrupt wherever the signal lands, so inside
+    # the send's event loop it cut through anyio's shields (ResourceInUseException from
+    # DuckDB, seen by chance; tests/test_sync.py shows the unwinding deterministically). Now
+    # the send unwinds as on Ctrl-C, the step fails as interrupted, and the next
+    # materialization continues the run: nobody twice, each job run once.
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED],
+        cwd=tmp_path,
+        env=emulator.env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "TRY 1 False DagsterExecutionInterruptedError" in proc.stdout, out[-4000:]
+    assert "TRY 2 True None" in proc.stdout, out[-4000:]
+    assert "ResourceInUse" not in out and "unhandled exception" not in out, out[-4000:]
+    ingested = int(proc.stdout.split("INGESTED ")[1].split()[0])
+    stats = emulator.stats()
+    assert stats["users_accepted"] == ingested > 0
+    assert stats["max_accepted_per_recipient"] == 1
+    assert stats["jobs_created"] == stats["runs"] == 2  # 20k people in 10k jobs, each run once

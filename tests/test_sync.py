@@ -148,6 +148,16 @@ def test_a_host_s_raising_handler_gets_its_exception_out_after_the_run_unwound()
     )
 
 
+def test_a_host_s_alarm_raising_its_timeout_gets_it_out_after_the_run_unwound() -> None:
+    # Airflow's execution_timeout: a SIGALRM handler that raises AirflowTaskTimeout.
+    script = HOST_RAISES.replace("signal.SIGINT", "signal.SIGALRM").replace(
+        "os.kill(os.getpid(), signal.SIGALRM)", "signal.setitimer(signal.ITIMER_REAL, 0.05)"
+    )
+    assert _run(script, prelude="") == (
+        "['host saw SIGALRM', '42', 'closed', \"Interrupted(the host's own)\", True]"
+    )
+
+
 def test_a_host_s_handler_that_returns_lets_the_run_go_on() -> None:
     # Dagster outside an op only records an interrupt: the run is not stopped by it.
     script = textwrap.dedent(

@@ -85,7 +85,7 @@ class _Stop:
             return
         try:
             host(signum, None)  # a handler that returns lets the run go on
-        except BaseException as exc:  # the host's: raised once the run has unwound
+        except BaseException as exc:  # noqa: BLE001 - the host's, raised once the run unwound
             self.raised.append(exc)
             self.now(sig.name)
 

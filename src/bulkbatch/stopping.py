@@ -21,8 +21,10 @@ __all__ = ["HostHandler", "host_handlers", "request_stop", "stop_on", "stop_sign
 
 HostHandler = Callable[[int, FrameType | None], Any]
 _HOST_STOPS = tuple(
-    getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)
+    getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM") if hasattr(signal, n)
 )
+"""Signals whose host handler a run calls from its loop; SIGALRM for alarm-based timeouts
+(Airflow's ``execution_timeout`` raises ``AirflowTaskTimeout`` from its handler)."""
 
 _STOP_LIKE_CTRL_C: set[signal.Signals] = set()
 _RUNNING: dict[int, Callable[[str], None]] = {}
@@ -37,9 +39,10 @@ def stop_on(*signals: signal.Signals) -> None:
 
 
 def stop_signals() -> list[signal.Signals]:
-    """The signals a run in the main thread takes over while it runs. SIGINT only from Python's
-    default handler, as ``asyncio.run`` does: a host with its own (Dagster's step processes,
-    say) keeps it, and an inherited "ignore" (a background job of a shell script) stays."""
+    """The signals a run in the main thread takes over while it runs, to stop like Ctrl-C.
+    SIGINT only from Python's default handler, as ``asyncio.run`` does: a host's own handler
+    (Dagster's step processes, say) is called instead (:func:`host_handlers`), and an
+    inherited "ignore" (a background job of a shell script) stays."""
     taken = sorted(_STOP_LIKE_CTRL_C)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         taken.append(signal.SIGINT)
@@ -47,8 +50,9 @@ def stop_signals() -> list[signal.Signals]:
 
 
 def host_handlers() -> dict[signal.Signals, HostHandler]:
-    """The stop signals (SIGINT, SIGTERM, SIGHUP) that have a host's own Python handler: not
-    Python's default, not one :func:`stop_on` took, not SIG_IGN or SIG_DFL. A run in the main
+    """The stop signals (SIGINT, SIGTERM, SIGHUP, SIGALRM) that have a host's own Python
+    handler: not Python's default, not one :func:`stop_on` took, not SIG_IGN or SIG_DFL. A
+    run in the main
     thread receives these itself and calls the handler from its event loop: what the handler
     raises (Dagster's ``DagsterExecutionInterruptedError``) comes out once the run has unwound
     as Ctrl-C unwinds it; a handler that returns (records the signal, calls

@@ -4,6 +4,9 @@ included).
 
 * Signals: :mod:`bulkbatch._sync` reads them when a run starts in the main thread: SIGINT
   while it still has Python's default handler, plus whatever :func:`stop_on` added.
+* A host's own handler of a stop signal (:func:`host_handlers`: Dagster's interrupt,
+  Airflow's timeout alarm): a run in the main thread receives the signal and calls the
+  handler from its loop, so what it raises comes out after the run has unwound.
 * A host's own stop: :func:`request_stop`, for a host that has its own signal handler and
   calls back (Airflow's task runner calls the operator's ``on_kill`` from its SIGTERM
   handler). Each run registers itself here while it goes on (:func:`stoppable`).

@@ -54,8 +54,8 @@ def test_bad_key_is_one_line_and_never_shown(tmp_path: Path) -> None:
 
 def test_giving_up_names_the_flag_that_allows_more_tries(tmp_path: Path) -> None:
     """A server failing every request: the run stops after --max-attempts tries, waiting at
-    most --max-backoff between them, and the line names the flag a CLI user can raise; the
-    run keeps both for its resume."""
+    most --max-backoff between them, and the line names the flag a CLI user can raise, on
+    send and on resume; the run keeps both for its resume."""
     run_dir = tmp_path / "r"
     with EmulatorProcess("--faults", "error_rate=1,seed=1") as emu:
         proc = run_cli(
@@ -63,6 +63,11 @@ def test_giving_up_names_the_flag_that_allows_more_tries(tmp_path: Path) -> None
             "--max-attempts", "3", "--max-backoff", "0.01", env=emu.env(),
         )  # fmt: skip
         posts = emu.stats()["requests_by_status"]
+        # The usual next step, on a resume: allow more tries.
+        more = run_cli("resume", str(run_dir), "--max-attempts", "4", env=emu.env())
+        assert more.returncode == 1, more.stderr
+        assert "(gave up after 4 attempts; allow more with --max-attempts" in more.stderr
+        assert emu.stats()["requests_by_status"] == {"500": 3 + 4}
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: POST /bulk failed with HTTP 500"), last

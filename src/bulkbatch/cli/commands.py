@@ -154,7 +154,9 @@ def send(
 
 @click.command()
 @_run_dir_arg
-@option_flags(["timeout", "rate", "concurrency", "base_url", "api_key"])
+@option_flags(
+    ["timeout", "rate", "concurrency", "max_attempts", "max_backoff", "base_url", "api_key"]
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @shared_output_options
 @click.pass_context
@@ -166,6 +168,8 @@ def resume(
     timeout: float | None,
     rate: float | None,
     concurrency: int | None,
+    max_attempts: int | None,
+    max_backoff: float | None,
     base_url: str | None,
     api_key: str | None,
     as_json: bool,
@@ -175,7 +179,8 @@ def resume(
 
     Finished stages are skipped, acknowledged batches are not resent, jobs are reused (never
     created again) and run at most once, and paging continues at the stored cursor. Only the
-    pace (--rate, --concurrency) and the wait (--timeout) may change.
+    pace (--rate, --concurrency), the retries (--max-attempts, --max-backoff) and the wait
+    (--timeout) may change.
 
     Example:
 
@@ -193,6 +198,8 @@ def resume(
             timeout=timeout,
             rate=rate,
             concurrency=concurrency,
+            max_attempts=max_attempts,
+            max_backoff=max_backoff,
         )
     _finish(run, as_json)
 

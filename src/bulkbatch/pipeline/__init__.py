@@ -395,11 +395,20 @@ def resume(
     timeout: float | None = None,
     rate: float | None = None,
     concurrency: int | None = None,
+    max_attempts: int | None = None,
+    max_backoff: float | None = None,
 ) -> Run:
     """Continue a stopped run at its first unfinished step, with the options it was started
-    with (``bulkbatch resume``); ``timeout``, ``rate`` and ``concurrency`` may change."""
+    with (``bulkbatch resume``); ``timeout``, the pace (``rate``, ``concurrency``) and the
+    retries (``max_attempts``, ``max_backoff``) may change."""
     return Run(run_dir).resume(
-        settings=settings, progress=progress, timeout=timeout, rate=rate, concurrency=concurrency
+        settings=settings,
+        progress=progress,
+        timeout=timeout,
+        rate=rate,
+        concurrency=concurrency,
+        max_attempts=max_attempts,
+        max_backoff=max_backoff,
     )
 
 

@@ -291,8 +291,11 @@ class Run:
         timeout: float | None = None,
         rate: float | None = None,
         concurrency: int | None = None,
+        max_attempts: int | None = None,
+        max_backoff: float | None = None,
     ) -> Run:
-        """Finish every stage that has not finished, in order. Returns ``self``."""
+        """Finish every stage that has not finished, in order. Returns ``self``. The pace
+        and retry keywords apply to this call only; ``timeout`` is kept for later ones."""
         return run_sync(
             self.aresume,
             settings=settings,
@@ -300,6 +303,8 @@ class Run:
             timeout=timeout,
             rate=rate,
             concurrency=concurrency,
+            max_attempts=max_attempts,
+            max_backoff=max_backoff,
         )
 
     async def aresume(
@@ -310,6 +315,8 @@ class Run:
         timeout: float | None = None,  # noqa: ASYNC109 - the jobs' wait, not this call's
         rate: float | None = None,
         concurrency: int | None = None,
+        max_attempts: int | None = None,
+        max_backoff: float | None = None,
     ) -> Run:
         """Async :meth:`resume` (for notebooks: ``await run.aresume()``)."""
         # Resuming means finishing: a --no-wait run is tracked to the end now (#15), and a
@@ -321,7 +328,14 @@ class Run:
         if changed != spec:
             self.state.spec = changed.to_json()
             self.state.save()
-        resolved = settings_for(self.state, settings, rate=rate, concurrency=concurrency)
+        resolved = settings_for(
+            self.state,
+            settings,
+            rate=rate,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            max_backoff=max_backoff,
+        )
         bind_base_url(self.state, resolved)
         started(progress, self.state)
         async with Pipeline(self.state, resolved, progress) as pipeline:

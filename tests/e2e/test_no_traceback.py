@@ -260,6 +260,8 @@ BAD_OPTIONS: dict[str, tuple[str, ...]] = {
     "poll-interval-nan": ("--poll-interval", "nan"),
     "content-not-json": ("--content", "notjson"),
     "batch-size-0": ("--batch-size", "0"),
+    "max-attempts-0": ("--max-attempts", "0"),
+    "max-backoff-nan": ("--max-backoff", "nan"),
     "where-injection": ("--where", "true); COPY (SELECT 1) TO 'x.csv'; SELECT (true"),
     "sql-not-a-query": ("--sql", "DROP TABLE inputs"),
     "timeout-inf": ("--timeout", "inf"),

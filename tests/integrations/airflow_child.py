@@ -60,30 +60,46 @@ class WorkerLost(RuntimeError):
     """The first try's worker dies half-way through ingest."""
 
 
-class FlakyShardOperator(BulkbatchSendOperator):
-    """Try 1 dies half-way through ingest; every try runs as a fresh worker would: its own
-    runs root and campaign registry, so try 2 finds no run directory to resume."""
+class HalfWayOperator(BulkbatchSendOperator):
+    """Try 1 meets :meth:`half_way` once, half-way through ingest; later tries run as they are."""
 
     try_number = 0
 
     def execute(self, context: Context) -> dict[str, Any]:
         self.try_number = context["ti"].try_number
-        worker = Path(ENV("BB_AF_RUNS", "runs")) / f"worker{self.try_number}"
-        os.environ["BULKBATCH_DATA_DIR"] = str(worker / "data")
-        self.runs_root = str(worker / "runs")
         return super().execute(context)
+
+    def half_way(self, event: ProgressEvent) -> None:
+        raise NotImplementedError
 
     def progress_callback(self) -> Progress:
         progress = super().progress_callback()
         if self.try_number != 1:
             return progress
+        met: list[bool] = []
 
-        def dying(event: ProgressEvent) -> None:
+        def watched(event: ProgressEvent) -> None:
             progress(event)
-            if event.stage == "ingest" and event.total and event.done * 2 >= event.total:
-                raise WorkerLost(f"worker lost after {event.done:,} of {event.total:,} users")
+            half = event.stage == "ingest" and event.total and event.done * 2 >= event.total
+            if half and not met:
+                met.append(True)
+                self.half_way(event)
 
-        return dying
+        return watched
+
+
+class FlakyShardOperator(HalfWayOperator):
+    """Try 1 dies half-way through ingest; every try runs as a fresh worker would: its own
+    runs root and campaign registry, so try 2 finds no run directory to resume."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        worker = Path(ENV("BB_AF_RUNS", "runs")) / f"worker{context['ti'].try_number}"
+        os.environ["BULKBATCH_DATA_DIR"] = str(worker / "data")
+        self.runs_root = str(worker / "runs")
+        return super().execute(context)
+
+    def half_way(self, event: ProgressEvent) -> None:
+        raise WorkerLost(f"worker lost after {event.done:,} of {event.total:,} users")
 
 
 with DAG(
@@ -101,29 +117,11 @@ with DAG(
     )
 
 
-class KilledOperator(BulkbatchSendOperator):
+class KilledOperator(HalfWayOperator):
     """Try 1 gets Airflow's SIGTERM half-way through ingest (try 2 is left alone)."""
 
-    try_number = 0
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        self.try_number = context["ti"].try_number
-        return super().execute(context)
-
-    def progress_callback(self) -> Progress:
-        progress = super().progress_callback()
-        if self.try_number != 1:
-            return progress
-        sent: list[bool] = []
-
-        def terminated(event: ProgressEvent) -> None:
-            progress(event)
-            half = event.stage == "ingest" and event.total and event.done * 2 >= event.total
-            if half and not sent:
-                sent.append(True)
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        return terminated
+    def half_way(self, event: ProgressEvent) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 with DAG(

@@ -51,7 +51,7 @@ from bulkbatch.config import DEFAULT_BASE_URL
 from bulkbatch.errors import BulkBatchError, InputError, PlanError, UsageError
 from bulkbatch.options import OPTIONS
 from bulkbatch.progress import Progress, ProgressEvent
-from bulkbatch.stages.results import rows_failed
+from bulkbatch.stages.accounting import rows_failed
 from bulkbatch.stopping import request_stop
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ def check_send_options(options: Mapping[str, object]) -> dict[str, object]:
 
 def _rows_failed(summary: Mapping[str, Any], options: Mapping[str, object]) -> str | None:
     """Why the shard fails under ``fail_on_rejects`` / ``max_reject_rate`` (the CLI's exit
-    code 1, :func:`bulkbatch.stages.results.rows_failed`), or None. A retry would count the
+    code 1, :func:`bulkbatch.stages.accounting.rows_failed`), or None. A retry would count the
     same rows again, so it is not retried."""
     limit = options.get("max_reject_rate")
     return rows_failed(

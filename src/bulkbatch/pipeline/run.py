@@ -26,9 +26,10 @@ from bulkbatch.pipeline.connect import bind_base_url, client_for
 from bulkbatch.pipeline.core import Pipeline
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
 from bulkbatch.spec import RunSpec
+from bulkbatch.stages.accounting import rows_failed
 from bulkbatch.stages.cancel import CancelInfo
 from bulkbatch.stages.plan import PlanInfo
-from bulkbatch.stages.results import ResultsInfo, rows_failed
+from bulkbatch.stages.results import ResultsInfo
 from bulkbatch.state import RunState
 
 if TYPE_CHECKING:

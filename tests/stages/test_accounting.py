@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulkbatch.stages.results import _placements
+from bulkbatch.stages.accounting import placements
 
 row_numbers = st.lists(st.none() | st.integers(-3, 60), max_size=40)
 
@@ -40,4 +40,4 @@ def test_placements_count_what_count_distinct_counts(
         f"SELECT row_number FROM {t}" for t in ("plan", "rejects", "duplicates")
     )
     expected = con.execute(f"SELECT count(*), count(DISTINCT row_number) FROM ({union})").fetchall()
-    assert _placements(con, union, total) == tuple(expected[0])
+    assert placements(con, union, total) == tuple(expected[0])

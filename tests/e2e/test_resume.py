@@ -141,6 +141,13 @@ def test_send_into_existing_run_with_other_options_is_refused(
     )
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child before exec: Ctrl-C as a terminal gives it. A background job of a shell
+    script (CI launched with ``&``) starts with SIGINT ignored, which the CLI respects and a
+    child would inherit; the test must not depend on how pytest was launched."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(audience: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "r"
     with EmulatorProcess() as emu:
@@ -150,6 +157,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(audience: Path, tmp_path: P
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_ctrl_c_as_in_a_terminal,  # noqa: PLW1509 - one signal call, no locks
         )
         wait_for(lambda: emu.stats()["users_accepted"] >= 5_000, timeout=60)
         proc.send_signal(signal.SIGINT)

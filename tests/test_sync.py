@@ -249,8 +249,10 @@ def test_an_ignored_ctrl_c_stays_ignored_and_stop_on_still_stops() -> None:
     )
 
 
-# A host's own stop (Airflow's on_kill from its SIGTERM handler): request_stop, from a signal
-# handler or another thread, stops the run the same way, shields holding.
+# A host's own stop (Airflow's on_kill from its SIGTERM handler): request_stop stops the run
+# the same way, shields holding. In the main thread the run takes the host's SIGTERM and calls
+# its handler from the loop; a run in a worker thread cannot take signals, so there the
+# host's handler runs as a plain signal handler in the main thread, beside the run's loop.
 REQUEST_STOP = textwrap.dedent(
     """
     import os, signal, threading, time
@@ -298,9 +300,13 @@ STOPPED = (
     ("kick", "where"),
     [
         ("os.kill(os.getpid(), signal.SIGTERM)", "go()"),
+        (
+            "os.kill(os.getpid(), signal.SIGTERM)",
+            "t = threading.Thread(target=go); t.start(); t.join()",
+        ),
         ("host(None, None)", "t = threading.Thread(target=go); t.start(); t.join()"),
     ],
-    ids=["signal-handler-in-main-thread", "run-in-a-worker-thread"],
+    ids=["run-in-the-main-thread", "run-in-a-worker-thread", "called-from-a-worker-thread"],
 )
 def test_request_stop_stops_a_run_like_ctrl_c(kick: str, where: str) -> None:
     script = REQUEST_STOP.replace("KICK", kick).replace("WHERE", where)

@@ -102,19 +102,27 @@ class FlakyShardOperator(HalfWayOperator):
         raise WorkerLost(f"worker lost after {event.done:,} of {event.total:,} users")
 
 
-with DAG(
-    "bulkbatch_flaky",
-    schedule=None,
-    start_date=datetime(2026, 1, 1),
-    default_args={"retries": 1, "retry_delay": timedelta(0)},
-) as flaky_dag:
-    FlakyShardOperator(
-        task_id="send",
-        source=ENV("BB_AF_FLAKY_SOURCE", "flaky.csv"),
-        event="welcome",
-        send_options={"poll_interval": 0.2, "batch_size": 500},
-        courier_conn_id="courier_flaky",
-    )
+def _retried_send_dag(
+    dag_id: str, operator: type[HalfWayOperator], batch_size: int, conn_id: str
+) -> DAG:
+    """One send task of the small audience with one retry, on its own emulator."""
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        default_args={"retries": 1, "retry_delay": timedelta(0)},
+    ) as dag:
+        operator(
+            task_id="send",
+            source=ENV("BB_AF_FLAKY_SOURCE", "flaky.csv"),
+            event="welcome",
+            send_options={"poll_interval": 0.2, "batch_size": batch_size},
+            courier_conn_id=conn_id,
+        )
+    return dag
+
+
+flaky_dag = _retried_send_dag("bulkbatch_flaky", FlakyShardOperator, 500, "courier_flaky")
 
 
 class KilledOperator(HalfWayOperator):
@@ -124,19 +132,7 @@ class KilledOperator(HalfWayOperator):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-with DAG(
-    "bulkbatch_killed",
-    schedule=None,
-    start_date=datetime(2026, 1, 1),
-    default_args={"retries": 1, "retry_delay": timedelta(0)},
-) as killed_dag:
-    KilledOperator(
-        task_id="send",
-        source=ENV("BB_AF_FLAKY_SOURCE", "flaky.csv"),
-        event="welcome",
-        send_options={"poll_interval": 0.2, "batch_size": 250},
-        courier_conn_id="courier_killed",
-    )
+killed_dag = _retried_send_dag("bulkbatch_killed", KilledOperator, 250, "courier_killed")
 
 
 with DAG(

@@ -209,6 +209,20 @@ def _from_db(facts: _Facts, con: duckdb.DuckDBPyConnection) -> None:
         facts.examples = [_example(r, keys) for r in rows]
 
 
+def _read_examples(
+    con: duckdb.DuckDBPyConnection, facts: _Facts, rel: str, cols: Sequence[str], where: str
+) -> None:
+    """The first rejected rows of ``rel`` (results or rejects) with the run's key columns."""
+    keys = _key_columns(facts.state, cols)
+    facts.example_columns = keys
+    select_keys = "".join(f", {_q(c)}" for c in keys)
+    rows = con.execute(
+        f"SELECT row_number, reason_code, reason{select_keys} FROM {rel} "
+        f"{where} ORDER BY row_number LIMIT {_EXAMPLES}"
+    ).fetchall()
+    facts.examples = [_example(r, keys) for r in rows]
+
+
 def _example(row: Sequence[Any], keys: Sequence[str]) -> dict[str, Any]:
     return {
         "row_number": int(row[0]),
@@ -262,24 +276,10 @@ def _from_files(facts: _Facts, run_dir: Path) -> None:
                         facts.to_deliver, facts.failure_reasons = _delivery_times(
                             con, rel, "WHERE outcome = 'ingested'"
                         )
-            keys = _key_columns(state, cols)
-            facts.example_columns = keys
-            select_keys = "".join(f", {_q(c)}" for c in keys)
-            rows = con.execute(
-                f"SELECT row_number, reason_code, reason{select_keys} FROM {rel} "
-                f"WHERE outcome = 'rejected' ORDER BY row_number LIMIT {_EXAMPLES}"
-            ).fetchall()
-            facts.examples = [_example(r, keys) for r in rows]
+            _read_examples(con, facts, rel, cols, "WHERE outcome = 'rejected'")
         elif rejects.exists():
             rel = f"read_parquet({_lit(rejects)})"
-            keys = _key_columns(state, _columns(con, rel))
-            facts.example_columns = keys
-            select_keys = "".join(f", {_q(c)}" for c in keys)
-            rows = con.execute(
-                f"SELECT row_number, reason_code, reason{select_keys} FROM {rel} "
-                f"ORDER BY row_number LIMIT {_EXAMPLES}"
-            ).fetchall()
-            facts.examples = [_example(r, keys) for r in rows]
+            _read_examples(con, facts, rel, _columns(con, rel), "")
     finally:
         con.close()
 

@@ -4,6 +4,7 @@ worker thread that a stop interrupts."""
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,7 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulkbatch.db import in_thread, key_ranges, prefetched_batches
+from bulkbatch.db import (
+    DUCKDB_FLOOR,
+    check_duckdb,
+    configure_connection,
+    in_thread,
+    key_ranges,
+    prefetched_batches,
+)
+from bulkbatch.errors import UsageError
 
 
 @settings(max_examples=60, deadline=None)
@@ -143,3 +152,40 @@ def test_in_thread_cancelled_between_statements_stops_the_next_one(tmp_path: Pat
 
     _within(30, scenario)
     assert steps == ["second"]
+
+
+# ------------------------------------------------------------------ the DuckDB floor
+
+
+def test_the_duckdb_floor_is_the_one_pyproject_declares() -> None:
+    """One floor: the version ``check_duckdb`` holds to is the one pip installs against."""
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    floor = re.search(r'"duckdb>=([\d.]+)"', text)
+    assert floor, "pyproject.toml declares duckdb without a floor"
+    assert tuple(int(p) for p in floor.group(1).split(".")) == DUCKDB_FLOOR
+
+
+@pytest.mark.parametrize("old", ["1.3.2", "1.4.5", "1.5.6", "1.5.6.dev42"])
+def test_an_older_duckdb_is_refused_in_one_line_that_says_what_to_do(old: str) -> None:
+    # DuckDB 1.x fails the plan deep inside a query ("The initial value type must be the same
+    # as the list child type..."): found by running the plan on 1.3.2, 1.4.5 and 1.5.6.
+    with pytest.raises(UsageError) as err:
+        check_duckdb(old)
+    text = str(err.value)
+    assert "\n" not in text
+    assert old in text and "pip install" in text
+    assert ".".join(map(str, DUCKDB_FLOOR)) in text
+
+
+@pytest.mark.parametrize("new", ["2.0.0", "2.0.1", "2.1.0.dev7", "10.0.0"])
+def test_the_floor_and_newer_are_accepted(new: str) -> None:
+    check_duckdb(new)
+
+
+def test_every_connection_bulkbatch_configures_checks_the_installed_duckdb(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    check_duckdb()  # the installed one meets the floor
+    monkeypatch.setattr(duckdb, "__version__", "1.4.5")
+    with pytest.raises(UsageError, match=re.escape("DuckDB 1.4.5")):
+        configure_connection(duckdb.connect())

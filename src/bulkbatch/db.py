@@ -21,15 +21,17 @@ import anyio
 import duckdb
 import pyarrow as pa
 
-from bulkbatch.errors import StateError
+from bulkbatch.errors import StateError, UsageError
 
 __all__ = [
     "ARROW_BATCH_ROWS",
     "ARROW_PARQUET",
     "DB_FILE",
+    "DUCKDB_FLOOR",
     "MEMORY_LIMIT",
     "MEMORY_LIMIT_ENV",
     "PARQUET_OPTIONS",
+    "check_duckdb",
     "configure_connection",
     "fetch_one",
     "in_thread",
@@ -66,6 +68,27 @@ INTERRUPT_EVERY = 0.05
 """Seconds between the interrupts a stopped :func:`in_thread` sends until its work ends."""
 
 _PID = re.compile(r"PID (\d+)")
+
+DUCKDB_FLOOR = (2, 0)
+"""The oldest DuckDB bulkbatch runs on; pyproject.toml's ``duckdb>=`` says the same (a test
+keeps the two one). DuckDB 1.3 to 1.5 fail the plan inside a query ("The initial value type
+must be the same as the list child type"), and the campaign identity is pinned on 2.0."""
+
+
+def check_duckdb(version: str | None = None) -> None:
+    """Refuse a DuckDB older than :data:`DUCKDB_FLOOR` (``version``: the installed one) in
+    one line that says what to do, rather than let a query fail halfway through a plan.
+    pip holds to the floor; an environment pinned by other tools or installed without
+    dependencies may not."""
+    found = version or duckdb.__version__
+    parts = re.findall(r"\d+", found)[: len(DUCKDB_FLOOR)]
+    if tuple(int(p) for p in parts) >= DUCKDB_FLOOR:
+        return
+    floor = ".".join(map(str, DUCKDB_FLOOR))
+    raise UsageError(
+        f"bulkbatch needs DuckDB {floor} or newer, and this Python has DuckDB {found}. "
+        f"Upgrade it with: pip install 'duckdb>={floor}'"
+    )
 
 
 def memory_limit() -> str:
@@ -212,7 +235,9 @@ def _check_limit() -> int:
 
 def configure_connection(con: duckdb.DuckDBPyConnection) -> None:
     """Keep insertion order, turn DuckDB's progress bar off (it writes to stdout), and cap its
-    memory at :func:`memory_limit` (only ever lowered) on ``con``."""
+    memory at :func:`memory_limit` (only ever lowered) on ``con``; refuse a DuckDB older than
+    :data:`DUCKDB_FLOOR`."""
+    check_duckdb()
     cap = _check_limit()
     con.execute("SET preserve_insertion_order = true")
     with contextlib.suppress(duckdb.Error):
@@ -254,7 +279,7 @@ def open_run_db(run_dir: Path, *, read_only: bool = False) -> duckdb.DuckDBPyCon
     if not read_only:
         try:
             configure_connection(con)
-        except StateError:
+        except (StateError, UsageError):
             con.close()
             raise
         con.execute(f"SET temp_directory = {quote_literal(str(run_dir / '.spill'))}")

@@ -206,3 +206,19 @@ def test_a_retry_with_other_tuning_on_a_fresh_worker_sends_nobody_twice(tmp_path
     assert again["campaign"] == summary["campaign"] and again["replayed"] is True
     assert stats["users_accepted"] == summary["counts"]["ingested"] == 100_000
     assert stats["max_accepted_per_recipient"] == 1
+
+
+def test_a_plan_in_another_directory_says_which_run_holds_the_campaign(tmp_path: Path) -> None:
+    """Asked for run directory B, a campaign already planned in A continues in A: the user is
+    told so in a line of its own, naming both, rather than finding A's plan under B's name."""
+    import bulkbatch
+    from bulkbatch.progress import RecordingProgress
+
+    first = bulkbatch.plan(SAMPLE, event="welcome", run_dir=tmp_path / "a")
+    seen = RecordingProgress()
+    again = bulkbatch.plan(SAMPLE, event="welcome", run_dir=tmp_path / "b", progress=seen)
+    assert again.path == first.path and not (tmp_path / "b").exists()
+    notices = [e.message for e in seen.events if e.stage == "notice"]
+    assert len(notices) == 1, notices
+    assert str(tmp_path / "a") in notices[0] and str(tmp_path / "b") in notices[0]
+    assert "already" in notices[0]

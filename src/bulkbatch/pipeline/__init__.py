@@ -149,6 +149,13 @@ async def _start(
         # The same campaign already lives in another run directory: continue that one.
         discard(adopted.planned)
         state = adopted.state
+        progress(
+            ProgressEvent(
+                "notice",
+                message=f"campaign {state.campaign} is already in {state.run_dir}: continuing "
+                f"that run ({adopted.planned.run_dir} held only its plan and is removed)",
+            )
+        )
         await _continue(state, resolved, progress, None, plan_only=plan_only, existed=True)
     return Run(state.run_dir)
 

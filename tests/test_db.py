@@ -177,7 +177,7 @@ def test_an_older_duckdb_is_refused_in_one_line_that_says_what_to_do(old: str) -
     assert ".".join(map(str, DUCKDB_FLOOR)) in text
 
 
-@pytest.mark.parametrize("new", ["2.0.0", "2.0.1", "2.1.0.dev7", "10.0.0"])
+@pytest.mark.parametrize("new", ["2.0.0", "2.0.1", "2.1.0.dev7", "10.0.0", "2"])
 def test_the_floor_and_newer_are_accepted(new: str) -> None:
     check_duckdb(new)
 

@@ -81,8 +81,9 @@ def check_duckdb(version: str | None = None) -> None:
     pip holds to the floor; an environment pinned by other tools or installed without
     dependencies may not."""
     found = version or duckdb.__version__
-    parts = re.findall(r"\d+", found)[: len(DUCKDB_FLOOR)]
-    if tuple(int(p) for p in parts) >= DUCKDB_FLOOR:
+    parts = [int(p) for p in re.findall(r"\d+", found)[: len(DUCKDB_FLOOR)]]
+    parts += [0] * (len(DUCKDB_FLOOR) - len(parts))  # "2" is 2.0
+    if tuple(parts) >= DUCKDB_FLOOR:
         return
     floor = ".".join(map(str, DUCKDB_FLOOR))
     raise UsageError(

@@ -81,6 +81,8 @@ def check_duckdb(version: str | None = None) -> None:
     pip holds to the floor; an environment pinned by other tools or installed without
     dependencies may not."""
     found = version or duckdb.__version__
+    # Leading numbers only, by hand: ``packaging`` is not a dependency, and a floor of two
+    # numbers needs no full version grammar (a pre-release of the floor counts as the floor).
     parts = [int(p) for p in re.findall(r"\d+", found)[: len(DUCKDB_FLOOR)]]
     parts += [0] * (len(DUCKDB_FLOOR) - len(parts))  # "2" is 2.0
     if tuple(parts) >= DUCKDB_FLOOR:

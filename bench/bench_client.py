@@ -1,7 +1,7 @@
 """Client CPU per request: bulkbatch's paging loop vs bare httpx, against an emulator process.
 
     .venv/bin/python bench/bench_client.py [--jobs 16] [--users 10000] [--latency-ms 20]
-        [--programs bulkbatch,lean,ledger,httpx] [--reps 3]
+        [--programs bulkbatch,lean,ledger,httpx,aiohttp] [--reps 3]
 
 Sets up ``--jobs`` completed bulk jobs of ``--users`` users each on a fresh emulator process
 (``--progression immediate``, ``--faults latency_ms=N``), then pages every job's
@@ -13,7 +13,10 @@ Sets up ``--jobs`` completed bulk jobs of ``--users`` users each on a fresh emul
   only recipient, status and messageId that tracking uses;
 * ``ledger`` — the lean loop plus every page stored through the one :class:`LedgerWriter` into a
   DuckDB run database, as ``bulkbatch send`` does (:func:`bulkbatch.stages.track.page_users`);
-* ``httpx`` — bare ``httpx.AsyncClient.get`` + ``orjson.loads`` per page (the floor's loop).
+* ``httpx`` — bare ``httpx.AsyncClient.get`` + ``orjson.loads`` per page (the floor's loop);
+* ``aiohttp`` — bare ``aiohttp.ClientSession.get`` + ``orjson.loads`` per page: what the HTTP
+  under bulkbatch's client costs by itself since it goes over aiohttp
+  (:mod:`bulkbatch.client.exchange`).
 
 Prints a Markdown table: requests, wall seconds, process CPU seconds (``time.process_time``:
 this process only, not the emulator), CPU ms per request, and the wall a perfect client would
@@ -155,11 +158,36 @@ async def _httpx(url: str, job_ids: list[str], users: int, concurrency: int) -> 
     return pages
 
 
+async def _aiohttp(url: str, job_ids: list[str], users: int, concurrency: int) -> int:
+    import aiohttp
+
+    pages = 0
+    connector = aiohttp.TCPConnector(limit=concurrency + 4)
+    async with aiohttp.ClientSession(base_url=url, connector=connector) as session:
+
+        async def one(job_id: str) -> None:
+            nonlocal pages
+            cursor = None
+            while True:
+                params = {"cursor": cursor} if cursor else None
+                async with session.get(f"/bulk/{job_id}/users", params=params) as r:
+                    r.raise_for_status()
+                    page = orjson.loads(await r.read())
+                pages += 1
+                if not page["paging"]["more"]:
+                    return
+                cursor = page["paging"]["cursor"]
+
+        await asyncio.gather(*(one(j) for j in job_ids))
+    return pages
+
+
 PROGRAMS: dict[str, Any] = {
     "bulkbatch": _bulkbatch,
     "lean": _lean,
     "ledger": _ledger,
     "httpx": _httpx,
+    "aiohttp": _aiohttp,
 }
 
 
@@ -179,7 +207,7 @@ def main() -> None:
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--programs", default="bulkbatch,lean,ledger,httpx")
+    p.add_argument("--programs", default="bulkbatch,lean,ledger,httpx,aiohttp")
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args()
     faults = f"latency_ms={args.latency_ms:g}" if args.latency_ms else None

@@ -29,6 +29,7 @@ import httpx
 import orjson
 
 from bulkbatch.client.concurrency import READ_FACTOR, ReadGate
+from bulkbatch.client.exchange import AiohttpExchange
 from bulkbatch.client.models import ClientStats, RetryEvent, Where
 from bulkbatch.client.ratelimit import AdaptiveLimiter, AnyioClock, Clock
 from bulkbatch.client.retry import RetryPolicy
@@ -234,6 +235,14 @@ class HttpCore:
         speed_up(self._http)
         self._root = str(base).rstrip("/")
         self._timeouts = {"timeout": httpx.Timeout(self._timeout).as_dict()}
+        self._exchange: AiohttpExchange | None = None
+        direct = self._transport_for(httpx.Request("GET", base)) is getattr(
+            self._http, "_transport", None
+        )  # no proxy for this URL
+        if transport is None and direct and base.scheme in ("http", "https"):
+            self._exchange = AiohttpExchange(
+                limit=room, timeout=self._timeout, tls=base.scheme == "https"
+            )
 
     @property
     def base_url(self) -> str:
@@ -262,7 +271,11 @@ class HttpCore:
 
     async def aclose(self) -> None:
         """Close the connections."""
-        await self._http.aclose()
+        try:
+            if self._exchange is not None:
+                await self._exchange.aclose()
+        finally:
+            await self._http.aclose()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -373,7 +386,8 @@ class HttpCore:
         return self._failure(call, response, sent_at)
 
     async def _send(self, call: Call, key: str | None) -> httpx.Response:
-        """One HTTP exchange, body read, straight through the client's transport.
+        """One HTTP exchange, body read: over aiohttp for a direct connection
+        (:mod:`bulkbatch.client.exchange`), else straight through the client's transport.
 
         ``AsyncClient.request`` adds layers bulkbatch does not use (auth flows, a redirect
         loop it never follows, cookies, event hooks), each costing allocations per request;
@@ -387,9 +401,18 @@ class HttpCore:
             headers.append((b"Content-Type", b"application/json"))
         if key is not None:
             headers.append((b"Idempotency-Key", key.encode("ascii")))
+        url = self._root + call.path
+        exchange = self._exchange
+        if exchange is not None and exchange.works_here():
+            response = await exchange.send(
+                call.method, url, params=call.params, headers=headers, content=call.content
+            )
+            if 300 <= response.status_code < 400:  # what a redirect's message reads
+                response.request = httpx.Request(call.method, url, params=call.params)
+            return response
         request = httpx.Request(
             call.method,
-            self._root + call.path,
+            url,
             params=call.params,
             headers=headers,
             content=call.content,

@@ -6,7 +6,7 @@ starts an emulator with ``--faults rate_limit=L`` (a 429 with ``Retry-After`` ab
 requests/s, over all requests with the key) and sends one synthetic audience of P people:
 
 * **baseline**: 1 process, ``--rate L`` (the whole audience in one campaign);
-* **(a) adaptive**: N shard processes at once, no ``--rate`` (each starts at 50/s and adapts
+* **(a) adaptive**: N shard processes at once, no ``--rate`` (each starts at 800/s and adapts
   to 429s on its own, AIMD);
 * **(b) divided**: N shards, ``--rate L/N`` each (the account limit divided);
 * **(c) whole limit**: N shards, ``--rate L`` each (each thinks it has the whole limit).

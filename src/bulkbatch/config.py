@@ -18,6 +18,7 @@ from bulkbatch.options import option
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_START_RATE",
     "MAX_BATCH_SIZE",
     "MIN_AUTO_JOB_SIZE",
     "Settings",
@@ -32,6 +33,14 @@ DEFAULT_CONCURRENCY = 16
 so pagers in parallel are what makes a 1M send take about a minute instead of ten: measured
 against the emulator with 50 ms latency, 1M users took 101 s at 8 and 68 s at 16. httpx's
 client cost per request stays flat up to about 16 (see the performance notes)."""
+DEFAULT_START_RATE = 800.0
+"""Requests per second a run starts at when no ``--rate`` is given; the limiter doubles it
+each second the limiter is what holds the run back, until the first 429 (then AIMD). It was
+50: a 200k send at 20 ms per request spent its first ~3 s waiting on its own limiter
+(13.0-13.3 s against 10.9-11.5 s from 800, three runs each, round 12 of #19), and every
+test started at 2,000 to avoid it. Courier documents no rate limit for these endpoints, the
+requests in flight are bounded by ``--concurrency`` whatever the rate, and a 429 cuts the
+rate at once (to what Courier accepted once a quarter second of answers is in)."""
 MIN_AUTO_JOB_SIZE = 10_000
 """With no ``max_job_size`` given, a run is cut into about ``JOBS_PER_PAGER * concurrency``
 jobs of at least this many users. Per-user results are paged 100 at a time, strictly one
@@ -67,7 +76,7 @@ class Settings:
     base_url: str = DEFAULT_BASE_URL
     api_key: str | None = field(default=None, repr=False)
     rate: float | None = None
-    start_rate: float = 50.0
+    start_rate: float = DEFAULT_START_RATE
     concurrency: int = DEFAULT_CONCURRENCY
     timeout: float = 30.0
     max_attempts: int = 8

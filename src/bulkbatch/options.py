@@ -248,7 +248,8 @@ OPTIONS: Mapping[str, Option] = _options(
         "rate",
         "sending",
         "float",
-        "Most requests per second (default: unknown; start at 50/s and adapt to 429s).",
+        "Most requests per second (default: unknown; start at 800/s, double each second that "
+        "rate holds the run back, and cut it on 429s).",
         minimum=0,
         min_open=True,
         maximum=100_000,

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from bulkbatch.client.courier import CourierClient
 from bulkbatch.client.ratelimit import AdaptiveLimiter, AnyioClock, TokenBucket
-from bulkbatch.config import Settings
+from bulkbatch.config import DEFAULT_START_RATE, Settings
+from bulkbatch.options import option
 
 # -- a virtual clock for asyncio ---------------------------------------------------------------
 
@@ -287,6 +288,15 @@ def test_unknown_rate_slow_start_doubles_while_limiter_bound() -> None:
     rates = run_virtual(main)
     assert rates[0] == 10.0
     assert sorted(set(rates)) == [10.0, 20.0, 40.0, 80.0, 160.0]
+
+
+def test_a_run_with_no_rate_starts_where_the_help_says() -> None:
+    """One start rate: the Settings default, the limiter's own default, and --rate's help."""
+    assert Settings().start_rate == DEFAULT_START_RATE == 800.0
+    assert AdaptiveLimiter(None).current_rate == DEFAULT_START_RATE
+    assert f"start at {DEFAULT_START_RATE:g}/s" in option("rate").help
+    client = CourierClient(Settings(base_url="http://127.0.0.1:9"))
+    assert client.limiter.current_rate == DEFAULT_START_RATE and client.limiter.in_slow_start
 
 
 def test_no_increase_when_the_limiter_is_not_the_bottleneck() -> None:

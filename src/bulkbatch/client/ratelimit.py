@@ -30,6 +30,8 @@ from typing import Protocol
 
 import anyio
 
+from bulkbatch.config import DEFAULT_START_RATE
+
 __all__ = ["AdaptiveLimiter", "AnyioClock", "Clock", "TokenBucket"]
 
 
@@ -203,7 +205,7 @@ class AdaptiveLimiter:
         self,
         rate: float | None,
         *,
-        start_rate: float = 50.0,
+        start_rate: float = DEFAULT_START_RATE,
         clock: Clock | None = None,
     ) -> None:
         if rate is not None and not rate > 0:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import inspect
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -329,6 +331,18 @@ async def test_closing_the_client_closes_the_session() -> None:
             assert exchange is not None and exchange._session is not None
             session = exchange._session
         assert exchange._session is None and session.closed
+
+
+def test_aiohttp_is_imported_when_a_session_opens_not_with_the_client() -> None:
+    """Its import builds TLS contexts (~150 ms): `plan`, `status` and `--help` skip it."""
+    code = (
+        "import sys, bulkbatch.client.courier, bulkbatch.cli; "
+        "from bulkbatch.config import Settings; "
+        "bulkbatch.client.courier.CourierClient(Settings(base_url='http://127.0.0.1:9')); "
+        "print('aiohttp' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_the_exchange_is_opened_inside_the_loop_not_before() -> None:

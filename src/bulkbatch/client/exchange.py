@@ -18,32 +18,43 @@ environment names a proxy for Courier's URL keeps httpx's transport.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import httpx
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["REQUEST_PHASE", "AiohttpExchange", "as_httpx_error", "httpx_error_class"]
 
-# aiohttp's errors as httpx's, most specific first (several are subclasses of others).
-_ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
-    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
-    (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
-    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
-    (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
-    (aiohttp.NonHttpUrlClientError, httpx.UnsupportedProtocol),
-    (aiohttp.ClientConnectorError, httpx.ConnectError),
-    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
-    (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),
-    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
-    (aiohttp.ClientOSError, httpx.ReadError),
-    (aiohttp.ClientConnectionError, httpx.ReadError),
-    (aiohttp.ClientError, httpx.RemoteProtocolError),
-    (TimeoutError, httpx.PoolTimeout),
-)
+# aiohttp is imported when a session opens, not with this module: its import builds TLS
+# contexts and costs ~150 ms, which `bulkbatch plan`, `status` or `--help` need not pay.
+
+
+@functools.cache
+def _errors() -> tuple[tuple[type[BaseException], type[httpx.TransportError]], ...]:
+    """aiohttp's errors as httpx's, most specific first (several subclass others)."""
+    import aiohttp
+
+    return (
+        (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
+        (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
+        (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
+        (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
+        (aiohttp.NonHttpUrlClientError, httpx.UnsupportedProtocol),
+        (aiohttp.ClientConnectorError, httpx.ConnectError),
+        (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
+        (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),
+        (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
+        (aiohttp.ClientOSError, httpx.ReadError),
+        (aiohttp.ClientConnectionError, httpx.ReadError),
+        (aiohttp.ClientError, httpx.RemoteProtocolError),
+        (TimeoutError, httpx.PoolTimeout),
+    )
 
 
 REQUEST_PHASE = 3
@@ -71,6 +82,8 @@ def _payload(content: bytes | None) -> bytes | aiohttp.BytesPayload | None:
     that one warning is silenced while the body is wrapped (nothing is awaited meanwhile)."""
     if content is None or len(content) <= _LARGE_BODY:
         return content
+    import aiohttp
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         return aiohttp.BytesPayload(content)
@@ -79,7 +92,7 @@ def _payload(content: bytes | None) -> bytes | aiohttp.BytesPayload | None:
 def httpx_error_class(kind: type[BaseException]) -> type[httpx.TransportError] | None:
     """The ``httpx`` exception class that says what an aiohttp error of class ``kind`` says
     (``None`` when ``kind`` is not an HTTP failure)."""
-    for source, target in _ERRORS:
+    for source, target in _errors():
         if issubclass(kind, source):
             return target
     return None
@@ -105,12 +118,11 @@ class AiohttpExchange:
 
     def __init__(self, *, limit: int, timeout: float, tls: bool) -> None:
         self._limit = limit
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
-        )
+        self._timeout = timeout
         self._phase = REQUEST_PHASE * timeout
         self._tls = tls
         self._session: aiohttp.ClientSession | None = None
+        self._client_error: type[Exception] = TimeoutError  # aiohttp.ClientError once open
         self._asyncio: bool | None = None
 
     def works_here(self) -> bool:
@@ -126,11 +138,17 @@ class AiohttpExchange:
         return self._asyncio
 
     def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        self._client_error = aiohttp.ClientError
         context: ssl.SSLContext | bool = httpx.create_ssl_context() if self._tls else False
         connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ssl=context)
+        wait = self._timeout
         return aiohttp.ClientSession(
             connector=connector,
-            timeout=self._timeout,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=wait, sock_connect=wait, sock_read=wait
+            ),
             auto_decompress=False,  # httpx decodes, as on its own transport
             trust_env=False,  # proxies go through httpx's transport instead
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -171,7 +189,7 @@ class AiohttpExchange:
             async with answer:
                 body = await answer.read()
                 status, raw = answer.status, answer.raw_headers
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, self._client_error) as exc:
             if phase.expired():
                 raise httpx.WriteTimeout(f"not sent and answered within {self._phase:g} s") from exc
             mapped = as_httpx_error(exc)

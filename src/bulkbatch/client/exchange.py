@@ -3,10 +3,9 @@
 Why not httpx all the way down: where the client's CPU bounds a send (a 10M send with no
 latency spends as much CPU as wall time; on a small host the client shares its cores with
 everything else), httpx's HTTP/1.1 stack (httpcore and h11, pure Python) was over half of
-the event loop's samples. Against the emulator at 20 ms,
-one page GET cost 1.3-2.1 ms of CPU with ``httpx.AsyncClient`` and 0.34-0.58 ms with
-``aiohttp.ClientSession`` (C parser, C multidicts), in the same runs (``bench/RESULTS.md``,
-round 12 of #19). So the bytes go over aiohttp, and everything above it stays httpx's:
+the event loop's samples. Against the emulator at 20 ms, one page GET cost 1.3-2.1 ms of
+CPU with ``httpx.AsyncClient`` and 0.34-0.58 ms with ``aiohttp.ClientSession`` (C parser, C
+multidicts), in the same runs (``bench/RESULTS.md``, round 12 of #19). So the bytes go over aiohttp, and everything above it stays httpx's:
 the answer is an ``httpx.Response`` (decoded by httpx, so a bad gzip body is the same
 ``httpx.DecodingError``), and aiohttp's errors become the ``httpx`` exceptions the request
 loop already classifies (:func:`as_httpx_error`): no answer, a timeout, a broken answer.
@@ -191,7 +190,9 @@ class AiohttpExchange:
                 status, raw = answer.status, answer.raw_headers
         except (TimeoutError, self._client_error) as exc:
             if phase.expired():
-                raise httpx.WriteTimeout(f"not sent and answered within {self._phase:g} s") from exc
+                raise httpx.WriteTimeout(
+                    f"connecting, sending and the answer's first line took over {self._phase:g} s"
+                ) from exc
             mapped = as_httpx_error(exc)
             if mapped is None:  # pragma: no cover - every ClientError maps
                 raise

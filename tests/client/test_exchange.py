@@ -10,7 +10,7 @@ import inspect
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -33,6 +33,20 @@ JOB_BODY = b'{"jobId":"' + JOB.encode() + b'"}'
 
 Answer = Callable[[bytes], bytes | None]
 """Given the request's bytes, the raw answer to write (``None``: close without one)."""
+
+
+@asynccontextmanager
+async def handled_by(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    scheme: str = "http",
+) -> AsyncIterator[str]:
+    """A server on 127.0.0.1 whose connections ``handle`` serves; its URL."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def http_answer(body: bytes, *, extra: str = "") -> bytes:
@@ -64,18 +78,19 @@ async def raw_server(answer: Answer) -> AsyncIterator[tuple[str, list[bytes]]]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with handled_by(handle) as url:
+        yield url, seen
 
 
-def client_for(url: str, events: list[RetryEvent] | None = None, **kw: object) -> CourierClient:
+def client_for(
+    url: str,
+    events: list[RetryEvent] | None = None,
+    *,
+    attempts: int = 2,
+    timeout: float = 2.0,
+) -> CourierClient:
     clock = ManualClock()
-    settings = Settings(base_url=url, api_key=SECRET, max_attempts=2, timeout=2.0, **kw)  # type: ignore[arg-type]
+    settings = Settings(base_url=url, api_key=SECRET, max_attempts=attempts, timeout=timeout)
     return CourierClient(
         settings,
         limiter=AdaptiveLimiter(1000.0, clock=clock),
@@ -238,20 +253,13 @@ async def test_an_answer_that_never_comes_times_out() -> None:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(never, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
-        clock = ManualClock()
-        settings = Settings(base_url=url, api_key=SECRET, max_attempts=1, timeout=0.3)
-        async with CourierClient(
-            settings, limiter=AdaptiveLimiter(1000.0, clock=clock), clock=clock
-        ) as client:
-            with pytest.raises(ApiUnavailable) as info:
-                await client.create_job({"event": "welcome"})
-    finally:
-        release.set()
-        server.close()
-        await server.wait_closed()
+    async with handled_by(never) as url:
+        try:
+            async with client_for(url, attempts=1, timeout=0.3) as client:
+                with pytest.raises(ApiUnavailable) as info:
+                    await client.create_job({"event": "welcome"})
+        finally:
+            release.set()
     text = assert_one_clear_line(info.value)
     assert "timed out" in text and "ReadTimeout" in text
 
@@ -268,21 +276,15 @@ async def test_a_server_that_stops_reading_a_large_body_times_out() -> None:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(deaf, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     began = time.monotonic()
-    try:
-        clock = ManualClock()
-        settings = Settings(base_url=url, api_key=SECRET, max_attempts=1, timeout=0.3)
-        async with CourierClient(
-            settings, limiter=AdaptiveLimiter(1000.0, clock=clock), clock=clock
-        ) as client:
-            with pytest.raises(ApiUnavailable) as info:
-                await client.add_users(JOB, b"x" * (48 << 20), idempotency_key="bb1.k.batch.0")
-    finally:
-        release.set()
-        server.close()
-        await server.wait_closed()
+    async with handled_by(deaf) as url:
+        try:
+            async with client_for(url, attempts=1, timeout=0.3) as client:
+                with pytest.raises(ApiUnavailable) as info:
+                    body = b"x" * (48 << 20)
+                    await client.add_users(JOB, body, idempotency_key="bb1.k.batch.0")
+        finally:
+            release.set()
     text = assert_one_clear_line(info.value)
     assert "timed out" in text and "WriteTimeout" in text
     assert time.monotonic() - began < REQUEST_PHASE * 0.3 + 3
@@ -302,20 +304,10 @@ async def test_an_https_url_speaks_tls() -> None:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(plain, "127.0.0.1", 0)
-    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
-        clock = ManualClock()
-        settings = Settings(base_url=url, api_key=SECRET, max_attempts=1, timeout=2.0)
-        async with CourierClient(
-            settings, limiter=AdaptiveLimiter(1000.0, clock=clock), clock=clock
-        ) as client:
-            assert client._exchange is not None
-            with pytest.raises(ApiUnavailable) as info:
-                await client.create_job({"event": "welcome"})
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with handled_by(plain, "https") as url, client_for(url, attempts=1) as client:
+        assert client._exchange is not None
+        with pytest.raises(ApiUnavailable) as info:
+            await client.create_job({"event": "welcome"})
     assert "got no answer" in assert_one_clear_line(info.value)
     assert got and got[0][:1] == b"\x16"  # a TLS handshake record
     assert SECRET.encode() not in b"".join(got)

@@ -334,10 +334,19 @@ async def test_create_and_run_never_rotate_the_key(method: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_5xx_gives_up_after_max_attempts_with_a_note() -> None:
+@pytest.mark.parametrize("jitter", ["drawn", "tiny"])
+async def test_5xx_gives_up_after_max_attempts_with_a_note(
+    jitter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tiny``: a full-jitter draw under the limiter's token interval (1 ms at 1,000/s),
+    so the next try also waits for its token: the fake clock then records three sleeps for
+    two backoff waits (CI saw it once)."""
+    if jitter == "tiny":
+        monkeypatch.setattr("bulkbatch.client.retry.random.uniform", lambda a, b: 0.0005)
     rec = Recorder(err(500, "Internal Server Error"))
     clock = ManualClock()
-    async with make_client(rec, clock=clock, max_attempts=3) as client:
+    events: list[RetryEvent] = []
+    async with make_client(rec, clock=clock, max_attempts=3, on_retry=events.append) as client:
         with pytest.raises(ServerError) as info:
             await client.retrieve_job(JOB)
     assert len(rec.requests) == 3
@@ -345,7 +354,10 @@ async def test_5xx_gives_up_after_max_attempts_with_a_note() -> None:
     assert any("gave up after 3 attempts" in n for n in info.value.__notes__ or [])
     assert "--max-attempts (max_attempts=)" in str(info.value)
     assert isinstance(info.value, Retryable)
-    assert len(clock.sleeps) == 2  # two backoff waits, none real
+    waits = [e.wait for e in events if e.will_retry]
+    assert len(waits) == 2  # two backoff waits...
+    assert all(w in clock.sleeps for w in waits)  # ...both on the fake clock, none real
+    assert sum(clock.sleeps) < sum(waits) + 0.01  # and nothing else waited longer than a token
 
 
 @pytest.mark.anyio

@@ -28,6 +28,7 @@ from typing import Any, Self
 import httpx
 import orjson
 
+from bulkbatch.client.answer import ANSWER_PHASE, AnswerTooLarge, read_streamed
 from bulkbatch.client.concurrency import READ_FACTOR, ReadGate
 from bulkbatch.client.exchange import AiohttpExchange
 from bulkbatch.client.models import ClientStats, RetryEvent, Where
@@ -369,6 +370,8 @@ class HttpCore:
                 "undecodable body",
                 None,
             )
+        except AnswerTooLarge as exc:
+            return _Failure(BadResponse(call.method, call.path, None, str(exc)), str(exc), None)
         if refused is not None:
             # Raised here, outside the except block: the original (whose text is the header
             # value) is neither the cause nor the context of this error.
@@ -418,12 +421,9 @@ class HttpCore:
             content=call.content,
             extensions=self._timeouts,
         )
-        response = await self._transport_for(request).handle_async_request(request)
+        streamed = await self._transport_for(request).handle_async_request(request)
+        response = await read_streamed(streamed, ANSWER_PHASE * self._timeout)
         response.request = request
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
         return response
 
     def _transport_for(self, request: httpx.Request) -> httpx.AsyncBaseTransport:

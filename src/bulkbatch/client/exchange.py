@@ -25,6 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from bulkbatch.client.answer import (
+    ANSWER_PHASE,
+    answer_deadline_error,
+    check_declared,
+    decoded_response,
+    read_capped,
+)
+
 if TYPE_CHECKING:
     import aiohttp
 
@@ -119,6 +127,7 @@ class AiohttpExchange:
         self._limit = limit
         self._timeout = timeout
         self._phase = REQUEST_PHASE * timeout
+        self._answer = ANSWER_PHASE * timeout
         self._tls = tls
         self._session: aiohttp.ClientSession | None = None
         self._client_error: type[Exception] = TimeoutError  # aiohttp.ClientError once open
@@ -168,37 +177,42 @@ class AiohttpExchange:
         Connecting, sending and waiting for the answer's first line together get
         :data:`REQUEST_PHASE` times the timeout (aiohttp has no write timeout: a server that
         stops reading a large body would hold the request for ever); the answer's body
-        then gets the timeout for each read, as with httpx.
+        then gets the timeout for each read and :data:`~bulkbatch.client.answer.ANSWER_PHASE`
+        times it in all, and may be at most ``MAX_ANSWER_BYTES`` (:mod:`.answer`).
 
         :param headers: every header to send, as httpx keeps them (``Headers.raw``)
         :raises httpx.LocalProtocolError: a header value HTTP does not allow (as h11 refuses
             it: a CR, LF or NUL); nothing was sent
         :raises httpx.HTTPError: no answer, a timeout or a broken answer (as httpx says it)
+        :raises AnswerTooLarge: the answer's body is over the cap
         """
         sent, data = _wire_headers(headers), _payload(content)
         session = self._session
         if session is None:
             session = self._session = self._open()
-        phase = asyncio.timeout(self._phase)
+        phase, reading = asyncio.timeout(self._phase), asyncio.timeout(self._answer)
         try:
             async with phase:
                 answer = await session.request(
                     method, url, params=params, headers=sent, data=data, allow_redirects=False
                 )
             async with answer:
-                body = await answer.read()
+                check_declared(answer.content_length)
+                async with reading:
+                    body = await read_capped(answer.content.iter_any())
                 status, raw = answer.status, answer.raw_headers
         except (TimeoutError, self._client_error) as exc:
             if phase.expired():
                 raise httpx.WriteTimeout(
                     f"connecting, sending and the answer's first line took over {self._phase:g} s"
                 ) from exc
+            if reading.expired():
+                raise answer_deadline_error(self._answer) from exc
             mapped = as_httpx_error(exc)
             if mapped is None:  # pragma: no cover - every ClientError maps
                 raise
             raise mapped from exc
-        # ``content=`` makes httpx read (and decode) the body now, as ``aread`` did.
-        return httpx.Response(status, headers=list(raw), content=body)
+        return decoded_response(status, list(raw), body)
 
     async def aclose(self) -> None:
         """Close the connections (a no-op if none was ever opened)."""

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -166,3 +167,39 @@ def test_ledger_records_what_was_queued_when_the_caller_fails(tmp_path: Path) ->
     assert [str(x) for x in leaf_errors(e.value)] == ["a worker failed"]
     assert con.cursor().execute("SELECT count(*) FROM batches").fetchone() == (20,)
     con.close()
+
+
+_TEXT = st.text(max_size=12)
+_JOBS = st.builds(
+    JobState,
+    job_no=st.integers(0, 10_000),
+    users=st.integers(0, 10**8),
+    job_id=st.none() | _TEXT,
+    ingested=st.booleans(),
+    status=st.none() | st.sampled_from(["CREATED", "PROCESSING", "COMPLETED", "ERROR"]),
+    received=st.none() | st.integers(0, 10**8),
+)
+_JSONISH = st.dictionaries(
+    _TEXT, st.none() | st.booleans() | st.integers(-(2**53), 2**53) | _TEXT | st.lists(_TEXT)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(jobs=st.lists(_JOBS, max_size=8), inputs=_JSONISH, plan=_JSONISH, campaign=_TEXT)
+def test_state_json_is_the_deep_copy_written_without_copying(
+    tmp_path_factory: pytest.TempPathFactory,
+    jobs: list[JobState],
+    inputs: dict[str, object],
+    plan: dict[str, object],
+    campaign: str,
+) -> None:
+    """``save`` writes the fields straight through orjson; the bytes are those of the deep
+    copy (``asdict``) it replaced, and they load back to the same state."""
+
+    run_dir = tmp_path_factory.mktemp("state")
+    state = RunState(run_dir, "r", campaign=campaign, inputs=inputs, plan=plan, jobs=jobs)
+    assert state.to_json() == orjson.dumps(state.to_dict(), option=orjson.OPT_INDENT_2)
+    state.save()
+    again = RunState.load(run_dir)
+    assert (again.jobs, again.inputs, again.plan) == (jobs, inputs, plan)
+    assert again.campaign == campaign

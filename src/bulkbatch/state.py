@@ -208,8 +208,8 @@ class RunState:
         """``state.json``'s bytes: :meth:`to_dict`, written by orjson straight from the
         fields (it writes the nested ``JobState`` dataclasses itself). ``asdict``'s deep copy
         took 1.4 ms per save for 63 jobs, on the event loop; this 0.03 ms, same bytes."""
-        fields = {name: getattr(self, name) for name in _STATE_FIELDS}
-        return orjson.dumps(fields, option=orjson.OPT_INDENT_2)
+        values = {name: getattr(self, name) for name in _STATE_FIELDS}
+        return orjson.dumps(values, option=orjson.OPT_INDENT_2)
 
     def save(self) -> None:
         atomic_write_bytes(self.path, self.to_json(), then=f"run 'bulkbatch resume {self.run_dir}'")

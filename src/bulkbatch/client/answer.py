@@ -29,6 +29,7 @@ __all__ = [
     "MAX_ANSWER_BYTES",
     "AnswerTooLarge",
     "answer_deadline_error",
+    "check_declared",
     "decoded_response",
     "read_capped",
     "read_streamed",
@@ -53,11 +54,13 @@ def size_text(size: int) -> str:
 
 
 def too_large(decoded: bool = False) -> AnswerTooLarge:
+    """The error for a body over the cap, on the wire or (``decoded``) once decoded."""
     after = " once decoded" if decoded else ""
     return AnswerTooLarge(f"the answer's body is over {size_text(MAX_ANSWER_BYTES)}{after}")
 
 
 def answer_deadline_error(seconds: float) -> httpx.ReadTimeout:
+    """The timeout for a body that took over ``seconds`` in all (retried like any other)."""
     return httpx.ReadTimeout(f"reading the answer's body took over {seconds:g} s")
 
 

@@ -3,6 +3,7 @@ contract check on every emulator the tests start (a violation fails the test tha
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from collections.abc import Iterator
@@ -62,6 +63,18 @@ def _contract_clean() -> Iterator[None]:
             f"{len(found)} emulator response(s) violate courier-openapi.yaml:\n{lines}",
             pytrace=False,
         )
+
+
+@pytest.fixture(autouse=True)
+def _gc_as_found() -> Iterator[None]:
+    """Put the collector back as each test found it: ``bulkbatch emulator`` tunes its own
+    process's (``emulator.cli.tune_gc``), and a test that runs the command in-process
+    (``CliRunner``) would otherwise leave the worker tuned for the tests after it."""
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    yield
+    gc.set_threshold(*threshold)
+    if gc.get_freeze_count() != frozen:
+        gc.unfreeze()
 
 
 @pytest.fixture(autouse=True)

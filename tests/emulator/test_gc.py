@@ -17,15 +17,15 @@ import bulkbatch.emulator.server
 from bulkbatch.emulator import Emulator, emulator_command
 from bulkbatch.emulator.cli import GC_GEN0
 
+DEFAULT = (700, 10, 10)
+"""Python's own thresholds, set before each test (the suite's ``_gc_as_found`` puts back
+whatever the worker had afterwards)."""
+
 
 @pytest.fixture
 def restored_gc() -> Iterator[tuple[int, int, int]]:
-    before = gc.get_threshold()
-    try:
-        yield before
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
+    gc.set_threshold(*DEFAULT)
+    yield DEFAULT
 
 
 def test_the_emulator_command_tunes_its_process_before_serving(

@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from bulkbatch.dburl import (
     URL_SCHEMES,
@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "KEEPALIVE",
     "SCHEMA_VERSION",
     "URL_SCHEMES",
     "PgDatabase",
@@ -81,6 +82,28 @@ __all__ = [
 ]
 
 CONNECT_TIMEOUT = 10  # seconds, unless the URL or PGCONNECT_TIMEOUT says otherwise
+
+
+class Keepalive(NamedTuple):
+    """TCP keepalive probing, on both ends of every connection (see :data:`KEEPALIVE`)."""
+
+    idle: int  # seconds of silence before the first probe
+    interval: int  # seconds between unanswered probes
+    probes: int  # unanswered probes before the connection is dead
+    user_timeout_ms: int  # how long sent data may stay unacknowledged (client side)
+
+
+# A server that vanishes (a failover, a lost host, a NAT or load balancer dropping a flow
+# that looked idle during a long claim) sends nothing, not even a reset. Without probes a
+# client waiting for its answer waits for the OS's keepalive, two hours and more; and a
+# server keeps a vanished worker's transaction, with its row locks on the recipients it was
+# claiming, as long, so every other worker's claim of them fails its lock timeout meanwhile.
+# With these, either end knows within 30 s: a reset answers the first probe after 15 s
+# idle, or no answer comes by 30 s (the client's user timeout, which Linux then applies in
+# place of the probe count, is set to the same 30 s). A URL's own keepalives_* or
+# tcp_user_timeout win on the client side. A busy server's kernel answers the probes, so a
+# long claim is never cut short.
+KEEPALIVE = Keepalive(idle=15, interval=5, probes=3, user_timeout_ms=30_000)
 SCHEMA_VERSION = 1
 
 _SCHEMA_LOCK = 0x424B4F50  # pg_advisory_xact_lock key: "BKOP", bulkbatch's schema
@@ -181,6 +204,14 @@ class PgDatabase:
             options["connect_timeout"] = CONNECT_TIMEOUT
         if "application_name" not in given and not os.environ.get("PGAPPNAME"):
             options["application_name"] = "bulkbatch"
+        probes = {
+            "keepalives": 1,
+            "keepalives_idle": KEEPALIVE.idle,
+            "keepalives_interval": KEEPALIVE.interval,
+            "keepalives_count": KEEPALIVE.probes,
+            "tcp_user_timeout": KEEPALIVE.user_timeout_ms,
+        }
+        options.update((k, v) for k, v in probes.items() if k not in given)
         try:
             conn: psycopg.Connection[tuple[Any, ...]] = self.pg.connect(self._url, **options)
         except self.pg.Error as exc:
@@ -237,17 +268,25 @@ class PgDatabase:
         conn = self.connect()
         try:
             with conn.transaction():
-                conn.execute(  # bounded lock waits; a 1M-row sort fits in memory
-                    "SELECT set_config('lock_timeout', %s, true), "
-                    "set_config('work_mem', '64MB', true)",
-                    [f"{max(1, round(self.lock_timeout * 1000))}ms"],
-                )
+                self.set_limits(conn)
                 self._ensure_schema(conn)
                 yield conn
         except self.pg.Error as exc:
             raise self.translate(exc) from None
         finally:
             conn.close()
+
+    def set_limits(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        """For the open transaction only: bounded lock waits, a 1M-row sort in memory, and
+        the server probing this client (:data:`KEEPALIVE`), so that if this process's host
+        vanishes the server rolls its transaction back and frees its rows in seconds."""
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, true), set_config('work_mem', '64MB', true), "
+            "set_config('tcp_keepalives_idle', %s, true), "
+            "set_config('tcp_keepalives_interval', %s, true), "
+            "set_config('tcp_keepalives_count', %s, true)",
+            [f"{max(1, round(self.lock_timeout * 1000))}ms", *map(str, KEEPALIVE[:3])],
+        )
 
     def retry(self, conn: psycopg.Connection[tuple[Any, ...]], step: Callable[[], _T]) -> _T:
         """Run ``step`` in a savepoint, again (up to 3 times) if it was aborted as a deadlock."""

@@ -14,7 +14,9 @@ per-user registry (:mod:`bulkbatch.identity`) does on one:
   renewed every 20 s with a fresh snapshot, judged by the database's clock): a retry that
   starts while the first try is still alive on another worker stops at once with one line
   naming it, instead of sending beside it. A worker killed with SIGKILL blocks a retry for at
-  most the lease's 60 s; a worker that loses its lease stops sending.
+  most the lease's 60 s; a worker that loses its lease stops sending, and so does one whose
+  renewal has not come back 5 s before the lease would run out (a busy or silent database):
+  the lease is a promise with a deadline, kept by this worker's clock too.
 
 Runs on their own in-process emulator are never shared. Library code: nothing is printed.
 """
@@ -23,10 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -38,6 +41,39 @@ __all__ = ["LEASE_TTL", "SharedCampaign"]
 
 LEASE_TTL = 60.0
 """Seconds a lease lasts unless renewed; renewed every third of it."""
+
+_T = TypeVar("_T")
+
+
+def _margin() -> float:
+    """How long before its lease runs out a worker whose renewal has not come back stops
+    (5 s of the 60): time for the cancelled requests to leave before anyone may take over."""
+    return LEASE_TTL / 12
+
+
+async def _within(seconds: float, call: Callable[[], _T]) -> _T:
+    """``call()`` (a blocking registry call), or TimeoutError when it has not returned in
+    ``seconds``. It runs in a daemon thread that is abandoned on timeout: a call stuck on a
+    database that does not answer must hold up neither this run nor the process's exit
+    (anyio's worker threads are not daemons, so ``to_thread`` alone would do the latter)."""
+    outcome: list[tuple[bool, Any]] = []
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting task to raise
+            outcome.append((False, exc))
+        finally:
+            finished.set()
+
+    threading.Thread(target=run, name="bulkbatch registry", daemon=True).start()
+    if not await anyio.to_thread.run_sync(finished.wait, max(0.0, seconds), abandon_on_cancel=True):
+        raise TimeoutError
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -138,6 +174,7 @@ class SharedCampaign:
         """
         state, reg = self.state, self.registry
         await anyio.to_thread.run_sync(self.adopt)  # registered (a resumed run may predate it)
+        asked = anyio.current_time()  # the lease runs at least LEASE_TTL from here
         lease = await anyio.to_thread.run_sync(
             reg.acquire_lease, state.campaign, self.base_url, self.holder, LEASE_TTL
         )
@@ -156,8 +193,10 @@ class SharedCampaign:
             )
         try:
             await anyio.to_thread.run_sync(self._take_over)
+            if anyio.current_time() > asked + LEASE_TTL - _margin():  # a slow database
+                raise self._unconfirmed()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._renew, lease)
+                tg.start_soon(self._renew, lease, asked + LEASE_TTL)
                 try:
                     yield
                 finally:
@@ -165,8 +204,9 @@ class SharedCampaign:
         except BaseExceptionGroup as group:  # the body's own error, or the lease lost
             raise _first(group) from None
         finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._let_go, lease)
+            with anyio.CancelScope(shield=True), contextlib.suppress(TimeoutError):
+                # a database that does not answer lets the lease run out instead (<= 60 s)
+                await _within(LEASE_TTL / 3, lambda: self._let_go(lease))
 
     def _let_go(self, lease: Any) -> None:
         """Store the last snapshot and give the lease up (nothing to do when it was lost)."""
@@ -174,9 +214,30 @@ class SharedCampaign:
             self.registry.renew(lease, LEASE_TTL, state=snapshot(self.state))
             self.registry.release(lease)
 
-    async def _renew(self, lease: Any) -> None:
+    async def _renew(self, lease: Any, valid_until: float) -> None:
+        """Renew every third of the TTL, with a fresh snapshot. A renewal extends the lease
+        to at least LEASE_TTL from when it was sent (the database's clock starts it later),
+        so this worker knows until when it holds the campaign by its own clock. A renewal
+        that has not come back by :func:`_margin` before then stops the run: the lease
+        would run out, and another worker could take the campaign and send beside this one.
+        """
         while True:
-            await anyio.sleep(LEASE_TTL / 3)
-            await anyio.to_thread.run_sync(
-                lambda: self.registry.renew(lease, LEASE_TTL, state=snapshot(self.state))
-            )
+            await anyio.sleep_until(valid_until - LEASE_TTL * 2 / 3)  # a third into it
+            asked = anyio.current_time()
+            try:
+                await _within(
+                    valid_until - _margin() - asked,
+                    lambda: self.registry.renew(lease, LEASE_TTL, state=snapshot(self.state)),
+                )
+            except TimeoutError:
+                raise self._unconfirmed() from None
+            valid_until = asked + LEASE_TTL
+
+    def _unconfirmed(self) -> StateError:
+        return StateError(
+            f"Campaign {self.state.campaign}: the campaign registry {self.registry.db.display} "
+            "did not confirm this worker's lease before it would run out (the database is "
+            "busy or not answering), and then another worker could take the campaign. "
+            f"Sending stopped so that nobody is sent twice; 'bulkbatch resume "
+            f"{self.state.run_dir}' continues once the database answers."
+        )

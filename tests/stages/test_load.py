@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import duckdb
@@ -222,6 +223,18 @@ def test_missing_file(con):
     assert str(e.value) == (
         "Input not found: data/nope.csv. "
         "Check the path, or quote a glob so the shell does not expand it."
+    )
+
+
+def test_a_pipe_is_named_as_one_not_as_missing(con, tmp_path):
+    """``bulkbatch send <(psql ...)`` or a FIFO: it exists, so "not found" would mislead."""
+    fifo = tmp_path / "audience.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError) as e:
+        load_inputs(con, LoadOptions((str(fifo),)))
+    assert str(e.value) == (
+        f"{fifo} is not a regular file (a pipe, socket or device). Write its data to a file "
+        "and pass that: a resumed run must be able to load the input again."
     )
 
 

@@ -88,6 +88,11 @@ def resolve_sources(sources: Sequence[str]) -> list[str]:
             files.append(str(path.resolve()))
         elif _has_glob(source):
             files.extend(_glob_files(source))
+        elif path.exists():  # a FIFO, <(process substitution), a device
+            raise InputError(
+                f"{source} is not a regular file (a pipe, socket or device). Write its data "
+                "to a file and pass that: a resumed run must be able to load the input again."
+            )
         else:
             raise InputError(
                 f"Input not found: {source}. "

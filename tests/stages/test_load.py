@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import duckdb
+import orjson
 import pandas as pd
 import polars as pl
 import pyarrow as pa
@@ -88,6 +89,21 @@ def test_ndjson_keeps_types(con, tmp_path):
     info = load_inputs(con, LoadOptions((str(f),)))
     assert info.rows == 2
     assert rows(con, "SELECT row_number, data.x FROM inputs") == [(1, 1), (2, None)]
+
+
+def test_ndjson_with_many_optional_keys_keeps_its_columns(con, tmp_path):
+    """Past 200 distinct keys, most in few records, DuckDB reads each record as one
+    MAP column named ``json``: the address columns vanished ("No address column ...
+    found json"), although every record has an e-mail."""
+    lines = [orjson.dumps({"email": f"p{r}@x.com", f"trait_{r}": r}).decode() for r in range(300)]
+    f = write(tmp_path / "profiles.ndjson", "\n".join(lines) + "\n")
+    info = load_inputs(con, LoadOptions((str(f),)))
+    assert info.rows == 300
+    assert info.columns[:2] == ("email", "trait_0")
+    assert len(info.columns) == 301
+    assert rows(con, "SELECT email ->> '$', trait_7::INTEGER FROM inputs WHERE row_number = 8") == [
+        ("p7@x.com", 7)
+    ]
 
 
 def test_parquet_struct_column(con, tmp_path):

@@ -277,13 +277,23 @@ def _reader(kind: str, files: Sequence[str]) -> str:
     return f"read_json({_file_list(files)}, format = 'auto', {common})"
 
 
+def _one_map(con: duckdb.DuckDBPyConnection, reader: str) -> bool:
+    """Whether DuckDB reads each record as one ``MAP`` column (``json``): it does past 200
+    distinct keys most records lack (``map_inference_threshold``), e.g. profiles with their
+    own traits, and the address columns would vanish into it."""
+    described = _describe(con, reader)
+    return len(described) == 1 and described[0][0] == "json" and described[0][1].startswith("MAP(")
+
+
 def _deep_ndjson_reader(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> str:
     """A ``read_json`` that reads every top-level key as JSON, for NDJSON whose nesting is too
-    deep for DuckDB's type detection (128 levels): the plan rejects the deep values as
-    ``bad_json`` and sends the rest."""
-    keys = con.execute(
-        "SELECT k FROM (SELECT unnest(json_keys(json)) AS k, row_number() OVER () AS i "
-        f"FROM read_ndjson_objects({_file_list(files)})) GROUP BY k ORDER BY min(i)"
+    deep for DuckDB's type detection (128 levels), or whose records DuckDB would read as one
+    MAP (:func:`_one_map`): the plan rejects the deep values as ``bad_json`` and sends the
+    rest, and reads JSON columns as it reads typed ones."""
+    keys = con.execute(  # in order of first appearance: by record, then within it
+        "SELECT k FROM (SELECT i, unnest(ks) AS k, unnest(range(len(ks))) AS p FROM "
+        "(SELECT json_keys(json) AS ks, row_number() OVER () AS i "
+        f"FROM read_ndjson_objects({_file_list(files)}))) GROUP BY k ORDER BY min((i, p))"
     ).fetchall()
     columns = ", ".join(f"{quote_literal(str(k[0]))}: 'JSON'" for k in keys)
     return (
@@ -341,6 +351,8 @@ def _load_group(
         try:
             try:
                 reader = read.reader or _reader(kind, group)
+                if kind == "ndjson" and read.reader is None and _one_map(con, reader):
+                    reader = _deep_ndjson_reader(con, group)
                 numbering = _STREAM_NUMBER
                 if kind == "parquet" and read.reader is None:
                     numbering = _parquet_numbering(con, group)

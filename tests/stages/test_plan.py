@@ -418,6 +418,17 @@ def test_dedupe_fail(con):
     )
 
 
+def test_dedupe_fail_names_a_few_rows_of_a_large_group(con):
+    """100,000 rows of one person made a 689 kB "line" listing every row number."""
+    with pytest.raises(PlanError) as e:
+        plan_of(con, {"email": ["same@x.com"] * 100_000}, dedupe="fail")
+    assert str(e.value) == (
+        "--dedupe fail: 99999 duplicate row(s) in 1 recipient group(s), e.g. "
+        "'email:same@x.com' on rows 1, 2, 3, 4, 5 and 99995 more. Remove them from the "
+        "input, or pass --dedupe first or --dedupe last to keep one row per recipient."
+    )
+
+
 # ---------------------------------------------------------------------------- batches
 
 

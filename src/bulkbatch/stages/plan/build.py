@@ -187,16 +187,22 @@ def _dedupe(con: duckdb.DuckDBPyConnection, options: PlanOptions) -> None:
     )
     groups = fetch_one(con, "SELECT count(*), coalesce(sum(n - 1), 0) FROM _bb_groups")
     if options.dedupe == "fail" and groups[0]:
-        first = con.execute(
-            "SELECT g.recipient, list(s.row_number ORDER BY s.row_number) FROM "
-            "(SELECT * FROM _bb_groups ORDER BY first_row LIMIT 1) g JOIN _bb_keys s "
-            "ON s.recipient = g.recipient AND s.reason_code IS NULL GROUP BY g.recipient"
+        shown = 5  # row numbers named: a group can have millions
+        recipient, n = con.execute(
+            "SELECT recipient, n FROM _bb_groups ORDER BY first_row LIMIT 1"
         ).fetchall()[0]
-        rows = ", ".join(str(r) for r in first[1])
+        found = con.execute(
+            "SELECT row_number FROM _bb_keys WHERE recipient = ? AND reason_code IS NULL "
+            f"ORDER BY row_number LIMIT {shown}",
+            [recipient],
+        ).fetchall()
+        rows = ", ".join(str(r[0]) for r in found)
+        if n > shown:
+            rows += f" and {n - shown} more"
         flag = option("dedupe").flag
         raise PlanError(
             f"{flag} fail: {groups[1]} duplicate row(s) in {groups[0]} recipient "
-            f"group(s), e.g. {first[0]!r} on rows {rows}. Remove them from the input, "
+            f"group(s), e.g. {recipient!r} on rows {rows}. Remove them from the input, "
             f"or pass {flag} first or {flag} last to keep one row per recipient."
         )
     kept = "first_row" if options.dedupe in ("first", "fail") else "last_row"

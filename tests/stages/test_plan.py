@@ -520,6 +520,28 @@ def test_no_address_column(con, tmp_path):
     )
 
 
+def test_no_address_column_in_a_wide_input_names_a_few(con, tmp_path):
+    f = tmp_path / "wide.csv"
+    f.write_text(",".join(f"c{i}" for i in range(2000)) + "\n" + ",".join("x" * 2000) + "\n")
+    load_inputs(con, LoadOptions((str(f),)))
+    with pytest.raises(InputError) as e:
+        build_plan(con, PlanOptions())
+    assert str(e.value).startswith(
+        f"No address column in {f.resolve()}: found c0, c1, c2, c3, c4, c5, c6, c7 and 1992 "
+        "more. Name a column user_id, email,"
+    )
+
+
+def test_unknown_map_column_in_a_wide_input_names_a_few(con):
+    wide = {f"c{i}": ["x"] for i in range(100)}
+    with pytest.raises(UsageError) as e:
+        plan_of(con, {"user_id": ["a"], **wide}, mapping={"profile.email": "e_mail"})
+    assert str(e.value) == (
+        "Unknown column in --map profile.email=e_mail: the input has user_id, c0, c1, c2, "
+        "c3, c4, c5, c6 and 93 more. Use one of these names."
+    )
+
+
 def test_unknown_map_column(con):
     with pytest.raises(UsageError) as e:
         plan_of(con, {"user_id": ["a"], "mail": ["x"]}, mapping={"profile.email": "e_mail"})

@@ -27,6 +27,7 @@ from bulkbatch.stages.plan.filters import audience_of, check_where, first_line
 from bulkbatch.stages.plan.mapping import (
     path_columns,
     resolve_mapping,
+    some_of,
     unused_columns,
     unused_note,
 )
@@ -116,7 +117,7 @@ def _audience(con: duckdb.DuckDBPyConnection, options: PlanOptions) -> _Audience
     if not any(t in targets for t in ADDRESS_TARGETS):
         mp = option("mapping").flag
         raise InputError(
-            f"No address column in {_sources(con)}: found {', '.join(columns)}. "
+            f"No address column in {_sources(con)}: found {some_of(columns)}. "
             "Name a column user_id, email, phone_number or list_id, or map one with "
             f"{mp} to.user_id=COLUMN or {mp} profile.email=COLUMN."
         )

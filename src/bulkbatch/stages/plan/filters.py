@@ -12,6 +12,7 @@ import orjson
 
 from bulkbatch.errors import UsageError
 from bulkbatch.options import option
+from bulkbatch.stages.plan.mapping import some_of
 
 __all__ = ["audience_of", "check_where", "first_line"]
 
@@ -30,7 +31,7 @@ def _where_error(where: str, why: str, columns: Sequence[str]) -> UsageError:
     flag = option("where").flag
     return UsageError(
         f"Bad {flag} {where!r}: {why}. Write a SQL boolean over the input columns "
-        f"({', '.join(columns)}); quote names with dots, "
+        f"({some_of(columns)}); quote names with dots, "
         'e.g. "data.plan".'
     )
 

@@ -70,7 +70,7 @@ def resolve_mapping(
         if found is None:
             raise UsageError(
                 f"Unknown column in {flag} {target}={column}: the input has "
-                f"{', '.join(columns)}. Use one of these names."
+                f"{some_of(columns)}. Use one of these names."
             )
         resolved[norm] = found
     return resolved
@@ -139,15 +139,20 @@ def _suggested_target(column: str) -> str:
     return f"data.{name}"
 
 
+def some_of(columns: Sequence[str]) -> str:
+    """The first few of ``columns`` and how many more (an input can have thousands)."""
+    shown = ", ".join(columns[:_SHOWN_UNUSED])
+    more = len(columns) - _SHOWN_UNUSED
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
 def unused_note(unused: Sequence[str]) -> str | None:
     """One line naming the unused columns and how to send one."""
     if not unused:
         return None
-    shown = ", ".join(unused[:_SHOWN_UNUSED])
-    more = f" and {len(unused) - _SHOWN_UNUSED} more" if len(unused) > _SHOWN_UNUSED else ""
     first = unused[0]
     quoted = f'"{first}"' if not re.fullmatch(r"[\w.\-]+", first) else first
     return (
-        f"{len(unused)} input column(s) are not sent: {shown}{more}. To send one, map it, e.g. "
+        f"{len(unused)} input column(s) are not sent: {some_of(unused)}. To send one, map it, e.g. "
         f"{option('mapping').flag} {_suggested_target(first)}={quoted}"
     )

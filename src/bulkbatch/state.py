@@ -128,6 +128,8 @@ class RunState:
     files: str = ""
     """Fingerprint of the input files (path, size, mtime), taken before loading."""
     auto_job_size: bool = False
+    plan_only: bool = False
+    """Started by ``bulkbatch plan`` and not sent since: resuming it finishes the plan only."""
     once_per_ledger: str | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)

@@ -178,3 +178,35 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(audience: Path, tmp_path: P
     assert stats["jobs_created"] == len(jobs) and stats["runs"] == len(jobs)
     assert stats["users_accepted"] == summary["counts"]["ingested"]
     assert stats["max_accepted_per_recipient"] == 1
+
+
+def test_resuming_a_plan_finishes_the_plan_and_sends_nobody(tmp_path: Path) -> None:
+    """``bulkbatch plan`` sends nothing, and its own hints (a stop, DuckDB out of memory)
+    say 'bulkbatch resume DIR'. Resume ran the remaining stages, so following the hint
+    sent the notification the user only meant to preview. Now a run started by plan
+    resumes as a plan; the same send command afterwards sends it, once."""
+    audience = tmp_path / "people.csv"
+    audience.write_text("email\n" + "".join(f"p{i}@example.com\n" for i in range(30)))
+    run_dir = tmp_path / "preview"
+    with EmulatorProcess() as emu:
+        planned = bulkbatch(
+            "--quiet", "plan", str(audience), "--event", "welcome", "--run-dir", str(run_dir),
+            env=emu.env(),
+        )  # fmt: skip
+        assert planned.returncode == 0, planned.stderr
+        resumed = bulkbatch("--quiet", "resume", str(run_dir), env=emu.env())
+        assert resumed.returncode == 0, resumed.stderr
+        assert emu.stats()["jobs_created"] == 0, "resuming a plan sent it"
+        assert "to send" in resumed.stdout and "30" in resumed.stdout  # the plan's report
+        again = bulkbatch("--quiet", "resume", str(run_dir), "--json", env=emu.env())
+        assert orjson.loads(again.stdout)["to_send"] == 30
+        assert emu.stats()["jobs_created"] == 0
+        sent = bulkbatch(
+            "--quiet", "send", str(audience), "--event", "welcome", "--run-dir", str(run_dir),
+            "--poll-interval", "0.05", env=emu.env(),
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        assert emu.stats()["users_accepted"] == 30
+        after = bulkbatch("--quiet", "resume", str(run_dir), env=emu.env())  # a sent run now
+        assert after.returncode == 0, after.stderr
+        assert emu.stats()["users_accepted"] == 30

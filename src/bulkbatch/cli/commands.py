@@ -94,6 +94,11 @@ def plan(ctx: click.Context, /, inputs: tuple[str, ...], as_json: bool, **kw: An
     _require_inputs(inputs)
     with renderer_for(ctx) as render:
         run = bulkbatch.plan(list(inputs), progress=render, **kw)
+    _plan_out(run, as_json, kw.get("rate"))
+
+
+def _plan_out(run: Any, as_json: bool, rate: float | None) -> None:
+    """Print a planned run's report (``plan``, and ``resume`` of a run ``plan`` started)."""
     info = run.plan_info
     if as_json:
         emit_json(
@@ -102,11 +107,11 @@ def plan(ctx: click.Context, /, inputs: tuple[str, ...], as_json: bool, **kw: An
                 **{k: run.state.plan.get(k) for k in ("to_send", "skipped", "jobs", "batches")},
                 "run_dir": str(run.path),
                 "campaign": run.campaign,
-                "estimated_seconds": info.estimated_seconds(kw.get("rate")),
+                "estimated_seconds": info.estimated_seconds(rate),
             }
         )
         return
-    click.echo(plan_report(run, kw.get("rate")))
+    click.echo(plan_report(run, rate))
 
 
 @click.command()
@@ -180,7 +185,8 @@ def resume(
     Finished stages are skipped, acknowledged batches are not resent, jobs are reused (never
     created again) and run at most once, and paging continues at the stored cursor. Only the
     pace (--rate, --concurrency), the retries (--max-attempts, --max-backoff) and the wait
-    (--timeout) may change.
+    (--timeout) may change. A run 'bulkbatch plan' started finishes its plan and sends
+    nobody; 'bulkbatch send' with the same input and options sends it.
 
     Example:
 
@@ -201,6 +207,9 @@ def resume(
             max_attempts=max_attempts,
             max_backoff=max_backoff,
         )
+    if run.state.plan_only:
+        _plan_out(run, as_json, rate)
+        return
     _finish(run, as_json)
 
 

@@ -171,6 +171,11 @@ async def _continue(
 ) -> None:
     """Run a campaign's unfinished stages; a campaign already complete is only counted as
     asked for again, and its results rewritten."""
+    # A run bulkbatch plan started resumes as a plan (never sends) until a send takes it.
+    wanted = plan_only and (not existed or state.plan_only)
+    if wanted != state.plan_only:
+        state.plan_only = wanted
+        state.save()
     started(progress, state)
     complete = existed and state.next_stage() is None
     async with Pipeline(state, settings_for(state, settings), progress, frame=frame) as pipeline:

@@ -296,7 +296,9 @@ class Run:
         max_backoff: float | None = None,
     ) -> Run:
         """Finish every stage that has not finished, in order. Returns ``self``. The pace
-        and retry keywords apply to this call only; ``timeout`` is kept for later ones."""
+        and retry keywords apply to this call only; ``timeout`` is kept for later ones.
+        A run ``bulkbatch plan`` started (``state.plan_only``) finishes its plan only:
+        sending it takes ``send`` with the same input and options."""
         return run_sync(
             self.aresume,
             settings=settings,
@@ -340,7 +342,10 @@ class Run:
         bind_base_url(self.state, resolved)
         started(progress, self.state)
         async with Pipeline(self.state, resolved, progress) as pipeline:
-            await pipeline.run()
+            if self.state.plan_only:  # bulkbatch plan never sends, nor does its resume
+                await pipeline.plan()
+            else:
+                await pipeline.run()
         self.state = RunState.load(self.path)
         return self
 

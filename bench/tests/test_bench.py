@@ -139,6 +139,20 @@ def test_the_peak_rss_target_is_450_mib_at_10m_and_600_below() -> None:
     ]
 
 
+def test_the_wide_benchmark_writes_one_row_per_width(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_wide.py"), "--widths", "40", "61"]
+    out = subprocess.run(
+        [*cmd, "--rows", "50", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert re.search(rf"\| 40 \| 19 \| {NUM} \| {NUM} \| {NUM} \| {NUM} \|", out), out
+    assert re.search(rf"\| 61 \| 30 \| {NUM} \| {NUM} \| {NUM} \| {NUM} \|", out), out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide_40x50.csv", "wide_61x50.csv"]
+
+
 def test_the_results_benchmark_times_write_results_on_a_synthetic_run(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "bench" / "bench_results.py"), "--rows", "20000"]
     out = subprocess.run(

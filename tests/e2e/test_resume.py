@@ -198,6 +198,10 @@ def test_resuming_a_plan_finishes_the_plan_and_sends_nobody(tmp_path: Path) -> N
         assert resumed.returncode == 0, resumed.stderr
         assert emu.stats()["jobs_created"] == 0, "resuming a plan sent it"
         assert "to send" in resumed.stdout and "30" in resumed.stdout  # the plan's report
+        assert resumed.stdout.rstrip().endswith(
+            "Planned only: 'bulkbatch plan' started this run, so resuming it sends nobody. "
+            "To send it, run 'bulkbatch send' with the same input and options."
+        )
         again = bulkbatch("--quiet", "resume", str(run_dir), "--json", env=emu.env())
         assert orjson.loads(again.stdout)["to_send"] == 30
         assert emu.stats()["jobs_created"] == 0

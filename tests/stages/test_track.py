@@ -140,7 +140,8 @@ def test_users_that_end_in_error_are_reported(emu: bulkbatch.Emulator, tmp_path:
         [broken],
     )
     con.close()
-    run = bulkbatch.resume(run_dir, settings=settings_for(emu))
+    # send takes the planned run over (a resume of a run plan started would only plan)
+    run = bulkbatch.send(SAMPLE, event="welcome", run_dir=run_dir, settings=settings_for(emu))
     df = run.read_results()
     errors = df.filter(df["status"] == "ERROR")
     assert sorted(errors["recipient"].to_list()) == sorted(broken)

@@ -209,6 +209,11 @@ def resume(
         )
     if run.state.plan_only:
         _plan_out(run, as_json, rate)
+        if not as_json:
+            click.echo(
+                "Planned only: 'bulkbatch plan' started this run, so resuming it sends nobody. "
+                "To send it, run 'bulkbatch send' with the same input and options."
+            )
         return
     _finish(run, as_json)
 

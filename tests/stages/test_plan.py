@@ -408,6 +408,18 @@ def test_invalid_first_row_does_not_shadow(con):
     assert con.execute("SELECT count(*) FROM duplicates").fetchall() == [(0,)]
 
 
+def test_nan_and_infinity_are_left_out_not_sent_as_invalid_json(con):
+    """A float column with NaN or infinity (polars, Spark, DuckDB write them to Parquet) made
+    the user JSON invalid (``"score":NaN``), and Courier refused the whole batch with a 400.
+    JSON has no such numbers; they count as missing, as orjson and pandas treat them."""
+    nan, inf = float("nan"), float("inf")
+    plan_of(
+        con,
+        {"user_id": ["a", "b", "c", "d"], "data.score": [nan, inf, -inf, 1.5]},
+    )
+    assert [u.get("data") for u in users(con)] == [None, None, None, {"score": 1.5}]
+
+
 def test_dedupe_fail(con):
     with pytest.raises(PlanError) as e:
         plan_of(con, DUPS, dedupe="fail")

@@ -129,11 +129,14 @@ class Cols:
         return f"nullif(trim({c}::VARCHAR), '')"
 
     def value(self, col: str) -> str:
-        """The column as JSON text (NULL stays NULL)."""
+        """The column as JSON text (NULL stays NULL; so do NaN and infinities, which JSON
+        cannot carry: DuckDB's ``to_json`` writes them bare, which Courier would refuse)."""
         c = quote_ident(col)
         t = self.types[col]
         if t == "JSON":
             return f"CASE WHEN json_type({c}) = 'NULL' THEN NULL ELSE {c}::VARCHAR END"
+        if t in ("DOUBLE", "FLOAT"):
+            return f"CASE WHEN isfinite({c}) THEN to_json({c})::VARCHAR END"
         return f"to_json({c})::VARCHAR"
 
     def nested(self, col: str) -> bool:

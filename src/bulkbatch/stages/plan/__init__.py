@@ -33,8 +33,9 @@ The user object
 ``{"recipient", "profile": {"email", "phone_number", …}, "to": {"user_id", "locale",
 "tenant_id", "list_id", …}, "data": {…}, "preferences": {…}}``, built by DuckDB. Text is trimmed
 and empty text counts as missing; so do a float's NaN and infinities, which JSON cannot carry.
-NULL members and empty objects are left out (``recipient`` is always there). Non-text ids (an integer ``user_id``) become strings. The e-mail is sent trimmed
-and lower-cased (the form it is compared in). The phone number is sent in E.164 when that is
+NULL members and empty objects are left out (``recipient`` is always there). Non-text ids (an
+integer ``user_id``) become strings. The e-mail is sent trimmed and lower-cased (the form it is
+compared in). The phone number is sent in E.164 when that is
 unambiguous: a leading ``+`` or ``00``, then only digits and separators (space, ``()``, ``-``,
 ``.``, ``/``), 8 to 15 digits after the prefix and no ``(0)``: ``+1 (555) 010-0000`` ->
 ``+15550100000``. Any other number is sent trimmed, as given, and counted in a plan note.

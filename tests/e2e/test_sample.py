@@ -128,3 +128,23 @@ def test_send_without_key_names_the_fix(tmp_path: Path) -> None:
         "Error: No Courier API key: set COURIER_API_KEY (or pass --api-key), or add "
         "--emulator to rehearse on the local emulator."
     )
+
+
+def test_nan_and_trailing_commas_no_longer_fail_everyone_in_the_batch(tmp_path: Path) -> None:
+    """One user's ``{"n": NaN}`` (which DuckDB reads as JSON) or NaN inside a struct (which
+    its to_json writes bare) made the emulator, like Courier, refuse the whole batch with a
+    400 on every try, and the run stopped. Now the text ones are rejected and named, the
+    struct's NaN is null, and everyone else is sent."""
+    source = tmp_path / "a.csv"
+    rows = [f'u{i},"{{""n"": {i}}}"' for i in range(1, 7)]
+    rows += ['u7,"{""n"": NaN}"', 'u8,"{""n"": [1, 2,]}"', 'u9,"{""n"": -inf}"']
+    source.write_text("user_id,data\n" + "\n".join(rows) + "\n")
+    proc = bulkbatch(
+        "--quiet", "send", str(source), "--event", "welcome", "--emulator",
+        "--run-dir", str(tmp_path / "r"), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = orjson.loads(proc.stdout)
+    assert report["counts"]["ingested"] == 6
+    assert report["rejected_by_reason"] == {"bad_json": 3}
+    assert report["accounting_ok"] and not report["problems"]

@@ -102,6 +102,28 @@ CASES: dict[str, tuple[Callable[[], Path], tuple[object, ...]]] = {
         ),
         ("ok", {"bad_json": 1}, {"to_send": 1}),
     ),
+    "nan_and_trailing_commas_in_data": (
+        lambda: _csv(
+            "lenient.csv",
+            'user_id,data\nu1,"{""a"": 1}"\nu2,"{""a"": NaN}"\nu3,"{""a"": [1,]}"\n',
+        ),
+        ("ok", {"bad_json": 2}, {"to_send": 1}),
+    ),
+    "nan_inside_a_struct": (
+        lambda: (
+            pq.write_table(
+                pa.table(
+                    {
+                        "user_id": ["u1", "u2"],
+                        "data": [{"score": float("nan"), "tags": [float("inf")]}, None],
+                    }
+                ),
+                BAD / "nanstruct.parquet",
+            ),
+            BAD / "nanstruct.parquet",
+        )[1],
+        ("ok", {}, {"to_send": 2}),
+    ),
     "non_string_ids": (
         lambda: (
             pq.write_table(
@@ -187,6 +209,8 @@ def test_bad_input(case: str, tmp_path: Path) -> None:
     if "recipient" in checks:  # type: ignore[operator]
         plan = pq.read_table(tmp_path / "r" / "plan.parquet").column("recipient").to_pylist()
         assert checks["recipient"] in plan  # type: ignore[index]
+    for user in pq.read_table(tmp_path / "r" / "plan.parquet").column("user_json").to_pylist():
+        orjson.loads(user)  # strict JSON, as Courier parses it: no NaN, no trailing comma
     rejects = pq.read_table(tmp_path / "r" / "rejects.parquet")
     assert rejects.num_rows == report["rejected"]
     assert all(rejects.column("reason").to_pylist())

@@ -420,6 +420,77 @@ def test_nan_and_infinity_are_left_out_not_sent_as_invalid_json(con):
     assert [u.get("data") for u in users(con)] == [None, None, None, {"score": 1.5}]
 
 
+# ------------------------------------------- JSON that DuckDB reads and Courier refuses
+#
+# DuckDB's JSON reader (yyjson, lenient) accepts NaN, Infinity and trailing commas, and its
+# to_json writes a float's NaN bare wherever it sits. Courier's JSON parser refuses all of
+# them, and one such user made it refuse the whole batch of 1,000 with a 400, on every try.
+
+
+def test_nan_inside_structs_lists_and_maps_is_null(con):
+    """A float inside a struct, list or map: NaN and infinities become JSON null, as a top-level
+    float's do (a null member of an object is then left out of ``data``, like any null; a
+    list keeps its positions)."""
+    frame = con.sql(
+        "SELECT * FROM (VALUES "
+        "('a', {'score': 'nan'::DOUBLE, 'n': 1, 'deep': {'x': 'inf'::FLOAT}, 'Odd \"k': -1::DOUBLE}, "
+        "  ['-inf'::DOUBLE, 2.5], MAP(['k'], ['nan'::DOUBLE]), ['nan'::DOUBLE, 1]::DOUBLE[2]),"
+        "('b', {'score': 1.5::DOUBLE, 'n': 2, 'deep': NULL::STRUCT(x FLOAT), 'Odd \"k': 'inf'::DOUBLE}, NULL, "
+        "  MAP(['k'], [3.0]), NULL)"
+        ") t(user_id, data, scores, m, a)"
+    )
+    plan_of(
+        con,
+        frame,
+        mapping=parse_map_option(["data.scores=scores", "data.m=m", "data.a=a"]),
+    )
+    got = users(con)
+    assert [u["data"] for u in got] == [
+        {"n": 1, "deep": {}, 'Odd "k': -1.0, "scores": [None, 2.5], "m": {}, "a": [None, 1.0]},
+        {"score": 1.5, "n": 2, "m": {"k": 3.0}},
+    ]
+
+
+def test_json_text_with_nan_or_a_trailing_comma_is_rejected_by_column(con, tmp_path):
+    """``{"n": NaN}``, ``{"n": 1,}`` and ``[1,]`` pass DuckDB's json_valid; the row is now
+    rejected as bad_json with what is wrong, and everyone else is sent."""
+    f = tmp_path / "a.csv"
+    f.write_text(
+        "user_id,data\n"
+        'u1,"{""n"": 1}"\n'
+        'u2,"{""n"": NaN}"\n'
+        'u3,"{""n"": [1, 2 ,] }"\n'
+        'u4,"{""n"": -Infinity}"\n'
+        'u5,"{""note"": ""NaN, inf, [1,]""}"\n'
+    )
+    load_inputs(con, LoadOptions((str(f),)))
+    info = build_plan(con, PlanOptions())
+    assert info.rejected_by_reason == {"bad_json": 3}
+    said = 'column "data" holds NaN, Infinity or a trailing comma, which JSON does not allow'
+    assert [r[2] for r in rejects(con)] == [said] * 3
+    assert [u["data"] for u in users(con)] == [{"n": 1}, {"note": "NaN, inf, [1,]"}]
+
+
+def test_json_values_with_nan_are_rejected_by_column(con, tmp_path):
+    """NDJSON: DuckDB reads ``NaN`` and ``[1,]`` into JSON-typed columns (and JSON members
+    of structs); mapped into the user, their text went out as it was."""
+    f = tmp_path / "a.ndjson"
+    f.write_text(
+        '{"user_id": "u1", "data": {"a": 1.5, "b": 1}, "m": [1, "x"]}\n'
+        '{"user_id": "u2", "data": {"a": 1.5, "b": "x"}, "m": [Infinity, "x"]}\n'
+        '{"user_id": "u3", "data": {"a": NaN, "b": [NaN]}, "m": [2, "y"]}\n'
+    )
+    load_inputs(con, LoadOptions((str(f),)))
+    info = build_plan(con, PlanOptions(mapping=parse_map_option(["data.m=m"])))
+    assert info.rejected_by_reason == {"bad_json": 2}
+    reasons = [r[2] for r in rejects(con)]
+    assert reasons == [
+        'column "m" holds NaN, Infinity or a trailing comma, which JSON does not allow',
+        'column "data" holds NaN, Infinity or a trailing comma, which JSON does not allow',
+    ]
+    assert [u["data"] for u in users(con)] == [{"a": 1.5, "b": 1, "m": [1, "x"]}]
+
+
 def test_dedupe_fail(con):
     with pytest.raises(PlanError) as e:
         plan_of(con, DUPS, dedupe="fail")

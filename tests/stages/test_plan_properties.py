@@ -1,5 +1,5 @@
 """Hypothesis properties of the plan: partition, dedupe policy, batch sizes, merge, JSON
-depth, and ``--where`` as one expression."""
+depth, strict JSON, and ``--where`` as one expression."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from bulkbatch.errors import UsageError
 from bulkbatch.spec import MAX_JSON_DEPTH, json_depth
 from bulkbatch.stages.load import load_frame
 from bulkbatch.stages.plan import PlanOptions, build_plan
-from bulkbatch.stages.plan.columns import json_depth_sql, too_deep_sql
+from bulkbatch.stages.plan.columns import json_depth_sql, lenient_json_sql, too_deep_sql
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -275,3 +275,52 @@ def test_jobs_are_cut_in_md5_hex_order(recipients, max_job_size):
     order = sorted(planned, key=lambda r: hashlib.md5(r.encode()).hexdigest())
     assert [planned[r] for r in order] == [i // max_job_size for i in range(len(order))]
     con.close()
+
+
+# JSON text in pieces, some of which strict JSON forbids (NaN, infinities in any case, a
+# trailing comma) and strings that spell them, so blanking strings is what tells them apart.
+_ATOMS = st.sampled_from(
+    ["1", "-2.5e3", "true", "false", "null", "NaN", "-Infinity", "inf", "nAn", "-INF",
+     '"nan"', '"a,]"', '"in\\"f,}"', '"\\\\"', '"Info"', '""']
+)  # fmt: skip
+
+
+def _json_texts(depth: int = 3) -> st.SearchStrategy[str]:
+    if depth == 0:
+        return _ATOMS
+    inner = _json_texts(depth - 1)
+    items = st.lists(inner, max_size=3)
+    trailing = st.sampled_from(["", ",", " , "])
+    arrays = st.builds(lambda xs, t: "[" + ",".join(xs) + (t if xs else "") + "]", items, trailing)
+    objects = st.builds(
+        lambda xs, t: (
+            "{" + ",".join(f'"k{i}": {x}' for i, x in enumerate(xs)) + (t if xs else "") + "}"
+        ),
+        items,
+        trailing,
+    )
+    return st.one_of(_ATOMS, arrays, objects)
+
+
+def _strict(text: str) -> bool:
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    try:
+        json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_json_texts())
+def test_lenient_json_is_exactly_what_duckdb_takes_and_strict_json_refuses(text):
+    """For every text DuckDB's json_valid takes, the check says lenient exactly when a strict
+    parser (Python's, with NaN and the infinities refused) refuses it."""
+    con = duckdb.connect()
+    valid, lenient = con.execute(
+        f"SELECT json_valid($t), {lenient_json_sql('$t')}", {"t": text}
+    ).fetchall()[0]
+    if valid:
+        assert lenient == (not _strict(text)), text

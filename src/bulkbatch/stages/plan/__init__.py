@@ -32,7 +32,8 @@ The user object
 ---------------
 ``{"recipient", "profile": {"email", "phone_number", …}, "to": {"user_id", "locale",
 "tenant_id", "list_id", …}, "data": {…}, "preferences": {…}}``, built by DuckDB. Text is trimmed
-and empty text counts as missing; so do a float's NaN and infinities, which JSON cannot carry.
+and empty text counts as missing; so do a float's NaN and infinities, which JSON cannot carry
+(inside structs, lists and map values too, where they become null).
 NULL members and empty objects are left out (``recipient`` is always there). Non-text ids (an
 integer ``user_id``) become strings. The e-mail is sent trimmed and lower-cased (the form it is
 compared in). The phone number is sent in E.164 when that is
@@ -75,7 +76,10 @@ first reason that applies, in this order:
   or it (or a JSON ``data.<name>`` column, counting its keys) nests deeper than
   :data:`bulkbatch.spec.MAX_JSON_DEPTH` levels: "column "data" nests 10000 levels deep; the
   most Courier takes is 64". The depth is decided in SQL (one regular-expression pass over the
-  brackets outside strings, only for text with more opening brackets than the limit).
+  brackets outside strings, only for text with more opening brackets than the limit). Also
+  when JSON text in one of them (or in any JSON-typed column sent) holds what DuckDB's reader
+  takes and a strict parser refuses, a ``NaN`` or ``Infinity`` literal or a trailing comma:
+  "column "data" holds NaN, Infinity or a trailing comma, which JSON does not allow".
 * ``too_large``  - the user's JSON is longer than ``max_user_bytes``
 
 Validation comes first, deduplication second, among valid rows only (an invalid first row

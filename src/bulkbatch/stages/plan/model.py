@@ -22,7 +22,10 @@ REASONS: dict[str, str] = {
     "no_address": "no address: user_id, email, phone_number and list_id are all empty",
     "bad_email": "does not look like an e-mail address",
     "bad_phone": "phone number has fewer than 7 or more than 15 digits",
-    "bad_json": "the data/preferences column is not a JSON object, or nests too deep",
+    "bad_json": (
+        "the data/preferences column is not a JSON object, nests too deep, or holds NaN, "
+        "Infinity or a trailing comma"
+    ),
     "too_large": "the user's JSON is over the size limit (max_user_bytes)",
     "bad_row": "a CSV line that could not be parsed (too many or too few fields, a stray quote)",
 }

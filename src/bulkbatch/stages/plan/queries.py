@@ -66,6 +66,8 @@ class _Members:
     to_email: str | None = None
     deep: list[tuple[str, str, str]] = field(default_factory=list)
     """(label, too-deep condition, depth expression) of nested ``data.<name>`` columns."""
+    lenient: list[tuple[str, str]] = field(default_factory=list)
+    """(column, condition) of member columns whose JSON text may not be strict JSON."""
 
 
 def _text_or_null(cols: Cols, targets: Mapping[str, str], target: str) -> str:
@@ -110,6 +112,9 @@ def _members(cols: Cols, targets: Mapping[str, str], locale: str | None) -> _Mem
             continue
         name = f"_x{len(m.extras)}"
         expr = _member_value(cols, target, col, locale)
+        lenient = None if target in _TEXT_TARGETS else cols.lenient(col, as_object=False)
+        if lenient is not None and (col, lenient) not in m.lenient:
+            m.lenient.append((col, lenient))
         m.extras.append(f"{expr} AS {name}")
         if target == "to.email":
             m.to_email = f"{expr} AS {name}"
@@ -140,11 +145,16 @@ def _deep_member(m: _Members, cols: Cols, target: str, col: str) -> None:
         m.deep.append((col, check, f"{keys} + {json_depth_sql(text)}"))
 
 
+_LENIENT_SAID = " holds NaN, Infinity or a trailing comma, which JSON does not allow"
+
+
 def _validity(cols: Cols, targets: Mapping[str, str], m: _Members) -> tuple[list[str], list[str]]:
-    """(validity columns ``_dbad``, ``_pbad``, ``_deep``; payload columns ``_dcol``, ``_pcol``)."""
+    """(validity columns ``_dbad``, ``_pbad`` and ``_jbad``, the other JSON problem in words;
+    payload columns ``_dcol``, ``_pcol``)."""
     validity: list[str] = []
     payload: list[str] = []
     deep = list(m.deep)
+    lenient = list(m.lenient)
     for target, short in (("data", "d"), ("preferences", "p")):
         if target not in targets:
             validity.append(f"false AS _{short}bad")
@@ -158,16 +168,19 @@ def _validity(cols: Cols, targets: Mapping[str, str], m: _Members) -> tuple[list
         text = cols.json_text(col)
         if check != "false" and text is not None:
             deep.insert(len(deep) if short == "p" else 0, (col, check, json_depth_sql(text)))
-    if deep:
-        said = f"' levels deep; the most Courier takes is {MAX_JSON_DEPTH}'"
-        cases = " ".join(
-            f"WHEN {check} THEN {quote_literal('column ' + quote_ident(col) + ' nests ')} "
-            f"|| ({depth}) || {said}"
-            for col, check, depth in deep
-        )
-        validity.append(f"CASE {cases} END AS _deep")
-    else:
-        validity.append("NULL::VARCHAR AS _deep")
+        strict = cols.lenient(col, as_object=True)
+        if strict is not None:
+            lenient.insert(len(lenient) if short == "p" else 0, (col, strict))
+    said = f"' levels deep; the most Courier takes is {MAX_JSON_DEPTH}'"
+    cases = [
+        f"WHEN {check} THEN {quote_literal('column ' + quote_ident(col) + ' nests ')} "
+        f"|| ({depth}) || {said}"
+        for col, check, depth in deep
+    ] + [
+        f"WHEN {check} THEN {quote_literal('column ' + quote_ident(col) + _LENIENT_SAID)}"
+        for col, check in lenient
+    ]
+    validity.append(f"CASE {' '.join(cases)} END AS _jbad" if cases else "NULL::VARCHAR AS _jbad")
     return validity, payload
 
 
@@ -230,7 +243,7 @@ _REASON = f"""
             THEN 'bad_email'
           WHEN _phone IS NOT NULL AND NOT {_phone_digits("_phone")} BETWEEN 7 AND 15
             THEN 'bad_phone'
-          WHEN _dbad OR _pbad OR _deep IS NOT NULL THEN 'bad_json'
+          WHEN _dbad OR _pbad OR _jbad IS NOT NULL THEN 'bad_json'
         END"""
 
 _RECIPIENT = """
@@ -257,7 +270,7 @@ def _reason_text(targets: Mapping[str, str], where_label: str) -> str:
           WHEN 'bad_json' THEN CASE
               WHEN _dbad THEN {quote_literal("column " + data_col + " is not a JSON object")}
               WHEN _pbad THEN {quote_literal("column " + pref_col + " is not a JSON object")}
-              ELSE _deep END
+              ELSE _jbad END
         END"""
 
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import bulkbatch
 import bulkbatch.webhooks
 from bulkbatch.cli import cli
+from bulkbatch.state import RunState
 from tests.support import ROOT, SAMPLE
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -237,9 +238,20 @@ def test_status_reads_state_without_the_database(runner: CliRunner, tmp_path: Pa
     result = runner.invoke(cli, ["status", str(run_dir), "--json"])
     assert result.exit_code == 0, result.output
     st = orjson.loads(result.output)
-    assert st["stage"] == "next: send" and st["rows"] == 2000 and st["finished"] is False
+    assert st["stage"] == "planned" and st["rows"] == 2000 and st["finished"] is False
     text = runner.invoke(cli, ["status", str(run_dir)]).output
-    assert re.match(r"run r \(.*\): next: send", text)
+    # It said "next: send", and 'bulkbatch resume' of a plan's run sends nobody.
+    assert re.match(r"run r \(.*\): planned; 'bulkbatch send' with the same input and ", text)
+
+
+def test_status_of_a_stopped_send_says_what_is_next(runner: CliRunner, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    bulkbatch.plan(SAMPLE, event="welcome", run_dir=run_dir)
+    state = RunState.load(run_dir)
+    state.plan_only = False  # as 'bulkbatch send' leaves it when it stops before sending
+    state.save()
+    st = orjson.loads(runner.invoke(cli, ["status", str(run_dir), "--json"]).output)
+    assert st["stage"] == "next: send"
 
 
 def test_version_and_help_are_fast_paths(runner: CliRunner) -> None:

@@ -32,11 +32,12 @@ def test_runs_lists_campaign_state_and_counts(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["runs", str(runs), "--json"])
     assert result.exit_code == 0, result.output
     listed = {Path(r["run_dir"]).name: r for r in orjson.loads(result.output)}
-    assert listed["first"]["stage"] == "next: send" and listed["first"]["to_send"] == 30
+    # A plan's run is not waiting to be sent: resuming it plans, and only send sends it.
+    assert listed["first"]["stage"] == "planned" and listed["first"]["to_send"] == 30
     assert listed["second"]["stage"] == "finished" and listed["second"]["users_acked"] == 30
     assert listed["second"]["campaign"] == sent.campaign != planned.campaign
     text = CliRunner().invoke(cli, ["runs", str(runs)]).output
-    assert "finished" in text and "next: send" in text and sent.campaign[:12] in text
+    assert "finished" in text and "planned" in text and sent.campaign[:12] in text
     missing = CliRunner().invoke(cli, ["runs", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "is not a folder" in missing.output
 

@@ -41,7 +41,11 @@ __all__ = ["Run", "RunStatus", "settings_for"]
 
 @dataclass(frozen=True)
 class RunStatus:
-    """Where a run stands, read from ``state.json`` (works while another process sends)."""
+    """Where a run stands, read from ``state.json`` (works while another process sends).
+
+    ``stage``: ``next: <stage>`` (stopped before it), ``planned`` (a ``bulkbatch plan`` run:
+    resuming it plans only, ``bulkbatch send`` sends it), ``sending``, ``finished`` or
+    ``canceled``."""
 
     run_id: str
     run_dir: Path
@@ -68,8 +72,11 @@ class RunStatus:
 
     def render(self) -> str:
         """A few lines for people: the stage, the counts, and jobs summarised by status."""
+        hint = ""
+        if self.stage == "planned":
+            hint = "; 'bulkbatch send' with the same input and options sends it"
         lines = [
-            f"run {self.run_id} ({self.run_dir}): {self.stage}",
+            f"run {self.run_id} ({self.run_dir}): {self.stage}{hint}",
             f"  rows {self.rows:,}, to send {self.to_send:,}, "
             + f"acknowledged {self.users_acked:,}",
         ]
@@ -101,6 +108,8 @@ def status_of(state: RunState) -> RunStatus:
         stage = "canceled"
     elif pending is None:
         stage = "finished"
+    elif pending == "send" and state.plan_only:
+        stage = "planned"  # resuming it plans only; 'bulkbatch send' sends it
     elif pending == "send" and state.progress.get("users_acked"):
         stage = "sending"
     else:

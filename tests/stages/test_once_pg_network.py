@@ -112,8 +112,10 @@ class Proxy:
                         # sends. After this pause only a keepalive probe can find out.
                         time.sleep(0.5)
                         vanish(gone)
-                        other.close()
+                        # Before the other side is closed: its peer, woken by that close,
+                        # may check this at once (it failed so under load).
                         self.vanished.set()
+                        other.close()
                         return
                     peers[src].sendall(data)
 

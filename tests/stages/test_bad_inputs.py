@@ -7,10 +7,13 @@ what the tests say it is.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 import shutil
-from collections.abc import Callable
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -19,6 +22,15 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bulkbatch.cli import cli
+
+
+def zstd_compress(data: bytes) -> bytes:
+    """zstd bytes (the standard library has none before Python 3.14)."""
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as out:
+        out.write(data)
+    return bytes(sink.getvalue())
+
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "bad"
 
@@ -52,12 +64,33 @@ def mixed_schema_folder() -> Path:
     return folder
 
 
+def _bytes(name: str, data: bytes) -> Path:
+    path = BAD / name
+    path.write_bytes(data)
+    return path
+
+
+def _zipped(name: str, members: dict[str, str]) -> Path:
+    path = BAD / name
+    with zipfile.ZipFile(path, "w") as z:
+        for member, text in members.items():
+            z.writestr(member, text)
+    return path
+
+
+def _parquet_named(name: str) -> Path:
+    path = BAD / name
+    pq.write_table(pa.table({"user_id": ["u1"]}), path)
+    return path
+
+
+TWO = "user_id,email\nu1,u1@x.com\nu2,u2@x.com\n"
 BIG_JSON = json.dumps({"blob": "x" * 100_000})
 
 # name -> (build the input, expected) where expected is either
 #   ("error", exit_code, start of the one-line message), or
 #   ("ok", {reason_code: count, ...} of rejects, extra checks on the plan report)
-CASES: dict[str, tuple[Callable[[], Path], tuple[object, ...]]] = {
+CASES: dict[str, tuple[Any, ...]] = {
     "truncated_parquet": (
         truncated_parquet,
         ("error", 1, "Error: Cannot read "),
@@ -124,6 +157,56 @@ CASES: dict[str, tuple[Callable[[], Path], tuple[object, ...]]] = {
         )[1],
         ("ok", {}, {"to_send": 2}),
     ),
+    # Excel's "Unicode Text" and Windows PowerShell write UTF-16 with a BOM; DuckDB read it as
+    # UTF-8 (columns " u 1 , a 1 @ ...") and read big-endian as nothing at all.
+    "utf16_le_with_bom": (
+        lambda: _csv("u16le.csv", "\ufeff" + TWO.replace(",", "\t"), "utf-16-le"),
+        ("ok", {}, {"to_send": 2}),
+    ),
+    "utf16_be_with_bom": (
+        lambda: _csv("u16be.csv", "\ufeff" + TWO, "utf-16-be"),
+        ("ok", {}, {"to_send": 2}),
+    ),
+    "utf16_le_without_bom": (
+        lambda: _csv("u16nobom.csv", TWO, "utf-16-le"),
+        ("ok", {}, {"to_send": 2}),
+    ),
+    "zstd_csv": (
+        lambda: _bytes("z.csv.zst", zstd_compress(TWO.encode())),
+        ("ok", {}, {"to_send": 2}),
+    ),
+    # What the first bytes show a reader cannot read: said as such, not as a wrong encoding,
+    # "no address column", "empty" or a format flag that would not help.
+    "excel_workbook": (
+        lambda: _zipped("book.xlsx", {"[Content_Types].xml": "<x/>", "xl/workbook.xml": "<x/>"}),
+        ("error", 1, "Error: Cannot read "),
+        "is a spreadsheet",
+    ),
+    "excel_workbook_named_csv": (
+        lambda: _zipped("book.csv", {"[Content_Types].xml": "<x/>", "xl/workbook.xml": "<x/>"}),
+        ("error", 1, "Error: Cannot read "),
+        "is a spreadsheet",
+    ),
+    "zip_archive": (
+        lambda: _zipped("export.zip", {"a.csv": TWO}),
+        ("error", 1, "Error: Cannot read "),
+        "is a zip archive",
+    ),
+    "bzip2_csv": (
+        lambda: _bytes("a.csv.bz2", bz2.compress(TWO.encode())),
+        ("error", 1, "Error: Cannot read "),
+        "bzip2",
+    ),
+    "gzip_named_csv": (
+        lambda: _bytes("gz.csv", gzip.compress(TWO.encode())),
+        ("error", 1, "Error: Cannot read "),
+        "gzip-compressed but its name does not end in .gz",
+    ),
+    "parquet_named_csv": (
+        lambda: _parquet_named("pq.csv"),
+        ("error", 1, "Error: Cannot read "),
+        "is a Parquet file",
+    ),
     "non_string_ids": (
         lambda: (
             pq.write_table(
@@ -187,7 +270,7 @@ def corpus() -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input(case: str, tmp_path: Path) -> None:
-    build, expected = CASES[case]
+    build, expected, *said = CASES[case]
     source = build()
     result = plan_json(source, tmp_path / "r")
     assert "Traceback" not in result.output
@@ -199,6 +282,7 @@ def test_bad_input(case: str, tmp_path: Path) -> None:
         assert len(lines) == 1, result.output
         assert lines[0].startswith(str(start)), lines[0]
         assert str(source.name) in lines[0] or str(source) in lines[0]
+        assert all(str(part) in lines[0] for part in said), lines[0]
         return
     _, reasons, checks = expected
     assert result.exit_code == 0, result.output

@@ -1,7 +1,8 @@
 """CSV for the load stage: encodings, the ``read_csv`` call, lines that do not parse, and the
 column types inferred once the text is loaded.
 
-* **Encodings**: DuckDB reads UTF-8, UTF-16 and Latin-1 itself. Any other encoding Python
+* **Encodings**: DuckDB reads UTF-8, UTF-16 (little-endian) and Latin-1 itself; a UTF-16
+  file is recognised by its first bytes without ``--encoding``. Any other encoding Python
   knows (``cp1252``/``windows-1252``, ``utf-16-le``, ``shift_jis``, ...) is transcoded to a
   UTF-8 copy first, streamed in 1 MiB chunks (bytes, never rows), into DuckDB's temp
   directory; ``source`` and every message still name the original file.
@@ -112,6 +113,43 @@ def _encoding(name: str | None) -> tuple[str | None, str | None]:
     return None, codec
 
 
+def _utf16_order(path: str) -> tuple[str, bool] | None:
+    """(``"le"`` or ``"be"``, whether it has a byte-order mark) when the file is UTF-16 by its
+    first bytes: a byte-order mark, or, without one, every other byte zero (ASCII header
+    text). Excel's "Unicode Text" and Windows PowerShell write UTF-16."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(64)
+    except (OSError, EOFError):
+        return None  # reading it will say why
+    if head.startswith(b"\xff\xfe") and not head.startswith(b"\xff\xfe\x00\x00"):
+        return "le", True
+    if head.startswith(b"\xfe\xff"):
+        return "be", True
+    n = len(head) // 2 * 2
+    if n >= 4 and not any(head[1:n:2]) and all(head[0:n:2]):
+        return "le", False
+    if n >= 4 and not any(head[0:n:2]) and all(head[1:n:2]):
+        return "be", False
+    return None
+
+
+def _file_encoding(path: str, name: str | None) -> tuple[str | None, str | None]:
+    """:func:`_encoding` for one file: UTF-16 is found by its first bytes when no encoding is
+    given, and its byte order when ``utf-16`` is (DuckDB reads little-endian only, and read
+    big-endian text as no rows at all): big-endian is transcoded."""
+    native, codec = _encoding(name)
+    if name is not None and native != "utf-16":
+        return native, codec
+    order = _utf16_order(path)
+    if order is None:
+        return native, codec
+    if order[0] == "le":
+        return "utf-16", None
+    return None, "utf-16" if order[1] else "utf-16-be"
+
+
 def _temp_dir(con: duckdb.DuckDBPyConnection) -> str | None:
     """DuckDB's spill directory when set (the run's ``.spill``), else the system's."""
     with contextlib.suppress(duckdb.Error, IndexError):
@@ -163,7 +201,7 @@ def open_csv(con: duckdb.DuckDBPyConnection, path: str, options: CsvOptions) -> 
     :raises UsageError: an unknown encoding
     :raises InputError: the file is not in the encoding given
     """
-    native, codec = _encoding(options.encoding)
+    native, codec = _file_encoding(path, options.encoding)
     read_path = _transcode(path, codec, _temp_dir(con)) if codec else path
     args = [
         quote_literal(read_path),

@@ -59,6 +59,7 @@ from bulkbatch.stages.csvread import SOURCE_COL, CsvFile, csv_rejects, infer_typ
 from bulkbatch.stages.remote import GroupRead, group_read
 from bulkbatch.stages.sources import (
     INPUT_EXTENSIONS,
+    check_contents,
     fingerprint_files,
     format_of,
     resolve_sources,
@@ -347,6 +348,11 @@ def _load_group(
     options: LoadOptions,
 ) -> None:
     group = read.files
+    for f in group:
+        try:
+            check_contents(f, kind)
+        except InputError as exc:  # a downloaded object is named by its URL
+            raise InputError(str(exc).replace(f, read.names.get(f, f))) from None
     if kind != "csv":
         try:
             try:

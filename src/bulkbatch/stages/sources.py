@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from bulkbatch.errors import InputError, UsageError
 from bulkbatch.options import option
 from bulkbatch.storage import expand, fingerprint, is_remote
 
-__all__ = ["INPUT_EXTENSIONS", "fingerprint_files", "format_of", "resolve_sources"]
+__all__ = [
+    "INPUT_EXTENSIONS",
+    "check_contents",
+    "fingerprint_files",
+    "format_of",
+    "resolve_sources",
+]
 
 INPUT_EXTENSIONS: tuple[str, ...] = (
     ".parquet",
@@ -26,6 +33,9 @@ INPUT_EXTENSIONS: tuple[str, ...] = (
     ".json",
     ".ndjson.gz",
     ".jsonl.gz",
+    ".csv.zst",
+    ".ndjson.zst",
+    ".jsonl.zst",
 )
 _FORMAT_BY_EXT: tuple[tuple[str, str], ...] = (
     (".parquet", "parquet"),
@@ -41,6 +51,11 @@ _FORMAT_BY_EXT: tuple[tuple[str, str], ...] = (
     (".ndjson.gz", "ndjson"),
     (".jsonl.gz", "ndjson"),
     (".json.gz", "ndjson"),
+    (".csv.zst", "csv"),
+    (".tsv.zst", "csv"),
+    (".ndjson.zst", "ndjson"),
+    (".jsonl.zst", "ndjson"),
+    (".json.zst", "ndjson"),
 )
 
 
@@ -102,12 +117,15 @@ def resolve_sources(sources: Sequence[str]) -> list[str]:
 
 
 def format_of(file: str, fmt: str) -> str:
+    """``fmt``, or the format ``file``'s name says; a local file whose name says none is
+    named for what its first bytes show when that is something else (a workbook, an archive)."""
     if fmt != "auto":
         return fmt
     name = file.lower()
     for ext, kind in sorted(_FORMAT_BY_EXT, key=lambda e: -len(e[0])):
         if name.endswith(ext):
             return kind
+    check_contents(file, None)
     f = option("format").flag
     raise UsageError(
         f"Cannot tell the format of {file} from its extension: "
@@ -125,3 +143,88 @@ def fingerprint_files(files: Iterable[str]) -> str:
         st = os.stat(f)
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------ what the first bytes say
+#
+# A reader given a workbook, an archive or a compression it lacks fails in its own terms: "not
+# UTF-8, pass --encoding", "no address column: found PK...", "Input is empty". The first bytes
+# name the file for what it is, and the fix.
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "zip"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "ole"),  # Excel 97-2003 (.xls)
+    (b"PAR1", "parquet"),
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+    (b"7z\xbc\xaf\x27\x1c", "7z"),
+    (b"Rar!\x1a\x07", "rar"),
+)
+_NAMED_BY = {"gzip": ".gz", "zstd": ".zst"}
+"""Compressions DuckDB reads, and the name ending it decides them by."""
+_SPREADSHEET_NAMES = (".xlsx", ".xlsm", ".xlsb", ".xls", ".ods", ".numbers")
+
+
+def _magic(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None  # reading it will say why
+    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+
+
+def _is_workbook(path: str) -> bool:
+    if path.lower().endswith(_SPREADSHEET_NAMES):
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.startswith("xl/") or n == "content.xml" for n in names)
+
+
+def _refusal(path: str, magic: str, kind: str | None) -> str | None:
+    """What is wrong with reading ``path`` (first bytes ``magic``) as ``kind``, and the fix."""
+    if magic == "ole" or (magic == "zip" and _is_workbook(path)):
+        return (
+            "it is a spreadsheet (an Excel or OpenDocument workbook), not CSV. Save it as "
+            "CSV UTF-8 (or export it as Parquet) and pass that file"
+        )
+    if magic == "zip":
+        return "it is a zip archive. Extract it and pass the files inside, or their folder"
+    if magic in _NAMED_BY:
+        if path.lower().endswith(_NAMED_BY[magic]) or kind == "parquet":
+            return None
+        ext = _NAMED_BY[magic]
+        return (
+            f"it is {magic}-compressed but its name does not end in {ext}. Rename it to end "
+            f"in {ext}: the reader decompresses by the name"
+        )
+    if magic == "parquet":
+        if kind == "parquet":
+            return None
+        return f"it is a Parquet file. Name it *.parquet, or pass {option('format').flag} parquet"
+    return (
+        f"it is {magic}-compressed, which the reader cannot decompress. Decompress it, or "
+        "compress it with gzip (.gz) or zstd (.zst) instead"
+    )
+
+
+def check_contents(path: str, kind: str | None) -> None:
+    """Refuse a local file that cannot be read as ``kind`` (None: no format known) for what
+    its first bytes show it is: a workbook, an archive, a compression the reader lacks or that
+    its name does not say, Parquet named as text.
+
+    :raises InputError: one line naming the file, what it is and what to do
+    """
+    if is_remote(path):
+        return
+    magic = _magic(path)
+    said = None if magic is None else _refusal(path, magic, kind)
+    if said is not None:
+        raise InputError(f"Cannot read {path}: {said}.")

@@ -293,16 +293,39 @@ def test_corrupt_parquet(con, tmp_path):
     )
 
 
-def test_malformed_ndjson_names_the_line(con, tmp_path):
-    f = write(tmp_path / "bad.ndjson", '{"user_id": "u1"}\n{"user_id": 2\n')
+@pytest.mark.parametrize(
+    ("text", "line", "why", "shown"),
+    [
+        ('{"user_id": "u1"}\n{"user_id": 2\n', 2, "unexpected end of data", '{"user_id": 2'),
+        (
+            '{"user_id": "u1"}\n' * 3 + '{"user_id": "u2", bad\n{"user_id": "u3"}\n',
+            4,
+            "unexpected character",
+            '{"user_id": "u2", bad',
+        ),
+        ('{"user_id": oops}\n{"user_id": "u3"}\n', 1, "unexpected character", '{"user_id": oops}'),
+        ('{"user_id": "u1"}\n{"user_id": "u2"', 2, "unexpected end of data", '{"user_id": "u2"'),
+    ],
+)
+def test_malformed_ndjson_names_the_line(con, tmp_path, text, line, why, shown):
+    """DuckDB names the line after the bad one ("line 3" for a bad line 2, "record/value 2"
+    for a bad first line); the message names the bad line and shows its start."""
+    f = write(tmp_path / "bad.ndjson", text)
+    with pytest.raises(InputError) as e:
+        load_inputs(con, LoadOptions((str(f),)))
+    assert str(e.value) == (
+        f"Cannot read {f.resolve()} (line {line}): not valid JSON ({why}): {shown}. "
+        "Check that each line is one JSON object (NDJSON), or pass the right --format."
+    )
+
+
+def test_malformed_ndjson_line_is_shown_short(con, tmp_path):
+    f = write(tmp_path / "bad.ndjson", '{"user_id": "u1", "blob": "' + "x" * 500 + "\n")
     with pytest.raises(InputError) as e:
         load_inputs(con, LoadOptions((str(f),)))
     msg = str(e.value)
-    assert msg.startswith(f"Cannot read {f.resolve()} (line 3): Malformed JSON in file ")
-    assert msg.endswith(
-        "Check that each line is one JSON object (NDJSON), or pass the right --format."
-    )
-    assert "\n" not in msg
+    assert "(line 1): not valid JSON (" in msg and len(msg) < 400 and "\n" not in msg
+    assert '{"user_id": "u1", "blob": "xxx' in msg and "…" in msg
 
 
 def test_unknown_extension(con, tmp_path):

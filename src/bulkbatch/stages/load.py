@@ -56,6 +56,7 @@ from bulkbatch.db import configure_connection, fetch_one, quote_ident, quote_lit
 from bulkbatch.errors import InputError
 from bulkbatch.options import option
 from bulkbatch.stages.csvread import SOURCE_COL, CsvFile, csv_rejects, infer_types, open_csv
+from bulkbatch.stages.jsonlines import malformed_line
 from bulkbatch.stages.remote import GroupRead, group_read
 from bulkbatch.stages.sources import (
     INPUT_EXTENSIONS,
@@ -186,6 +187,9 @@ def _read_error(
     if kind == "csv" and len(files) == 1:
         file = files[0]  # DuckDB may name a transcoded copy
     where = file or _describe_files(files)
+    said = malformed_line(file, text) if kind == "ndjson" and file else None
+    if said is not None:
+        return InputError(f"Cannot read {where} {said}. {_read_fix(text, kind)}")
     line_m = re.search(r"CSV Error on Line: (\d+)", text) or re.search(r"in line (\d+)", text)
     line = f" (line {line_m.group(1)})" if line_m else ""
     return InputError(

@@ -364,6 +364,16 @@ def users_sql(q: Queries, source: str, where: str, carry: Sequence[str]) -> str:
     """
 
 
+_LOW_64 = (1 << 64) - 1
+
+
+def _byte_swapped(word: str) -> str:
+    """SQL: UBIGINT ``word`` with its 8 bytes in reverse order. Every term is parenthesised:
+    DuckDB gives ``<<``, ``>>``, ``&`` and ``|`` one precedence, left to right."""
+    terms = " | ".join(f"((({word} >> {8 * i}) & 255) << {8 * (7 - i)})" for i in range(8))
+    return f"({terms})::UBIGINT"
+
+
 def order_sql(options: PlanOptions) -> str:
     """``row_number, job_no, batch_no`` of every user to send (narrow; any order)."""
     bs = int(options.batch_size)
@@ -380,12 +390,15 @@ def order_sql(options: PlanOptions) -> str:
     mjs = int(options.max_job_size)
     # md5(recipient) order, as two unsigned 64-bit halves of the digest (the same order as its
     # hex text): the window sorts 16 fixed-width bytes instead of 32-character strings
-    # (10M: 9.4-10.7 -> 5.7-6.7 s; the text spilled 4.3 GB under the 320MB cap).
+    # (10M: 9.4-10.7 -> 5.7-6.7 s; the text spilled 4.3 GB under the 320MB cap). The halves
+    # come from one md5_number, whose 64-bit words are the digest's bytes little-endian, so
+    # each is byte-swapped into the text's order (10M: 2.6-2.8 -> 1.5 s, the same values).
+    m = "md5_number(recipient)"
+    h1 = _byte_swapped(f"({m} & {_LOW_64}::UHUGEINT)::UBIGINT")
+    h2 = _byte_swapped(f"({m} >> 64)::UBIGINT")
     return f"""
     WITH p AS (
-        SELECT row_number, ('0x' || left(h, 16))::UBIGINT AS h1,
-               ('0x' || right(h, 16))::UBIGINT AS h2
-        FROM (SELECT row_number, md5(recipient) AS h FROM ({source}))
+        SELECT row_number, {h1} AS h1, {h2} AS h2 FROM ({source})
     ),
     j AS (
         SELECT row_number, (row_number() OVER (ORDER BY h1, h2, row_number) - 1)

@@ -62,3 +62,12 @@ def test_export(tmp_path: Path) -> None:
     result = runner.invoke(webhooks_command, ["export", str(store), str(out), "--outcomes"])
     assert result.exit_code == 0, result.output
     assert pq.read_table(out).column("delivery_status").to_pylist() == ["OPENED"]
+
+
+def test_serve_defaults_are_the_receivers() -> None:
+    """The CLI states its defaults without importing the receiver (which loads starlette)."""
+    from bulkbatch.webhooks import receiver
+
+    params = {p.name: p for p in webhooks_command.commands["serve"].params}
+    assert params["body_timeout"].default == receiver.DEFAULT_BODY_TIMEOUT
+    assert params["max_body_bytes"].default == receiver.DEFAULT_MAX_BODY_BYTES

@@ -162,3 +162,30 @@ def test_store_failure_is_503_so_courier_retries(store: Path) -> None:
         body = message_event("m", "SENT")
         assert client.post(PATH, content=body, headers=signed_headers(body)).status_code == 503
         assert client.get("/healthz").status_code == 503
+
+
+def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(store: Path) -> None:
+    """A client that sends its headers and then only part of the body held a connection
+    (and a task) for ever: each read waited for more. The body now has a deadline."""
+    import socket
+    import time
+
+    with WebhookReceiver(store, secrets=SECRET, body_timeout=1.0) as rx:
+        port = int(rx.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(
+                b"POST /webhooks/courier HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"type":'
+            )
+            started = time.monotonic()
+            answer = b""
+            while chunk := s.recv(4096):  # until the receiver closes the connection
+                answer += chunk
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+        assert b'"body_timeout"' in answer
+        assert waited < 8
+        with httpx.Client(timeout=10) as http:  # the receiver still serves
+            body = message_event("m", "SENT")
+            assert http.post(rx.webhook_url, content=body, headers=signed_headers(body)).is_success
+    assert stored(store) == 1

@@ -130,6 +130,15 @@ def webhooks_command() -> None:
     help="Larger requests get 413.",
 )
 @click.option(
+    "--body-timeout",
+    default=30.0,  # receiver.DEFAULT_BODY_TIMEOUT (not imported: it loads starlette)
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="A request whose body has not arrived this long after its headers gets 408 and "
+    "its connection is closed, so a stalled client cannot hold it.",
+)
+@click.option(
     "--durability",
     type=click.Choice(["fsync", "process"]),
     default="fsync",
@@ -153,6 +162,7 @@ def serve_command(
     insecure_no_signature: bool,
     max_age: float,
     max_body_bytes: int,
+    body_timeout: float,
     durability: str,
     keep_bodies: bool,
 ) -> None:
@@ -160,8 +170,9 @@ def serve_command(
 
     Prints one line, 'bulkbatch webhooks listening on URL', when ready. Each event is
     answered 200 only after it is committed to the store; rejected requests (401 bad
-    signature, 400 bad JSON, 413 too large, 415 not JSON) are logged as JSON lines on
-    stderr, without header values. On SIGTERM queued events are committed before exit.
+    signature, 400 bad JSON, 408 body too slow, 413 too large, 415 not JSON) are logged as
+    JSON lines on stderr, without header values. On SIGTERM queued events are committed
+    before exit.
 
     Examples:
 
@@ -186,6 +197,7 @@ def serve_command(
             insecure_no_signature=insecure_no_signature,
             max_age=max_age or None,
             max_body_bytes=max_body_bytes,
+            body_timeout=body_timeout,
             keep_bodies=keep_bodies,
             durability=durability,
             on_ready=ready,

@@ -7,6 +7,8 @@
 413    ``Content-Length`` is over ``max_body_bytes`` (checked before reading), or the body
        grows past it while streaming (chunked requests)
 400    ``Content-Length`` is not a number
+408    the body did not arrive within ``body_timeout`` seconds of the headers (the
+       connection is closed: a client that stops sending cannot hold it)
 401    the ``courier-signature`` header is missing, malformed, does not match the raw body,
        or its timestamp is outside the tolerance. Nothing of the request is stored.
 400    the body is not JSON, or not ``{"type": str, "data": {...}}`` (``message:updated``
@@ -32,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+import anyio
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -59,6 +62,9 @@ log = logging.getLogger("bulkbatch.webhooks")
 
 WEBHOOK_PATH = "/webhooks/courier"
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
+DEFAULT_BODY_TIMEOUT = 30.0
+"""Seconds a request's body may take after its headers: Courier sends a few kilobytes at
+once; a client dripping bytes, or stopping, is cut off rather than holding a connection."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -96,10 +102,12 @@ class CourierWebhookEndpoint:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         keep_bodies: bool = False,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         self.writer = writer
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.keep_bodies = keep_bodies
         self.accepted = 0
         self.rejected: dict[int, int] = {}
@@ -108,7 +116,12 @@ class CourierWebhookEndpoint:
         declared: int | None = None
         try:
             declared, signature = self._headers(scope)
-            body = await self._read_body(receive, declared)
+            with anyio.move_on_after(self.body_timeout) as deadline:
+                body = await self._read_body(receive, declared)
+            if deadline.cancelled_caught:
+                raise _Reject(
+                    408, "body_timeout", f"the body took over {self.body_timeout:g} s to arrive"
+                )
             if body is None:  # the client went away
                 return
             signed_at = None
@@ -201,7 +214,7 @@ class CourierWebhookEndpoint:
         }
         log.warning(orjson.dumps(record).decode())
         headers = None
-        if status == 413:
+        if status in (408, 413):
             headers = [*_JSON_HEADERS, (b"connection", b"close")]
         await _respond(send, status, orjson.dumps({"error": reason}), headers)
 
@@ -260,6 +273,7 @@ def create_app(
     max_batch: int = 2000,
     linger: float = 0.0,
     durability: str = "fsync",
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> Starlette:
     """The receiver app: ``POST /webhooks/courier`` and ``GET /healthz``.
 
@@ -273,13 +287,19 @@ def create_app(
     verifier = _verifier(secrets, insecure_no_signature, max_age, max_future)
     if max_body_bytes < 1:
         raise WebhookConfigError("max_body_bytes must be at least 1")
+    if not body_timeout > 0:
+        raise WebhookConfigError("body_timeout must be a positive number of seconds")
     if durability not in DURABILITY:
         raise WebhookConfigError(f"durability must be one of {', '.join(DURABILITY)}")
     writer = GroupCommitWriter(
         store_path, max_batch=max_batch, linger=linger, durability=durability
     )
     endpoint = CourierWebhookEndpoint(
-        writer, verifier, max_body_bytes=max_body_bytes, keep_bodies=keep_bodies
+        writer,
+        verifier,
+        max_body_bytes=max_body_bytes,
+        keep_bodies=keep_bodies,
+        body_timeout=body_timeout,
     )
 
     async def healthz(request: Request) -> JSONResponse:

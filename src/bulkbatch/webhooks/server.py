@@ -21,7 +21,12 @@ from typing import Any, Self
 import uvicorn
 from starlette.applications import Starlette
 
-from bulkbatch.webhooks.receiver import DEFAULT_MAX_BODY_BYTES, WEBHOOK_PATH, create_app
+from bulkbatch.webhooks.receiver import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    WEBHOOK_PATH,
+    create_app,
+)
 from bulkbatch.webhooks.signature import DEFAULT_MAX_AGE, DEFAULT_MAX_FUTURE
 from bulkbatch.webhooks.store import WebhookStore
 
@@ -191,6 +196,7 @@ def serve(
     max_future: float = DEFAULT_MAX_FUTURE,
     keep_bodies: bool = False,
     durability: str = "fsync",
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then commit what is queued; call ``on_ready(url)`` once up.
@@ -208,6 +214,7 @@ def serve(
         max_future=max_future,
         keep_bodies=keep_bodies,
         durability=durability,
+        body_timeout=body_timeout,
     )
     # Open the store before listening, so a bad path fails fast with a clear error.
     WebhookStore(store_path, durability=durability).close()

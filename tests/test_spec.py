@@ -64,6 +64,41 @@ def test_parse_json_option(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"a": NaN}', 'NaN at "a"'),
+        ('{"a": {"b": [1, Infinity]}}', 'Infinity at "a.b[1]"'),
+        ('{"a": -Infinity}', '-Infinity at "a"'),
+    ],
+)
+def test_nan_in_a_json_option_is_refused_not_sent_as_null(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    """Python's json reads NaN and Infinity; orjson then wrote them as null, so --data's
+    value silently vanished from every user."""
+    f = tmp_path / "d.json"
+    f.write_text(text)
+    for value in (text, f"@{f}"):
+        with pytest.raises(UsageError) as e:
+            parse_json_option("data", value)
+        assert str(e.value) == (
+            f"--data{' file ' + str(f) if value.startswith('@') else ''} holds {said}, which "
+            "JSON does not have (Courier refuses it). Give a number, a string or null."
+        )
+
+
+def test_nan_in_a_message_option_from_python_or_toml_is_refused() -> None:
+    from bulkbatch.spec import Campaign
+
+    with pytest.raises(UsageError) as e:
+        Campaign(event="welcome", data={"a": [1.0, math.nan]})
+    assert '--data holds NaN at "a[1]"' in str(e.value)
+    with pytest.raises(UsageError) as e:
+        Campaign(event="welcome", override={"x": {"y": math.inf}})
+    assert '--override holds Infinity at "x.y"' in str(e.value)
+
+
 def test_content_errors_name_content_not_data() -> None:
     with pytest.raises(UsageError) as e:
         parse_json_option("content", "notjson")

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import orjson
 
 from bulkbatch.config import MAX_BATCH_SIZE
 from bulkbatch.dburl import is_postgres_url, location_of
@@ -130,8 +133,31 @@ def parse_json_option(name: str, text: str) -> dict[str, Any]:
     return value
 
 
+def _non_finite(value: object) -> tuple[str, str] | None:
+    """(how JSON-ish text spells it, its path) of the first NaN or infinity in a decoded
+    value, or None. Python's json reads ``NaN`` and ``Infinity``; orjson writes them as null."""
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return ("NaN" if math.isnan(item) else "Infinity" if item > 0 else "-Infinity"), path
+        if isinstance(item, dict):  # pushed in reverse: the first in document order wins
+            pairs = [(v, f"{path}.{k}" if path else str(k)) for k, v in item.items()]
+            stack.extend(reversed(pairs))
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed([(v, f"{path}[{i}]") for i, v in enumerate(item)]))
+    return None
+
+
 def check_depth(opt: Option, value: object, where: str | None = None) -> None:
-    """Refuse a JSON value nested deeper than :data:`MAX_JSON_DEPTH`."""
+    """Refuse a JSON value nested deeper than :data:`MAX_JSON_DEPTH`, or holding a NaN or an
+    infinity (which JSON does not have)."""
+    found = _non_finite(value)
+    if found is not None:
+        raise UsageError(
+            f"{where or opt.flag} holds {found[0]} at {orjson.dumps(found[1]).decode()}, which "
+            "JSON does not have (Courier refuses it). Give a number, a string or null."
+        )
     depth = json_depth(value)
     if depth > MAX_JSON_DEPTH:
         raise UsageError(

@@ -29,6 +29,7 @@ object, or the dataset's files with ``_summary.json`` last, so a reader that wai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import tempfile
@@ -95,6 +96,25 @@ class MergeInfo:
         }
 
 
+def _unfinished(run_dir: Path, label: str) -> str:
+    """Why a shard without summary.json cannot be merged, and the step that finishes it: a
+    run ``bulkbatch plan`` started is resumed as a plan, so only a send sends it."""
+    planned = False
+    with contextlib.suppress(OSError, orjson.JSONDecodeError):
+        raw = orjson.loads((run_dir / "state.json").read_bytes())
+        planned = isinstance(raw, dict) and raw.get("plan_only") is True
+    if planned:
+        return (
+            f"{label} was only planned ('bulkbatch plan' started it), so it has sent nobody. "
+            "Send that shard with 'bulkbatch send' and the same input, options and --shard, "
+            "then merge."
+        )
+    return (
+        f"{label} has no summary.json: its shard has not finished. Run 'bulkbatch resume "
+        f"{label}' (or the shard's send again) and merge after."
+    )
+
+
 def _summary(run_dir: Path, label: str) -> dict[str, Any]:
     path = run_dir / "summary.json"
     if not run_dir.is_dir():
@@ -102,10 +122,7 @@ def _summary(run_dir: Path, label: str) -> dict[str, Any]:
     try:
         raw = orjson.loads(path.read_bytes())
     except FileNotFoundError:
-        raise StateError(
-            f"{label} has no summary.json: its shard has not finished. Run 'bulkbatch "
-            f"resume RUN_DIR' (or the shard's send again) and merge after."
-        ) from None
+        raise StateError(_unfinished(run_dir, label)) from None
     except orjson.JSONDecodeError as exc:
         raise StateError(
             f"{label}/summary.json is corrupt ({exc}); run 'bulkbatch results' on its run "

@@ -259,3 +259,9 @@ def test_version_and_help_are_fast_paths(runner: CliRunner) -> None:
     out = runner.invoke(cli, ["--help"]).output
     for name in COMMANDS:
         assert name in out
+
+
+def test_plan_help_does_not_promise_that_resume_sends(runner: CliRunner) -> None:
+    text = " ".join(runner.invoke(cli, ["plan", "--help"]).output.split())
+    assert "'bulkbatch resume RUN_DIR') send this plan" not in text
+    assert "the same options given to 'bulkbatch send' send this plan" in text

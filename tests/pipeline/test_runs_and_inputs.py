@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import bulkbatch
 from bulkbatch.cli import cli
-from bulkbatch.errors import InputError
+from bulkbatch.errors import InputError, StateError
 from bulkbatch.state import RunState
 
 
@@ -54,3 +54,14 @@ def test_resume_refuses_an_input_replaced_before_it_was_loaded(tmp_path: Path) -
     with pytest.raises(InputError) as e:
         bulkbatch.Run(run.path).resume()
     assert str(e.value).startswith(f"Input {audience.resolve()} changed (size or modification")
+
+
+def test_a_planned_runs_missing_files_say_how_to_send_it(tmp_path: Path) -> None:
+    """They said "Run 'bulkbatch resume DIR'", which for a run 'bulkbatch plan' started
+    only plans again."""
+    planned = bulkbatch.plan(_audience(tmp_path / "a.csv", 5), event="w", run_dir=tmp_path / "r")
+    for read in (planned.summary, planned.read_results):
+        with pytest.raises(StateError) as e:
+            read()
+        assert "bulkbatch resume" not in str(e.value)
+        assert "send it with 'bulkbatch send' and the same input and options" in str(e.value)

@@ -294,6 +294,10 @@ def test_report_of_a_plan_only_run(plan_run: bulkbatch.Run) -> None:
     assert {k: page.number("reason", k) for k in page.data["reason"]} == info.rejected_by_reason
     assert page.text.count("Not sent yet") >= 3  # statuses, delivery, throughput
     assert "planned, not sent yet" in page.text
+    # Resuming a run that 'bulkbatch plan' started only plans: the page said to send it so.
+    words = " ".join(page.text.split())
+    assert "bulkbatch resume" not in words
+    assert "send it with bulkbatch send and the same input and options" in words
     assert_no_clear_emails(text)
     assert_self_contained(text, page)
 

@@ -114,10 +114,14 @@ def _accounting(f: _Facts) -> str:
         [_e("rejected"), f'<span data-count="rejected">{values["rejected"]:,}</span>'],
     ]
     acked = f.state.progress.get("users_acked")
+    step = (  # resuming a run 'bulkbatch plan' started only plans
+        "send it with <code>bulkbatch send</code> and the same input and options"
+        if f.state.plan_only
+        else f"send or finish it with <code>bulkbatch resume {_e(f.state.run_dir)}</code>"
+    )
     note = (
         f'<p class="note">The plan adds up; results are not written yet'
-        f"{f' ({int(acked):,} users acknowledged so far)' if acked else ''}: "
-        f"send or finish it with <code>bulkbatch resume {_e(f.state.run_dir)}</code>.</p>"
+        f"{f' ({int(acked):,} users acknowledged so far)' if acked else ''}: {step}.</p>"
     )
     body = f'<p>{badge} <span class="equation">{_e(eq)}</span></p>{note}' + _table(
         ["", "rows"], rows, {1}

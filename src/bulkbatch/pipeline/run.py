@@ -228,7 +228,8 @@ class Run:
         path = self.path / "summary.json"
         if not path.exists():
             raise StateError(
-                f"Run {self.run_id} has no summary yet. Finish it with "
+                self._planned_only("summary")
+                or f"Run {self.run_id} has no summary yet. Finish it with "
                 f"'bulkbatch resume {self.path}' or write results with "
                 f"'bulkbatch results {self.path}'."
             )
@@ -251,10 +252,20 @@ class Run:
         path = self.path / name
         if not path.exists():
             raise StateError(
-                f"Run {self.run_id} has no {name} yet. Run 'bulkbatch resume {self.path}' "
+                self._planned_only(name)
+                or f"Run {self.run_id} has no {name} yet. Run 'bulkbatch resume {self.path}' "
                 "(or 'bulkbatch results' for results.parquet)."
             )
         return path
+
+    def _planned_only(self, what: str) -> str | None:
+        """Why a run ``bulkbatch plan`` started has no ``what``: resuming it only plans."""
+        if not self.state.plan_only:
+            return None
+        return (
+            f"Run {self.run_id} has no {what}: it was only planned. To send it, send it with "
+            "'bulkbatch send' and the same input and options."
+        )
 
     def read_results(self) -> pl.DataFrame:
         """``results.parquet`` as a polars DataFrame (one row per input row)."""

@@ -202,6 +202,20 @@ CASES: dict[str, tuple[Any, ...]] = {
         ("error", 1, "Error: Cannot read "),
         "gzip-compressed but its name does not end in .gz",
     ),
+    # `curl -o audience.csv URL` that saved a login or error page instead of the export.
+    "html_page_named_csv": (
+        lambda: _csv("page.csv", "\n  <!DOCTYPE html>\n<html><body>Sign in</body></html>\n"),
+        ("error", 1, "Error: Cannot read "),
+        "is an HTML or XML page",
+    ),
+    "s3_error_xml_named_ndjson": (
+        lambda: _csv(
+            "denied.ndjson",
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code></Error>',
+        ),
+        ("error", 1, "Error: Cannot read "),
+        "is an HTML or XML page",
+    ),
     "parquet_named_csv": (
         lambda: _parquet_named("pq.csv"),
         ("error", 1, "Error: Cannot read "),

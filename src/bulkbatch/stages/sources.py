@@ -168,12 +168,19 @@ _NAMED_BY = {"gzip": ".gz", "zstd": ".zst"}
 _SPREADSHEET_NAMES = (".xlsx", ".xlsm", ".xlsb", ".xls", ".ods", ".numbers")
 
 
+_MARKUP = (b"<!doctype", b"<html", b"<?xml", b"<!--")
+"""How an HTML or XML page starts: what ``curl -o`` saves when it gets a sign-in or an error
+page (S3's ``<Error><Code>AccessDenied``) instead of the export."""
+
+
 def _magic(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(256)
     except OSError:
         return None  # reading it will say why
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip().lower().startswith(_MARKUP):
+        return "markup"
     return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
 
 
@@ -197,6 +204,11 @@ def _refusal(path: str, magic: str, kind: str | None) -> str | None:
         )
     if magic == "zip":
         return "it is a zip archive. Extract it and pass the files inside, or their folder"
+    if magic == "markup":
+        return (
+            "it is an HTML or XML page, not data: perhaps a sign-in or error page saved in "
+            "place of the export. Download the export again and check the file"
+        )
     if magic in _NAMED_BY:
         if path.lower().endswith(_NAMED_BY[magic]) or kind == "parquet":
             return None

@@ -128,7 +128,7 @@ def case(name: str) -> Callable[[Callable[[Box], None]], Callable[[Box], None]]:
 
 
 def _corpus_case(name: str) -> Callable[[Box], None]:
-    build, expected = corpus.CASES[name]
+    build, expected, *_ = corpus.CASES[name]
 
     def run(box: Box) -> None:
         source = str(build())

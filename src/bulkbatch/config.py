@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from bulkbatch.errors import UsageError
 from bulkbatch.options import option
@@ -58,6 +60,34 @@ def auto_job_size(rows: int, concurrency: int) -> int:
     return max(MIN_AUTO_JOB_SIZE, -(-rows // (JOBS_PER_PAGER * max(1, concurrency))))
 
 
+def check_base_url(url: str) -> None:
+    """Refuse an API root no request could use, before anything is stored or sent: not
+    http(s), no host, or credentials in it (``user:password@``), which would otherwise be
+    written to state.json and the campaign registry; such a URL is never repeated.
+
+    :raises UsageError: naming ``COURIER_BASE_URL`` and its flag
+    """
+    opt = option("base_url")
+    name = f"{opt.envvar} ({opt.flag})"
+    shown = re.sub(r"[^/@]*@", "***@", str(url))  # whatever precedes an @ may be a secret
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        parts = None
+    if parts is not None and "@" in parts.netloc:
+        raise UsageError(
+            f"{name} holds a user name or password ({parts.scheme}://***@...): Courier takes "
+            f"the API key as a bearer token, from {option('api_key').envvar}. Remove them "
+            "from the URL."
+        )
+    if parts is None or parts.scheme.lower() not in ("http", "https"):
+        raise UsageError(
+            f"{name} {shown!r} must start with https:// (or http:// for a local emulator)."
+        )
+    if not parts.hostname:
+        raise UsageError(f"{name} {shown!r} has no host; use e.g. {DEFAULT_BASE_URL}.")
+
+
 @dataclass(frozen=True)
 class Settings:
     """How bulkbatch talks to Courier.
@@ -84,6 +114,7 @@ class Settings:
     poll_interval: float = 1.0
 
     def __post_init__(self) -> None:
+        check_base_url(self.base_url)
         # The options shared with the command line are checked by their one definition
         # (bulkbatch.options), so the wording names the real flag.
         option("rate").check(self.rate)

@@ -26,7 +26,7 @@ from bulkbatch.client.exchange import (
 )
 from bulkbatch.client.ratelimit import AdaptiveLimiter
 from bulkbatch.config import Settings
-from bulkbatch.errors import ApiUnavailable, BadResponse
+from bulkbatch.errors import ApiUnavailable, BadResponse, UsageError
 from tests.client.support import JOB, SECRET, ManualClock, Recorder, assert_one_clear_line
 
 JOB_BODY = b'{"jobId":"' + JOB.encode() + b'"}'
@@ -114,7 +114,8 @@ def test_a_direct_client_uses_aiohttp_and_every_other_keeps_httpx(
         transport=httpx.MockTransport(Recorder(httpx.Response(200))),
     )
     assert injected._exchange is None  # tests' transports are used as given
-    assert client_for("ftp://api.courier.com")._exchange is None  # httpx words the refusal
+    with pytest.raises(UsageError, match="must start with https://"):  # refused by Settings
+        client_for("ftp://api.courier.com")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     assert client_for("https://api.courier.com")._exchange is None  # the proxy is httpx's
 

@@ -11,6 +11,7 @@ import orjson
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from bulkbatch.db import configure_connection
@@ -117,6 +118,31 @@ def test_parquet_struct_column(con, tmp_path):
         (1, "u0", 0),
         (2, "u1", 1),
         (3, "u2", 2),
+    ]
+
+
+def test_parquet_text_stored_as_binary_is_read_as_text(con, tmp_path):
+    """Hive, Impala and older Spark write strings as BINARY without the UTF8 annotation, and
+    DuckDB reads them as BLOB: a name went out as "Jos\\xC3\\xA9". A binary column whose
+    every value is UTF-8 is text; one with other bytes stays binary."""
+    f = tmp_path / "a.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([b"u1", b"u2", None], pa.binary()),
+                "data.name": pa.array(["José".encode(), "Zoë".encode(), b""], pa.binary()),
+                "digest": pa.array([b"\xff\x00", b"ok", None], pa.binary()),
+            }
+        ),
+        f,
+    )
+    load_inputs(con, LoadOptions((str(f),)))
+    types = dict(rows(con, "SELECT column_name, column_type FROM (DESCRIBE inputs)"))
+    assert (types["user_id"], types["data.name"], types["digest"]) == ("VARCHAR", "VARCHAR", "BLOB")
+    assert rows(con, 'SELECT user_id, "data.name" FROM inputs ORDER BY row_number') == [
+        ("u1", "José"),
+        ("u2", "Zoë"),
+        (None, ""),
     ]
 
 
@@ -417,3 +443,9 @@ def test_a_csv_thousands_of_columns_wide_loads_under_the_memory_cap(tmp_path):
     assert rows(con, "SELECT n_int, late, t1993 FROM inputs WHERE email = 'p199@x.com'") == [
         (199, 199, "x199")
     ]
+
+
+def test_a_frames_utf8_binary_column_is_text(con):
+    frame = pa.table({"user_id": ["u1"], "name": pa.array(["José".encode()], pa.binary())})
+    load_frame(con, frame)
+    assert rows(con, "SELECT name FROM inputs") == [("José",)]

@@ -437,6 +437,7 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
             f"Input is empty: {_describe_files(files)} has no data rows. "
             "Check that the export finished, or point at the right file."
         )
+    _decode_text_blobs(con)
     inferred: dict[str, str] = {}
     if options.infer_types:
         text_columns = _text_columns(con, loaded.csv_columns - loaded.typed_columns)
@@ -455,6 +456,30 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
         bad_lines=len(loaded.bad_lines),
         inferred_types=inferred,
     )
+
+
+def _decode_text_blobs(con: duckdb.DuckDBPyConnection) -> None:
+    """Binary columns whose every value is UTF-8 become text. Hive, Impala and older Spark
+    write strings as Parquet BINARY without the UTF8 annotation; DuckDB reads those as BLOB,
+    whose text is escaped bytes ("Jos\\xC3\\xA9"). Other binary columns stay as they are.
+    (``binary_as_string`` would fail the whole read on one column of real bytes.)"""
+    described = con.execute("DESCRIBE inputs").fetchall()
+    blobs = [quote_ident(str(r[0])) for r in described if str(r[1]) == "BLOB"]
+    if not blobs:
+        return
+    counts = fetch_one(
+        con,
+        "SELECT "
+        + ", ".join(
+            f"count(*) FILTER (WHERE {c} IS NOT NULL AND try(decode({c})) IS NULL)" for c in blobs
+        )
+        + " FROM inputs",
+    )
+    for column, bad in zip(blobs, counts, strict=True):
+        if not bad:
+            con.execute(
+                f"ALTER TABLE inputs ALTER COLUMN {column} TYPE VARCHAR USING decode({column})"
+            )
 
 
 def _text_columns(con: duckdb.DuckDBPyConnection, names: set[str]) -> list[str]:
@@ -524,6 +549,7 @@ def load_frame(con: duckdb.DuckDBPyConnection, frame: object) -> LoadInfo:
         raise InputError(
             f"Input is empty: the {name} has no rows. Pass a frame with at least one row."
         )
+    _decode_text_blobs(con)
     h = hashlib.sha256()
     h.update(repr([(n, t) for n, t in described]).encode())
     h.update(f"\0{rows}\0{row[1]}".encode())

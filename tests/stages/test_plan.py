@@ -420,6 +420,32 @@ def test_nan_and_infinity_are_left_out_not_sent_as_invalid_json(con):
     assert [u.get("data") for u in users(con)] == [None, None, None, {"score": 1.5}]
 
 
+def test_float_ids_and_phones_are_sent_as_integers_and_nan_as_missing(con):
+    """pandas turns an integer column with a gap into float64, so ids went out as "12345.0"
+    (another Courier user than "12345") and phone numbers as "15550001111.0"; a NaN id was
+    the text "nan", one recipient shared by every such row (all but one lost as
+    duplicates)."""
+    nan = float("nan")
+    plan_of(
+        con,
+        {
+            "user_id": [12345.0, nan, 678.0, 2.5, nan, -0.0],
+            "phone_number": [None, 15550001111.0, None, None, nan, None],
+            "email": [None, None, None, None, "x@y.com", None],
+        },
+    )
+    assert [u["recipient"] for u in users(con)] == [
+        "12345",
+        "phone:15550001111",
+        "678",
+        "2.5",
+        "email:x@y.com",
+        "0",
+    ]
+    assert users(con)[1]["profile"]["phone_number"] == "15550001111"
+    assert con.execute("SELECT count(*) FROM duplicates").fetchall() == [(0,)]
+
+
 # ------------------------------------------- JSON that DuckDB reads and Courier refuses
 #
 # DuckDB's JSON reader (yyjson, lenient) accepts NaN, Infinity and trailing commas, and its

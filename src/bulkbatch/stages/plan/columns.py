@@ -195,7 +195,8 @@ class Cols:
         self.types = dict(types)
 
     def text(self, col: str) -> str:
-        """The column as trimmed text, NULL when missing or empty."""
+        """The column as trimmed text, NULL when missing or empty; a whole float as an
+        integer."""
         c = quote_ident(col)
         t = self.types[col]
         if t == "VARCHAR":
@@ -204,6 +205,14 @@ class Cols:
             return (
                 f"nullif(trim(CASE json_type({c}) WHEN 'VARCHAR' THEN {c} ->> '$' "
                 f"WHEN 'NULL' THEN NULL ELSE {c}::VARCHAR END), '')"
+            )
+        if t in ("DOUBLE", "FLOAT"):
+            # pandas stores an integer column with a gap as float64: 12345.0 is the id 12345
+            # (exactly, below 2**53), not "12345.0"; NaN and infinities are missing, not text.
+            return (
+                f"CASE WHEN NOT isfinite({c}) THEN NULL "
+                f"WHEN {c} = trunc({c}) AND abs({c}) < {2**53} THEN {c}::BIGINT::VARCHAR "
+                f"ELSE {c}::VARCHAR END"
             )
         return f"nullif(trim({c}::VARCHAR), '')"
 

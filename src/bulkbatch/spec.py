@@ -34,6 +34,7 @@ from bulkbatch.errors import UsageError
 from bulkbatch.options import OPTIONS, Option, option
 
 __all__ = [
+    "ADDRESS_TARGETS",
     "MAX_JSON_DEPTH",
     "MAX_SHARDS",
     "Audience",
@@ -53,6 +54,9 @@ MAX_JSON_DEPTH = 64
 deeper global data is refused up front and deeper per-user data is rejected as ``bad_json``."""
 
 Dedupe = Literal["first", "last", "fail"]
+
+ADDRESS_TARGETS = ("to.user_id", "profile.email", "profile.phone_number", "to.list_id")
+"""The user fields that make a recipient; a row needs one of them."""
 
 SHORT_TARGETS: dict[str, str] = {
     "user_id": "to.user_id",

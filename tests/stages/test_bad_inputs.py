@@ -171,6 +171,16 @@ CASES: dict[str, tuple[Any, ...]] = {
         lambda: _csv("u16nobom.csv", TWO, "utf-16-le"),
         ("ok", {}, {"to_send": 2}),
     ),
+    # Excel's "sep=;" hint line, and a header with empty trailing names (which made DuckDB's
+    # sniffer read the header as data: "No address column: found column0, column1, ...").
+    "excel_sep_line": (
+        lambda: _csv("sep.csv", "sep=;\nuser_id;email\nu1;u1@x.com\nu2;u2@x.com\n"),
+        ("ok", {}, {"to_send": 2}),
+    ),
+    "empty_trailing_header_names": (
+        lambda: _csv("trail.csv", "user_id,email,,,\nu1,u1@x.com,,,\nu2,u2@x.com,,,\n"),
+        ("ok", {}, {"to_send": 2}),
+    ),
     "zstd_csv": (
         lambda: _bytes("z.csv.zst", zstd_compress(TWO.encode())),
         ("ok", {}, {"to_send": 2}),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bulkbatch.options import option
+from bulkbatch.spec import ADDRESS_TARGETS
 
 __all__ = [
     "ADDRESS_TARGETS",
@@ -33,8 +34,6 @@ REASONS: dict[str, str] = {
 
 EMAIL_REGEX = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
 """No space, no control character (a NUL byte is not an address), one @, a dot after it."""
-
-ADDRESS_TARGETS = ("to.user_id", "profile.email", "profile.phone_number", "to.list_id")
 
 
 @dataclass(frozen=True)

@@ -114,16 +114,25 @@ def _encoding(name: str | None) -> tuple[str | None, str | None]:
     return None, codec
 
 
-def _utf16_order(path: str) -> tuple[str, bool] | None:
-    """(``"le"`` or ``"be"``, whether it has a byte-order mark) when the file is UTF-16 by its
-    first bytes: a byte-order mark, or, without one, every other byte zero (ASCII header
-    text). Excel's "Unicode Text" and Windows PowerShell write UTF-16."""
+_HEAD = 1 << 16
+
+
+def _head(path: str) -> bytes:
+    """The file's first 64 KiB (decompressed when ``.gz``); empty when it cannot be read
+    (reading it will say why)."""
     opener = gzip.open if path.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            head = f.read(64)
+            return bytes(f.read(_HEAD))
     except (OSError, EOFError):
-        return None  # reading it will say why
+        return b""
+
+
+def _utf16_order(head: bytes) -> tuple[str, bool] | None:
+    """(``"le"`` or ``"be"``, whether it has a byte-order mark) when a file is UTF-16 by its
+    first bytes ``head``: a byte-order mark, or, without one, every other byte zero (ASCII
+    header text). Excel's "Unicode Text" and Windows PowerShell write UTF-16."""
+    head = head[:64]
     if head.startswith(b"\xff\xfe") and not head.startswith(b"\xff\xfe\x00\x00"):
         return "le", True
     if head.startswith(b"\xfe\xff"):
@@ -136,14 +145,14 @@ def _utf16_order(path: str) -> tuple[str, bool] | None:
     return None
 
 
-def _file_encoding(path: str, name: str | None) -> tuple[str | None, str | None]:
+def _file_encoding(head: bytes, name: str | None) -> tuple[str | None, str | None]:
     """:func:`_encoding` for one file: UTF-16 is found by its first bytes when no encoding is
     given, and its byte order when ``utf-16`` is (DuckDB reads little-endian only, and read
     big-endian text as no rows at all): big-endian is transcoded."""
     native, codec = _encoding(name)
     if name is not None and native != "utf-16":
         return native, codec
-    order = _utf16_order(path)
+    order = _utf16_order(head)
     if order is None:
         return native, codec
     if order[0] == "le":
@@ -202,11 +211,14 @@ def open_csv(con: duckdb.DuckDBPyConnection, path: str, options: CsvOptions) -> 
     :raises UsageError: an unknown encoding
     :raises InputError: the file is not in the encoding given
     """
-    native, codec = _file_encoding(path, options.encoding)
+    head = _head(path)
+    native, codec = _file_encoding(head, options.encoding)
     read_path = _transcode(path, codec, _temp_dir(con)) if codec else path
+    if read_path != path:
+        head = _head(read_path)
     dialect: list[str] = []
     delimiter = options.delimiter
-    hinted = _excel_separator(read_path)
+    hinted = _excel_separator(head)
     if hinted is not None:  # Excel's "sep=;" line: skip it, and take its delimiter
         dialect.append("skip = 1")
         delimiter = delimiter if delimiter is not None else hinted
@@ -217,7 +229,7 @@ def open_csv(con: duckdb.DuckDBPyConnection, path: str, options: CsvOptions) -> 
     if native is not None:
         dialect.append(f"encoding = {quote_literal(native)}")
     header = options.header
-    if header is None and _header_names_an_address(read_path, native, 1 if hinted else 0):
+    if header is None and _header_names_an_address(head, native, 1 if hinted else 0):
         header = True
     if header is not None:
         dialect.append(f"header = {'true' if header else 'false'}")
@@ -233,14 +245,9 @@ def open_csv(con: duckdb.DuckDBPyConnection, path: str, options: CsvOptions) -> 
 _SEP_LINE = re.compile(rb"^(?:\xef\xbb\xbf)?sep=(.)\r?\n")
 
 
-def _excel_separator(path: str) -> str | None:
+def _excel_separator(head: bytes) -> str | None:
     """The delimiter of Excel's ``sep=;`` first line, when the file starts with one."""
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            m = _SEP_LINE.match(f.read(16))
-    except (OSError, EOFError):
-        return None  # reading it will say why
+    m = _SEP_LINE.match(head)
     return m.group(1).decode("latin-1") if m else None
 
 
@@ -252,19 +259,13 @@ _ADDRESS_NAMES = frozenset(
 _FIELD_SEPARATORS = re.compile(r"[,;\t|]")
 
 
-def _header_names_an_address(path: str, encoding: str | None, skip: int) -> bool:
+def _header_names_an_address(head: bytes, encoding: str | None, skip: int) -> bool:
     """Whether the first record holds an address column's name (``user_id``, ``email``,
     ...): then it is the header, whatever DuckDB's sniffer guesses. It guesses "no header"
     when every column is text and a name is empty (a header ending in ``,,,``), and the
     names became data: "No address column: found column0, column1, ...". Read from the
     file's first 64 KiB: splitting on the usual delimiters is enough to find a name that
     is a whole field, and costs nothing (a second DuckDB sniff cost 0.1-0.2 s per 1M rows)."""
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            head = f.read(1 << 16)
-    except (OSError, EOFError):
-        return False  # reading it will say why
     codec = {"utf-16": "utf-16", "latin-1": "latin-1"}.get(encoding or "", "utf-8-sig")
     lines = head.decode(codec, errors="replace").splitlines()[skip : skip + 1]
     fields = _FIELD_SEPARATORS.split(lines[0]) if lines else []

@@ -36,8 +36,8 @@ and empty text counts as missing; so do a float's NaN and infinities, which JSON
 (inside structs, lists and map values too, where they become null).
 NULL members and empty objects are left out (``recipient`` is always there). Non-text ids (an
 integer ``user_id``) become strings; a whole float (pandas stores integers with a gap as
-float64) is written as the integer, ``12345`` not ``12345.0``. The e-mail is sent trimmed and lower-cased (the form it is
-compared in). The phone number is sent in E.164 when that is
+float64) is written as the integer, ``12345`` not ``12345.0``. The e-mail is sent trimmed and
+lower-cased (the form it is compared in). The phone number is sent in E.164 when that is
 unambiguous: a leading ``+`` or ``00``, then only digits and separators (space, ``()``, ``-``,
 ``.``, ``/``), 8 to 15 digits after the prefix and no ``(0)``: ``+1 (555) 010-0000`` ->
 ``+15550100000``. Any other number is sent trimmed, as given, and counted in a plan note.

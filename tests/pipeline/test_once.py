@@ -62,6 +62,7 @@ def test_second_run_skips_people_sent_by_the_first(tmp_path: Path) -> None:
         "skipped": 1000,
         "filtered": 0,
         "canceled": 0,
+        "unsent": 0,
     }
     assert other.summary()["counts"]["ingested"] == 100
     df = tuesday.read_results()

@@ -11,11 +11,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pyarrow.parquet as pq
 import pytest
 
 import bulkbatch
-from bulkbatch.errors import AccountingError
+from bulkbatch.errors import AccountingError, ServerError
 from bulkbatch.stages import results
 from bulkbatch.state import open_run_db
 from tests.support import SAMPLE
@@ -172,3 +173,35 @@ def test_scratch_tables_left_in_the_run_database_are_dropped(run_dir: Path) -> N
     )
     assert bulkbatch.results(run_dir).accounting_ok
     assert _results_tables(run_dir) == set()
+
+
+def test_a_stopped_runs_unacknowledged_rows_are_unsent_not_ingested(tmp_path: Path) -> None:
+    """Results written for a run that stopped mid-send labelled every planned row
+    'ingested', those in batches Courier never acknowledged too. They are 'unsent' now, and
+    the accounting adds up with them."""
+    run_dir = tmp_path / "run"
+    with (
+        bulkbatch.Emulator(faults="error_rate=0.2,seed=5") as emu,
+        pytest.raises(ServerError),  # the fifth ingest fails, and one try is allowed
+    ):
+        bulkbatch.send(
+            SAMPLE,
+            event="welcome",
+            batch_size=100,
+            concurrency=1,
+            max_attempts=1,
+            settings=bulkbatch.Settings(base_url=emu.url, poll_interval=0.02),
+            run_dir=run_dir,
+        )
+    info = bulkbatch.results(run_dir)
+    assert info.accounting_ok, info.problems
+    assert (info.ingested, info.unsent) == (
+        400,
+        info.input_rows - 400 - info.duplicates - info.rejected,
+    )
+    table = pq.read_table(run_dir / "results.parquet").to_pylist()
+    unsent = [r for r in table if r["outcome"] == "unsent"]
+    assert len(unsent) == info.unsent and all(r["status"] is None for r in unsent)
+    assert {r["reason_code"] for r in unsent} == {"unsent"}
+    assert unsent[0]["reason"].startswith("not sent: the run stopped before")
+    assert orjson.loads((run_dir / "summary.json").read_bytes())["counts"]["unsent"] == info.unsent

@@ -55,6 +55,7 @@ def _accounting(f: _Facts) -> str:
         c = f.summary.get("counts", {})
         keys = (
             "input_rows", "ingested", "duplicates", "rejected", "filtered", "skipped", "canceled",
+            "unsent",
         )  # fmt: skip
         values = {k: int(c.get(k, 0)) for k in keys}
         parts = sum(values[k] for k in keys[1:])
@@ -67,13 +68,16 @@ def _accounting(f: _Facts) -> str:
             "filtered": "filtered (--where/--sql)",
             "skipped": "skipped (--once-per)",
             "canceled": "canceled (never sent)",
+            "unsent": "unsent (the run stopped first)",
         }
         rows = [[_e(labels[k]), f'<span data-count="{k}">{values[k]:,}</span>'] for k in keys]
         eq = (
             f"{values['input_rows']:,} = {values['ingested']:,} ingested + "
             f"{values['duplicates']:,} duplicates + {values['rejected']:,} rejected"
             + "".join(
-                f" + {values[k]:,} {k}" for k in ("filtered", "skipped", "canceled") if values[k]
+                f" + {values[k]:,} {k}"
+                for k in ("filtered", "skipped", "canceled", "unsent")
+                if values[k]
             )
         )
         badge = (

@@ -66,7 +66,16 @@ __all__ = [
     "shard_partitions",
 ]
 
-COUNT_KEYS = ("input_rows", "ingested", "duplicates", "rejected", "filtered", "skipped", "canceled")
+COUNT_KEYS = (
+    "input_rows",
+    "ingested",
+    "duplicates",
+    "rejected",
+    "filtered",
+    "skipped",
+    "canceled",
+    "unsent",
+)
 """The accounting in the metadata: ``input_rows`` = the sum of the others."""
 
 # Run options the factory sets itself, and where each one comes from instead.

@@ -14,7 +14,7 @@ row per input row of that shard). Merging:
 3. checks the accounting across shards on what it wrote: every input row exactly once
    (``row_number`` counts from 1 in the whole input, so the merged row numbers are distinct
    and as many as the input's rows), and ``input rows = ingested + duplicates + rejected +
-   filtered + skipped + canceled``.
+   filtered + skipped + canceled + unsent``.
 
 The output is written beside its final name and moved into place, so a reader never sees half
 a merge; an existing output is replaced only when it is a merge output itself.
@@ -49,7 +49,7 @@ from bulkbatch.storage import destination, download, is_remote, upload
 
 __all__ = ["COUNT_KEYS", "MergeInfo", "ShardResult", "merge_shards", "read_shards"]
 
-COUNT_KEYS = ("ingested", "duplicates", "rejected", "filtered", "skipped", "canceled")
+COUNT_KEYS = ("ingested", "duplicates", "rejected", "filtered", "skipped", "canceled", "unsent")
 """The outcomes every input row ends in exactly one of (plus ``input_rows``)."""
 SUMMARY_NAME = "_summary.json"
 

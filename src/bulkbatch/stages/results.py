@@ -6,7 +6,7 @@
 |---|---|
 | ``row_number`` | the input row (1-based, input order) |
 | key columns | the input columns that identify the person (mapped to user id / e-mail / phone / list), or every input column with ``include_profile`` |
-| ``outcome`` | ``ingested``, ``duplicate``, ``rejected``, ``filtered`` (left out on purpose by ``--where``/``--sql``: never a failure) or ``skipped`` (sent or claimed by another campaign under the same ``--once-per`` key) |
+| ``outcome`` | ``ingested``, ``duplicate``, ``rejected``, ``filtered`` (left out on purpose by ``--where``/``--sql``: never a failure), ``skipped`` (sent or claimed by another campaign under the same ``--once-per`` key), ``canceled``, or ``unsent`` (results of a run that stopped before Courier acknowledged the row's batch) |
 | ``reason`` | why the row was not ingested (the reject reason, ``duplicate of row N``, ``ingest error: …``) |
 | ``reason_code`` | a stable code for ``reason`` (``no_address``, ``bad_email``, ``duplicate``, ``ingest_error`` …) |
 | ``recipient`` | the Courier ``recipient`` the row was sent as (or would have been) |
@@ -78,6 +78,8 @@ class ResultsInfo:
     skipped: int
     filtered: int = 0
     canceled: int = 0
+    unsent: int = 0
+    """Rows of batches Courier never acknowledged, in results of a run that stopped."""
     statuses: dict[str, int] = field(default_factory=dict)
     delivery: dict[str, int] = field(default_factory=dict)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -182,7 +184,7 @@ def _join_pages(cur: duckdb.DuckDBPyConnection, ranges: list[tuple[int, int]]) -
         cur.execute(
             f"""
             {into}
-            SELECT p.row_number, p.recipient, p.job_no, pg.message_id, pg.status
+            SELECT p.row_number, p.recipient, p.job_no, p.batch_no, pg.message_id, pg.status
             FROM (SELECT * FROM plan WHERE {jobs}) p
             -- A page is committed with its cursor, so a user appears in user_pages once; were
             -- it not so, the extra rows would fail the row-count check of write_results.
@@ -211,6 +213,8 @@ class _Shape:
     cancels: bool  # the run has a ``cancels`` table
     canceled: bool  # ``bulkbatch cancel`` ran
     delivery: bool  # KEYS_TABLE has the delivery columns
+    stopped: bool = False  # the send stopped before it finished: unacknowledged rows unsent
+    acked: bool = False  # the run database has the ``batches`` table (acknowledged batches)
 
 
 def _shape(
@@ -241,6 +245,8 @@ def _shape(
         cancels=accounting.table_exists(cur, "cancels"),
         canceled=state.canceled is not None,
         delivery=delivery,
+        stopped=not state.done("send") and state.canceled is None,
+        acked=accounting.table_exists(cur, "batches"),
     )
 
 
@@ -261,6 +267,9 @@ def _select_sql(shape: _Shape, rows: str) -> str:
         if shape.canceled
         else "false"
     )
+    join_acked = shape.stopped and shape.acked
+    unacked = ("b.batch_no IS NULL" if join_acked else "true") if shape.stopped else "false"
+    acked_join = "LEFT JOIN batches b ON b.job_no = k.job_no AND b.batch_no = k.batch_no"
     return f"""
     WITH jobs(job_no, job_id, ran) AS (VALUES {shape.jobs}),
     ie AS (SELECT recipient, min(error) AS error FROM ingest_errors GROUP BY recipient)
@@ -271,6 +280,7 @@ def _select_sql(shape: _Shape, rows: str) -> str:
             WHEN {skipped_flag} THEN 'skipped'
             WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL AND {never_sent}
                 THEN 'canceled'
+            WHEN k.row_number IS NOT NULL AND {unacked} THEN 'unsent'
             WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL THEN 'ingested'
             WHEN d.row_number IS NOT NULL THEN 'duplicate'
             WHEN r.reason_code = 'filtered' THEN 'filtered'
@@ -281,6 +291,8 @@ def _select_sql(shape: _Shape, rows: str) -> str:
             WHEN {skipped_flag} THEN {skipped_reason}
             WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL AND {never_sent}
                 THEN 'canceled before it was sent'
+            WHEN k.row_number IS NOT NULL AND {unacked}
+                THEN 'not sent: the run stopped before Courier acknowledged its batch'
             WHEN r.row_number IS NOT NULL THEN r.reason
             WHEN d.row_number IS NOT NULL THEN 'duplicate of row ' || d.kept_row_number
             WHEN ie.recipient IS NOT NULL THEN 'ingest error: ' || ie.error
@@ -289,12 +301,14 @@ def _select_sql(shape: _Shape, rows: str) -> str:
             WHEN {skipped_flag} THEN 'once_per'
             WHEN r.row_number IS NOT NULL THEN r.reason_code
             WHEN d.row_number IS NOT NULL THEN 'duplicate'
+            WHEN k.row_number IS NOT NULL AND {unacked} THEN 'unsent'
             WHEN ie.recipient IS NOT NULL THEN 'ingest_error'
         END AS reason_code,
         coalesce(k.recipient, d.recipient{", s.recipient" if shape.skips else ""}) AS recipient,
         CASE WHEN k.row_number IS NOT NULL THEN jobs.job_id END AS job_id,
         k.message_id,
-        CASE WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL THEN k.status END AS status,
+        CASE WHEN k.row_number IS NOT NULL AND ie.recipient IS NULL AND NOT {unacked}
+            THEN k.status END AS status,
         {_delivery_columns(shape.delivery)},
         CASE
             WHEN k.row_number IS NULL OR ie.recipient IS NOT NULL OR NOT {shape.canceled}
@@ -308,6 +322,7 @@ def _select_sql(shape: _Shape, rows: str) -> str:
     LEFT JOIN {ranged("duplicates")} d ON d.row_number = i.row_number
     {skipped_join if shape.skips else ""}
     LEFT JOIN jobs ON jobs.job_no = k.job_no
+    {acked_join if join_acked else ""}
     LEFT JOIN ie ON ie.recipient = k.recipient
     {"LEFT JOIN cancels c ON c.message_id = k.message_id" if shape.cancels else ""}
     """
@@ -398,6 +413,7 @@ def write_results(
         "skipped": outcome.get("skipped", 0),
         "filtered": outcome.get("filtered", 0),
         "canceled": outcome.get("canceled", 0),
+        "unsent": outcome.get("unsent", 0),
     }
     problems = accounting.problems(cur, state, counts, unaccounted, statuses)
     info = ResultsInfo(
@@ -441,6 +457,7 @@ def summary_dict(state: RunState, info: ResultsInfo) -> dict[str, Any]:
             "skipped": info.skipped,
             "filtered": info.filtered,
             "canceled": info.canceled,
+            "unsent": info.unsent,
         },
         "accounting_ok": info.accounting_ok,
         "problems": list(info.problems),

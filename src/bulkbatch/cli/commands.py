@@ -314,6 +314,9 @@ def results(
 ) -> None:
     """(Re)write results.parquet: one row per input row, with outcome, status and delivery.
 
+    For a run that stopped while sending, rows whose batch Courier acknowledged are
+    'ingested' and the others 'unsent': send those with --sql over the file's row_number.
+
     Delivery moves on after a job completes. With Courier's webhooks pointed at 'bulkbatch
     webhooks serve', --webhooks STORE fills delivery_status, delivered_at, opened_at,
     clicked_at and delivery_reason, and --reconcile asks the Messages API about the few

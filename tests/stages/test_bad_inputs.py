@@ -87,7 +87,7 @@ def _parquet_named(name: str) -> Path:
 TWO = "user_id,email\nu1,u1@x.com\nu2,u2@x.com\n"
 BIG_JSON = json.dumps({"blob": "x" * 100_000})
 
-# name -> (build the input, expected) where expected is either
+# name -> (build the input, expected[, words the error line must hold]) where expected is
 #   ("error", exit_code, start of the one-line message), or
 #   ("ok", {reason_code: count, ...} of rejects, extra checks on the plan report)
 CASES: dict[str, tuple[Any, ...]] = {

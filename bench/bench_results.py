@@ -64,6 +64,7 @@ def main() -> None:
     state.jobs = [
         JobState(job_no=n, job_id=f"1-job-{n}", run=True, paged=True) for n in range(JOBS)
     ]
+    state.stages = dict.fromkeys(("load", "plan", "send", "track"), 0.0)  # a finished send
     con = open_run_db(run_dir)
     try:
         start = time.perf_counter()

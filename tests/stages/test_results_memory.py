@@ -67,6 +67,8 @@ def _build(run_dir: Path, rows: int = ROWS) -> RunState:
     state.jobs = [
         JobState(job_no=n, job_id=f"1-job-{n}", run=True, paged=True) for n in range(JOBS)
     ]
+    # A finished send: with it unfinished, rows of unacknowledged batches would be 'unsent'.
+    state.stages = dict.fromkeys(("load", "plan", "send", "track"), 0.0)
     return state
 
 

@@ -293,8 +293,9 @@ def test_empty_folder(con, tmp_path):
     with pytest.raises(InputError) as e:
         load_inputs(con, LoadOptions((str(tmp_path / "empty"),)))
     assert str(e.value) == (
-        f"No input files in folder {tmp_path / 'empty'}: expected *.parquet, *.csv, *.csv.gz, "
-        "*.ndjson, *.jsonl or *.json files. Check the folder, or name the files."
+        f"No input files in folder {tmp_path / 'empty'}: expected *.parquet, *.csv, *.tsv, "
+        "*.ndjson, *.jsonl or *.json files (*.csv, *.ndjson and *.jsonl also .gz or .zst). "
+        "Check the folder, or name the files."
     )
 
 

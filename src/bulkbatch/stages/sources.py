@@ -72,8 +72,9 @@ def _folder_files(source: str, path: Path) -> list[str]:
     found = sorted(p for p in path.rglob("*") if _is_input_file(p))
     if not found:
         raise InputError(
-            f"No input files in folder {source}: expected *.parquet, *.csv, *.csv.gz, "
-            "*.ndjson, *.jsonl or *.json files. Check the folder, or name the files."
+            f"No input files in folder {source}: expected *.parquet, *.csv, *.tsv, *.ndjson, "
+            "*.jsonl or *.json files (*.csv, *.ndjson and *.jsonl also .gz or .zst). Check the "
+            "folder, or name the files."
         )
     return [str(p.resolve()) for p in found]
 

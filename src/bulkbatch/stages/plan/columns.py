@@ -223,9 +223,7 @@ class Cols:
         t = self.types[col]
         if t == "JSON":
             return f"CASE WHEN json_type({c}) = 'NULL' THEN NULL ELSE {c}::VARCHAR END"
-        if t in ("DOUBLE", "FLOAT"):
-            return f"CASE WHEN isfinite({c}) THEN to_json({c})::VARCHAR END"
-        return f"to_json({finite_sql(c, t)})::VARCHAR"
+        return f"to_json({finite_sql(c, t)})::VARCHAR"  # to_json(NULL) is NULL
 
     def nested(self, col: str) -> bool:
         """Whether the column's values can be JSON objects or arrays."""

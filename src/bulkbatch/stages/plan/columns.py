@@ -20,6 +20,7 @@ from bulkbatch.spec import MAX_JSON_DEPTH
 
 __all__ = [
     "Cols",
+    "blank_sql",
     "finite_sql",
     "json_depth_sql",
     "json_key",
@@ -29,6 +30,16 @@ __all__ = [
     "static_depth",
     "too_deep_sql",
 ]
+
+
+def blank_sql(text: str) -> str:
+    """SQL: ``trim(text) = ''`` (NULL for NULL), without trimming text that cannot be blank.
+
+    DuckDB's ``trim`` copies the whole string, and a ``data`` column holds long ones: at 10M
+    objects of about 110 bytes, 3.0-3.3 s, against 0.38 s for this. Text that starts with a
+    printable ASCII character keeps it after any trim, so it is not blank; the rest is
+    trimmed as before (``trim`` takes Unicode spaces, but not tabs or newlines)."""
+    return f"CASE WHEN ascii({text}) BETWEEN 33 AND 126 THEN false ELSE trim({text}) = '' END"
 
 
 def json_key(key: str) -> str:
@@ -234,7 +245,7 @@ class Cols:
         """:meth:`obj`'s object text for a row already known not to be ``bad_json``."""
         c = quote_ident(col)
         if self.types[col] == "VARCHAR":
-            return f"CASE WHEN {c} IS NOT NULL AND trim({c}) <> '' THEN {c} END"
+            return f"CASE WHEN NOT {blank_sql(c)} THEN {c} END"
         return self.obj(col)[0]
 
     def obj(self, col: str) -> tuple[str, str]:
@@ -251,7 +262,7 @@ class Cols:
             )
         if t == "VARCHAR":
             ok = f"CASE WHEN json_valid({c}) THEN json_type({c}) = 'OBJECT' ELSE false END"
-            empty = f"({c} IS NULL OR trim({c}) = '')"
+            empty = f"({c} IS NULL OR {blank_sql(c)})"
             return (
                 f"CASE WHEN NOT {empty} AND {ok} THEN {c} END",
                 f"(NOT {empty} AND NOT {ok})",

@@ -236,7 +236,7 @@ def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> No
 
     One statement per range of whole batches (:data:`PLAN_ROWS` users): a hash join of the
     audience with that range of the narrow ``_bb_order`` (so the join builds on the range
-    only), the JSON built and the range sorted on every thread, appended in order. The
+    only), the range sorted on every thread, the JSON built in that order, appended. The
     ranges follow each other in batch order, so the table ends up in order, with no sort of
     every user's JSON at once (gigabytes at 10M) and no temp copy of it.
     """
@@ -254,14 +254,14 @@ def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> No
                 f"(SELECT * FROM {audience} "
                 "JOIN (SELECT row_number AS __bb_row, job_no AS __bb_job, batch_no AS __bb_batch "
                 f"FROM _bb_order WHERE batch_no >= {lo} AND batch_no < {hi}) o "
-                "ON o.__bb_row = row_number)"
+                "ON o.__bb_row = row_number ORDER BY __bb_batch, row_number)"
             )
+            # Sorted before the JSON is built: the sort moves the input columns, not the
+            # users' JSON (2.5 times wider); the projections over it keep its order (DuckDB's
+            # order preservation: SELECT, WHERE and CTEs over an ordered subquery).
             users = users_sql(q, source, "true", ("__bb_job", "__bb_batch"))
             into = "CREATE TABLE plan AS" if i == 0 else "INSERT INTO plan"
-            con.execute(
-                f"{into} SELECT * FROM (SELECT {_PLAN_COLUMNS} FROM ({users})) "
-                "ORDER BY batch_no, row_number"
-            )
+            con.execute(f"{into} SELECT {_PLAN_COLUMNS} FROM ({users})")
     finally:
         if previous:
             con.execute(f"SET force_compression = {quote_literal(previous)}")

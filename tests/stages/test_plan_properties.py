@@ -331,7 +331,9 @@ def test_lenient_json_is_exactly_what_duckdb_takes_and_strict_json_refuses(text)
         assert lenient == (not _strict(text)), text
 
 
-_BLANKS = st.sampled_from([" ", "\t", "\n", "\r", "\x0b", "\x0c", "\xa0", "\u3000", "\u2003", "\x85"])
+_BLANKS = st.sampled_from(
+    [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\xa0", "\u3000", "\u2003", "\x85"]
+)
 _BLANK_TEXTS = st.one_of(
     st.none(),
     st.text(max_size=6),

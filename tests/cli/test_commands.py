@@ -265,3 +265,26 @@ def test_plan_help_does_not_promise_that_resume_sends(runner: CliRunner) -> None
     text = " ".join(runner.invoke(cli, ["plan", "--help"]).output.split())
     assert "'bulkbatch resume RUN_DIR') send this plan" not in text
     assert "the same options given to 'bulkbatch send' send this plan" in text
+
+
+def test_send_shows_what_the_plan_found_and_plan_shows_it_once(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """The plan's warnings and notes were only in 'plan --json': 'send' said nothing of a
+    user its e-mail job cannot reach or of a column it does not send, and the 'plan' report
+    left the notes out."""
+    audience = tmp_path / "people.csv"
+    audience.write_text("user_id,email,first_name\nu1,a@x.com,Ann\nu2,,Bob\n", encoding="utf-8")
+    common = ["--event", "welcome", "--channel", "email"]
+    fast = ["--emulator", "--poll-interval", "0.05"]
+    sent = runner.invoke(
+        cli, ["send", str(audience), *common, *fast, "--run-dir", str(tmp_path / "s")]
+    )
+    assert sent.exit_code == 0, sent.output
+    notices = [ln for ln in sent.stderr.splitlines() if ln.startswith("[notice]")]
+    assert any("1 user(s) to send have no profile.email" in ln for ln in notices), notices
+    assert any("input column(s) are not sent: first_name" in ln for ln in notices), notices
+    planned = runner.invoke(cli, ["plan", str(audience), *common, "--run-dir", str(tmp_path / "p")])
+    assert planned.exit_code == 0, planned.output
+    assert planned.output.count("have no profile.email") == 1, planned.output
+    assert "  note: 1 input column(s) are not sent: first_name." in planned.stdout

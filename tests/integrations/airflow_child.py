@@ -275,6 +275,8 @@ def scenario_units() -> dict[str, Any]:
             progress(ProgressEvent("page", done, 100, "users", extra={"job_no": job}))
     for _ in range(500):
         progress(ProgressEvent("retry", message="POST /bulk/x: 429, waiting 1 s"))
+    for n in range(3):
+        progress(ProgressEvent("notice", message=f"plan warning {n}", extra={"plan": "warning"}))
     out["throttled_lines"] = log.lines
     summary = {"counts": {"rejected": 3, "input_rows": 100}, "statuses": {"ERROR": 2}}
     out["rows_failed"] = [

@@ -122,3 +122,30 @@ def test_jobs_are_sized_for_concurrent_paging_by_default(tmp_path: Path) -> None
     big = pl.DataFrame({"user_id": [f"u{i}" for i in range(100_000)]})
     # 100k over 16 pagers: 6,250 a job, raised to the 10,000 floor
     assert bulkbatch.plan(big, event="welcome", run_dir=tmp_path / "big").plan_info.jobs == 10
+
+
+def test_the_plan_warnings_and_notes_reach_the_progress_callback_once(tmp_path: Path) -> None:
+    """What the plan found before sending (a user this e-mail job cannot reach, a column
+    nothing sends, a phone sent as given) is told through ``progress`` as notices, so
+    ``bulkbatch send`` shows it, not only ``bulkbatch plan --json``; a resume does not repeat
+    it."""
+    from bulkbatch.progress import RecordingProgress
+
+    audience = tmp_path / "people.csv"
+    audience.write_text(
+        "user_id,email,first_name,phone_number\nu1,a@x.com,Ann,5550100\nu2,,Bob,\n",
+        encoding="utf-8",
+    )
+    seen = RecordingProgress()
+    run = bulkbatch.plan(
+        str(audience), event="welcome", channel="email", run_dir=tmp_path / "r", progress=seen
+    )
+    notices = [e.message for e in seen.events if e.stage == "notice"]
+    info = run.plan_info
+    assert info.warnings and len(info.notes) == 2
+    assert notices == [*info.warnings, *info.notes]
+    assert any("first_name" in n for n in notices)
+    assert any("no profile.email" in n for n in notices)
+    again = RecordingProgress()
+    bulkbatch.resume(run.path, progress=again)
+    assert not [e for e in again.events if e.stage == "notice"]

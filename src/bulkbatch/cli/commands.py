@@ -93,7 +93,7 @@ def plan(ctx: click.Context, /, inputs: tuple[str, ...], as_json: bool, **kw: An
     import bulkbatch
 
     _require_inputs(inputs)
-    with renderer_for(ctx) as render:
+    with renderer_for(ctx, plan_notices=False) as render:  # the report prints them
         run = bulkbatch.plan(list(inputs), progress=render, **kw)
     _plan_out(run, as_json, kw.get("rate"))
 

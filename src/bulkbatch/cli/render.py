@@ -391,9 +391,11 @@ class Renderer:
         clock: Clock = time.monotonic,
         live: bool | None = None,
         auto_refresh: bool = True,
+        plan_notices: bool = True,
     ) -> None:
         self.log_format = log_format
         self.quiet = quiet
+        self.plan_notices = plan_notices
         self.console = console if console is not None else Console(stderr=True)
         if live is None:
             live = self.console.is_terminal if console is not None else sys.stderr.isatty()
@@ -433,7 +435,7 @@ class Renderer:
             ctx = click.get_current_context(silent=True)
             if ctx is not None:
                 ctx.meta["bulkbatch.run_dir"] = event.extra.get("run_dir")
-        if self.quiet:
+        if self.quiet or (not self.plan_notices and "plan" in event.extra):
             return
         if event.stage in _ALWAYS:
             self._notice(event)
@@ -494,10 +496,13 @@ class Renderer:
         self._echo(orjson.dumps(payload).decode())
 
 
-def renderer_for(ctx: click.Context) -> Renderer:
-    """The renderer the root options (or the same options after the command) ask for."""
+def renderer_for(ctx: click.Context, *, plan_notices: bool = True) -> Renderer:
+    """The renderer the root options (or the same options after the command) ask for;
+    without ``plan_notices`` when the command prints the plan's warnings and notes itself."""
     obj = ctx.find_root().obj or {}
-    return Renderer(obj.get("log_format") or "text", bool(obj.get("quiet")))
+    return Renderer(
+        obj.get("log_format") or "text", bool(obj.get("quiet")), plan_notices=plan_notices
+    )
 
 
 def emit_json(data: Any) -> None:
@@ -531,8 +536,8 @@ def plan_report(run: Run, rate: float | None) -> str:
         lines.append("  duplicate groups (first few):")
         for g in info.duplicate_groups[:5]:
             lines.append(f"    {g['recipient']}: rows {g['rows']} (kept {g['kept']})")
-    for w in info.warnings:
-        lines.append(f"  warning: {w}")
+    lines += [f"  warning: {w}" for w in info.warnings]
+    lines += [f"  note: {n}" for n in info.notes]
     if info.sample_users:
         lines.append("  sample user:")
         lines.append("    " + orjson.dumps(info.sample_users[0]).decode())

@@ -122,8 +122,10 @@ class TaskLogProgress:
 
     A stage's first report and its end are always logged, in between at most one line per
     ``every`` seconds per stage, so a million-person send writes tens of lines, not a million.
-    Per-job reports (``wait``, ``page``) are summed over jobs, as the CLI does; retries and
-    notices are throttled like a stage of their own (a 429 storm is one line per ``every``).
+    Per-job reports (``wait``, ``page``) are summed over jobs, as the CLI does; retries are
+    throttled like a stage of their own (a 429 storm is one line per ``every``). Notices are
+    few and each says something else (the plan's warnings, a campaign continued elsewhere):
+    every one is logged, as a warning.
     """
 
     _PER_JOB = ("wait", "page")
@@ -138,6 +140,9 @@ class TaskLogProgress:
         self._skipped: dict[str, int] = {}
 
     def __call__(self, event: ProgressEvent) -> None:
+        if event.stage == "notice":
+            self.log.warning("%s", self._line(event, 0.0, 0))
+            return
         now = time.monotonic()
         event = self._summed(event)
         stage = event.stage
@@ -154,10 +159,7 @@ class TaskLogProgress:
             self._ended.add(stage)
         self._last[stage] = now
         line = self._line(event, now - self._started[stage], self._skipped.pop(stage, 0))
-        if stage == "notice":
-            self.log.warning("%s", line)
-        else:
-            self.log.info("%s", line)
+        self.log.info("%s", line)
 
     def _summed(self, event: ProgressEvent) -> ProgressEvent:
         job = event.extra.get("job_no")
@@ -181,7 +183,7 @@ class TaskLogProgress:
             parts.append(f"{event.done:,} {event.unit}".rstrip())
         if event.message:
             parts.append(event.message)
-        if skipped and event.stage in ("retry", "notice"):
+        if skipped and event.stage == "retry":
             parts.append(f"(+{skipped:,} more since the last line)")
         return "  ".join(parts)
 

@@ -243,6 +243,11 @@ class Pipeline:
             "rows",
             message=f"{state.plan['to_send']:,} to send",
         )
+        # What the plan found before anything is sent (users a channel cannot reach, columns
+        # nothing sends, phones sent as given): told once, where every front door shows it.
+        for kind, texts in (("warning", info.warnings), ("note", info.notes)):
+            for text in texts:
+                self._event("notice", message=text, extra={"plan": kind})
         return info
 
     async def _claim_once_per(self, batch_size: int) -> None:

@@ -181,6 +181,16 @@ CASES: dict[str, tuple[Any, ...]] = {
         lambda: _csv("trail.csv", "user_id,email,,,\nu1,u1@x.com,,,\nu2,u2@x.com,,,\n"),
         ("ok", {}, {"to_send": 2}),
     ),
+    # Excel's General column saves a 12-digit id or phone as "1.23457E+11": the digits are
+    # gone, and two such people were one recipient (one dropped as the other's duplicate).
+    "excel_scientific_ids": (
+        lambda: _csv(
+            "sci.csv",
+            "user_id,email,phone_number\n1.23457E+11,a@x.com,\n1.23457E+11,b@x.com,\n"
+            "u3,c@x.com,1.55516E+10\nu4,d@x.com,+15551234567\n",
+        ),
+        ("ok", {"bad_user_id": 2, "bad_phone": 1}, {"to_send": 1}),
+    ),
     "zstd_csv": (
         lambda: _bytes("z.csv.zst", zstd_compress(TWO.encode())),
         ("ok", {}, {"to_send": 2}),

@@ -446,6 +446,40 @@ def test_float_ids_and_phones_are_sent_as_integers_and_nan_as_missing(con):
     assert con.execute("SELECT count(*) FROM duplicates").fetchall() == [(0,)]
 
 
+def test_ids_and_phones_excel_wrote_in_scientific_notation_are_rejected(con):
+    """Excel saves a long number in a General column as "1.23457E+11": the digits are gone.
+    Such ids were sent, and distinct people sharing one shortened id were dropped as
+    duplicates of each other; such phones were sent as given. Both are rejected, saying why
+    and how to export the column again."""
+    plan_of(
+        con,
+        {
+            "user_id": ["1.23457E+11", "1.23457E+11", "u3", "1E+11", None, "9e+3x"],
+            "email": ["a@x.com", "b@x.com", None, None, "e@x.com", None],
+            "phone_number": [None, None, "1.55516E+10", None, "4.47912e+11", None],
+        },
+    )
+    excel = (
+        "is in scientific notation, so its last digits are lost (Excel writes long numbers "
+        "so in a General column): format the column as Text and export it again"
+    )
+    assert rejects(con) == [
+        (1, "bad_user_id", f'user_id "1.23457E+11" {excel}'),
+        (2, "bad_user_id", f'user_id "1.23457E+11" {excel}'),
+        (3, "bad_phone", f'phone number "1.55516E+10" {excel}'),
+        (4, "bad_user_id", f'user_id "1E+11" {excel}'),
+        (5, "bad_phone", f'phone number "4.47912e+11" {excel}'),
+    ]
+    assert [u["recipient"] for u in users(con)] == ["9e+3x"]
+    assert con.execute("SELECT count(*) FROM duplicates").fetchall() == [(0,)]
+
+
+def test_a_float_id_past_2_53_is_rejected_not_rounded(con):
+    plan_of(con, {"user_id": [1e16, 12345.0]})
+    assert [r[:2] for r in rejects(con)] == [(1, "bad_user_id")]
+    assert [u["recipient"] for u in users(con)] == ["12345"]
+
+
 # ------------------------------------------- JSON that DuckDB reads and Courier refuses
 #
 # DuckDB's JSON reader (yyjson, lenient) accepts NaN, Infinity and trailing commas, and its

@@ -71,8 +71,12 @@ first reason that applies, in this order:
   refused unless that is one SELECT statement of one item without FROM or subquery, so it can
   neither end the plan's query nor start another (``--sql`` is the operator's own query).
 * ``no_address`` - "no address: user_id, email, phone_number and list_id are all empty"
+* ``bad_user_id`` - the user_id is a number in scientific notation (``1.23457E+11``, as Excel
+  saves a long number from a General column, or ``1e+16``, a float past 2**53): its last
+  digits are lost, and distinct people would collapse into one recipient
 * ``bad_email``  - the e-mail does not match ``^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$``
-* ``bad_phone``  - the phone number has fewer than 7 or more than 15 digits
+* ``bad_phone``  - the phone number has fewer than 7 or more than 15 digits, or is in
+  scientific notation (as ``bad_user_id``)
 * ``bad_json``   - the ``data`` or ``preferences`` column is not a JSON object (names the column),
   or it (or a JSON ``data.<name>`` column, counting its keys) nests deeper than
   :data:`bulkbatch.spec.MAX_JSON_DEPTH` levels: "column "data" nests 10000 levels deep; the

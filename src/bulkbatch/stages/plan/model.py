@@ -14,6 +14,7 @@ __all__ = [
     "ADDRESS_TARGETS",
     "EMAIL_REGEX",
     "REASONS",
+    "SCIENTIFIC_REGEX",
     "PlanOptions",
     "content_variables",
 ]
@@ -21,8 +22,14 @@ __all__ = [
 REASONS: dict[str, str] = {
     "filtered": f"excluded by {option('where').flag} (or {option('sql').flag})",
     "no_address": "no address: user_id, email, phone_number and list_id are all empty",
+    "bad_user_id": (
+        "the user_id is a number in scientific notation (1.23457E+11, as Excel saves long "
+        "numbers), so its last digits are lost"
+    ),
     "bad_email": "does not look like an e-mail address",
-    "bad_phone": "phone number has fewer than 7 or more than 15 digits",
+    "bad_phone": (
+        "phone number has fewer than 7 or more than 15 digits, or is in scientific notation"
+    ),
     "bad_json": (
         "the data/preferences column is not a JSON object, nests too deep, or holds NaN, "
         "Infinity or a trailing comma"
@@ -31,6 +38,11 @@ REASONS: dict[str, str] = {
     "bad_row": "a CSV line that could not be parsed (too many or too few fields, a stray quote)",
 }
 """The stable reason codes and what they mean (the per-row ``reason`` adds the value)."""
+
+SCIENTIFIC_REGEX = r"[0-9](\.[0-9]+)?[eE]\+[0-9]+"
+"""A number in scientific notation, as Excel saves one of 12 or more digits from a General
+column (``1.23457E+11``) and as a float past 2**53 prints (``1e+16``): not the id or phone
+number it was, and distinct ones collapse into one."""
 
 EMAIL_REGEX = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
 """No space, no control character (a NUL byte is not an address), one @, a dot after it."""

@@ -18,7 +18,13 @@ from bulkbatch.stages.plan.columns import (
     object_sql,
     phone_sql,
 )
-from bulkbatch.stages.plan.model import ADDRESS_TARGETS, EMAIL_REGEX, REASONS, PlanOptions
+from bulkbatch.stages.plan.model import (
+    ADDRESS_TARGETS,
+    EMAIL_REGEX,
+    REASONS,
+    SCIENTIFIC_REGEX,
+    PlanOptions,
+)
 
 __all__ = ["Queries", "build_queries", "keys_sql", "order_sql", "users_sql"]
 
@@ -235,13 +241,26 @@ def _phone_digits(expr: str) -> str:
     return f"length(regexp_replace({expr}, '[^0-9]', '', 'g'))"
 
 
+def _scientific(expr: str) -> str:
+    """SQL: ``expr`` is a number in scientific notation (behind a cheap ``contains`` gate)."""
+    gate = f"(contains({expr}, 'E+') OR contains({expr}, 'e+'))"
+    return f"({gate} AND regexp_full_match({expr}, {quote_literal(SCIENTIFIC_REGEX)}))"
+
+
+_EXCEL = (
+    "is in scientific notation, so its last digits are lost (Excel writes long numbers so in "
+    "a General column): format the column as Text and export it again"
+)
+
 _REASON = f"""
         CASE
           WHEN NOT _keep THEN 'filtered'
           WHEN recipient IS NULL THEN 'no_address'
+          WHEN _uid IS NOT NULL AND {_scientific("_uid")} THEN 'bad_user_id'
           WHEN _email IS NOT NULL AND NOT regexp_full_match(_email, {quote_literal(EMAIL_REGEX)})
             THEN 'bad_email'
-          WHEN _phone IS NOT NULL AND NOT {_phone_digits("_phone")} BETWEEN 7 AND 15
+          WHEN _phone IS NOT NULL
+               AND (NOT {_phone_digits("_phone")} BETWEEN 7 AND 15 OR {_scientific("_phone")})
             THEN 'bad_phone'
           WHEN _dbad OR _pbad OR _jbad IS NOT NULL THEN 'bad_json'
         END"""
@@ -265,8 +284,12 @@ def _reason_text(targets: Mapping[str, str], where_label: str) -> str:
           WHEN 'no_address' THEN {quote_literal(REASONS["no_address"])}
           WHEN 'bad_email' THEN 'e-mail ' || to_json(_email)::VARCHAR
                                  || ' does not look like an e-mail address'
-          WHEN 'bad_phone' THEN 'phone number ' || to_json(_phone)::VARCHAR || ' has '
-                                 || {_phone_digits("_phone")} || ' digits; expected 7 to 15'
+          WHEN 'bad_user_id' THEN 'user_id ' || to_json(_uid)::VARCHAR || {quote_literal(" " + _EXCEL)}
+          WHEN 'bad_phone' THEN CASE
+              WHEN {_scientific("_phone")}
+                THEN 'phone number ' || to_json(_phone)::VARCHAR || {quote_literal(" " + _EXCEL)}
+              ELSE 'phone number ' || to_json(_phone)::VARCHAR || ' has '
+                   || {_phone_digits("_phone")} || ' digits; expected 7 to 15' END
           WHEN 'bad_json' THEN CASE
               WHEN _dbad THEN {quote_literal("column " + data_col + " is not a JSON object")}
               WHEN _pbad THEN {quote_literal("column " + pref_col + " is not a JSON object")}

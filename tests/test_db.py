@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from bulkbatch.db import (
     DUCKDB_FLOOR,
     check_duckdb,
+    compressed_with,
     configure_connection,
     in_thread,
     key_ranges,
@@ -189,3 +190,20 @@ def test_every_connection_bulkbatch_configures_checks_the_installed_duckdb(
     monkeypatch.setattr(duckdb, "__version__", "1.4.5")
     with pytest.raises(UsageError, match=re.escape("DuckDB 1.4.5")):
         configure_connection(duckdb.connect())
+
+
+def test_compressed_with_stores_text_so_and_restores_the_setting(tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "x.duckdb"))
+    con.execute("SET force_compression = 'dictionary'")
+    with compressed_with(con, "zstd"):
+        con.execute("CREATE TABLE t AS SELECT 'user-' || i::VARCHAR AS s FROM range(300000) r(i)")
+        con.execute("CHECKPOINT")
+    kinds = {
+        r[0] for r in con.execute("SELECT compression FROM pragma_storage_info('t')").fetchall()
+    }
+    assert "ZSTD" in kinds
+    setting = "SELECT current_setting('force_compression')"
+    assert con.execute(setting).fetchall() == [("dictionary",)]
+    with pytest.raises(duckdb.Error), compressed_with(con, "zstd"):
+        con.execute("SELECT * FROM missing_table")
+    assert con.execute(setting).fetchall() == [("dictionary",)]

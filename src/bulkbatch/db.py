@@ -165,6 +165,26 @@ def memory_share(con: duckdb.DuckDBPyConnection, share: float) -> Iterator[None]
                 con.execute(f"SET memory_limit = '{cap}B'")
 
 
+@contextlib.contextmanager
+def compressed_with(con: duckdb.DuckDBPyConnection, method: str) -> Iterator[None]:
+    """Tables written meanwhile are stored with ``method`` (e.g. ``zstd``), the setting
+    restored after. DuckDB's automatic choice analyses every column of every row group first:
+    at 10M audience rows, storing ``inputs`` took 12.9-13.7 s with it and 9.6-10.7 s with
+    zstd (the same size; a scan of the table 0.9 -> 1.2 s), and zstd stores the users' JSON
+    in ``plan`` faster and in half the space."""
+    previous = str(fetch_one(con, "SELECT current_setting('force_compression')")[0])
+    try:
+        con.execute(f"SET force_compression = {quote_literal(method)}")
+    except duckdb.Error:  # pragma: no cover - a DuckDB without this storage method
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(duckdb.Error):  # never mask the error that got us here
+            con.execute(f"SET force_compression = {quote_literal(previous)}")
+
+
 _DONE = object()
 
 

@@ -13,6 +13,7 @@ import duckdb
 import orjson
 
 from bulkbatch.db import (
+    compressed_with,
     configure_connection,
     fetch_one,
     key_ranges,
@@ -240,15 +241,8 @@ def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> No
     ranges follow each other in batch order, so the table ends up in order, with no sort of
     every user's JSON at once (gigabytes at 10M) and no temp copy of it.
     """
-    # zstd for the stored user JSON: faster to write than DuckDB's automatic choice (which
-    # analyses every column) and half the size.
-    previous = str(fetch_one(con, "SELECT current_setting('force_compression')")[0])
-    try:
-        con.execute("SET force_compression = 'zstd'")
-    except duckdb.Error:  # pragma: no cover - a DuckDB without zstd storage
-        previous = ""
-    try:
-        per_pass = scaled_to_cap(con, PLAN_ROWS)
+    per_pass = scaled_to_cap(con, PLAN_ROWS)
+    with compressed_with(con, "zstd"):
         for i, (lo, hi) in enumerate(key_ranges(con, "_bb_order", "batch_no", per_pass)):
             source = (
                 f"(SELECT * FROM {audience} "
@@ -262,9 +256,6 @@ def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> No
             users = users_sql(q, source, "true", ("__bb_job", "__bb_batch"))
             into = "CREATE TABLE plan AS" if i == 0 else "INSERT INTO plan"
             con.execute(f"{into} SELECT {_PLAN_COLUMNS} FROM ({users})")
-    finally:
-        if previous:
-            con.execute(f"SET force_compression = {quote_literal(previous)}")
 
 
 def _run(

@@ -429,3 +429,15 @@ def test_report_renders_in_headless_chromium(
     assert pixels.std() > 0.05
     green = (pixels[..., 1] > 0.5) & (pixels[..., 0] < 0.3) & (pixels[..., 2] < 0.4)
     assert green.sum() > 200, "the green OK badge / DELIVERED bar is not visible"
+
+
+def test_report_shows_the_plans_notes_beside_its_warnings(tmp_path: Path) -> None:
+    """The notes (columns nothing sends, phones sent as given) were in state.json only."""
+    src = tmp_path / "notes.csv"
+    src.write_text("user_id,email,first_name\nu1,u1@x.com,Ann\nu2,,Bob\n", encoding="utf-8")
+    run = bulkbatch.plan(str(src), event="welcome", run_dir=tmp_path / "runs" / "notes")
+    page = Page(write_report(run.path).read_text(encoding="utf-8"))
+    assert "warnings" in page.sections
+    words = " ".join(page.text.split())
+    assert "1 input column(s) are not sent: first_name" in words
+    assert "have no profile.email" in words

@@ -330,8 +330,18 @@ def _throughput_section(f: _Facts) -> str:
 
 
 def _warnings(f: _Facts) -> str:
+    """What the plan found before sending: its warnings, then its notes."""
     warnings = [str(w) for w in f.state.plan.get("warnings", [])]
-    if not warnings:
+    notes = [str(n) for n in f.state.plan.get("notes", [])]
+    if not warnings and not notes:
         return ""
-    items = "".join(f"<li>{_e(mask_text(w))}</li>" for w in warnings)
-    return _section("warnings", "Plan warnings", f'<ul class="warn">{items}</ul>')
+    body = ""
+    if warnings:
+        items = "".join(f"<li>{_e(mask_text(w))}</li>" for w in warnings)
+        body += f'<ul class="warn">{items}</ul>'
+    if notes:
+        body += "<ul>" + "".join(f"<li>{_e(mask_text(n))}</li>" for n in notes) + "</ul>"
+    title = (
+        "Plan warnings" if not notes else "Plan warnings and notes" if warnings else "Plan notes"
+    )
+    return _section("warnings", title, body)

@@ -460,8 +460,8 @@ def test_ids_and_phones_excel_wrote_in_scientific_notation_are_rejected(con):
         },
     )
     excel = (
-        "is in scientific notation, so its last digits are lost (Excel writes long numbers "
-        "so in a General column): format the column as Text and export it again"
+        "is in scientific notation, so its last digits are lost (Excel saves long numbers "
+        "this way from a General column): format the column as Text and export it again"
     )
     assert rejects(con) == [
         (1, "bad_user_id", f'user_id "1.23457E+11" {excel}'),

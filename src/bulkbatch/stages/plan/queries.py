@@ -248,8 +248,8 @@ def _scientific(expr: str) -> str:
 
 
 _EXCEL = (
-    "is in scientific notation, so its last digits are lost (Excel writes long numbers so in "
-    "a General column): format the column as Text and export it again"
+    "is in scientific notation, so its last digits are lost (Excel saves long numbers this "
+    "way from a General column): format the column as Text and export it again"
 )
 
 _REASON = f"""

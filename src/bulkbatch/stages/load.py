@@ -52,13 +52,7 @@ from typing import Literal
 
 import duckdb
 
-from bulkbatch.db import (
-    compressed_with,
-    configure_connection,
-    fetch_one,
-    quote_ident,
-    quote_literal,
-)
+from bulkbatch.db import configure_connection, fetch_one, quote_ident, quote_literal
 from bulkbatch.errors import InputError
 from bulkbatch.options import option
 from bulkbatch.stages.csvread import SOURCE_COL, CsvFile, csv_rejects, infer_types, open_csv
@@ -434,10 +428,9 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
         "(row_number BIGINT, source VARCHAR, line BIGINT, reason VARCHAR)"
     )
     loaded = _Loaded()
-    with compressed_with(con, "zstd"):
-        for kind, group in groups:
-            with group_read(con, kind, group) as read:
-                _load_group(con, loaded, kind, read, options)
+    for kind, group in groups:
+        with group_read(con, kind, group) as read:
+            _load_group(con, loaded, kind, read, options)
     _append_bad_lines(con, loaded)
     if loaded.rows == 0:
         raise InputError(

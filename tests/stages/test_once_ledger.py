@@ -90,8 +90,11 @@ def assert_layout(
     con: duckdb.DuckDBPyConnection, original: Sequence[str], batch_size: int, job_size: int
 ) -> None:
     """plan + skipped partition the original plan; batches contiguous from 0, never spanning
-    jobs, at most batch_size (only a job's last batch short); jobs dense; order kept."""
+    jobs, at most batch_size (only a job's last batch short); jobs dense; order kept, also
+    the table's own (the send reads a range of batches, clustered by the table's order)."""
     rows = plan_rows(con)
+    stored = con.execute("SELECT row_number, recipient, job_no, batch_no FROM plan").fetchall()
+    assert [(int(r), str(p), int(j), int(b)) for r, p, j, b in stored] == rows
     skipped = con.execute("SELECT row_number, recipient FROM skipped").fetchall()
     kept = {(r, p) for r, p, _, _ in rows}
     gone = {(int(r), str(p)) for r, p in skipped}

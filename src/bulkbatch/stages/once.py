@@ -55,6 +55,7 @@ import pyarrow as pa
 from bulkbatch.columns import strings
 from bulkbatch.errors import StateError, UsageError
 from bulkbatch.identity import DATA_DIR_ENV, data_dir
+from bulkbatch.stages.plan.recut import recut_plan
 
 __all__ = [
     "CHUNK_ROWS",
@@ -259,7 +260,7 @@ def claim_plan(
             [key],
         )
         if result.skipped:
-            _recut(stage, batch_size)
+            recut_plan(stage, batch_size)
     finally:
         stage.execute(f"DROP TABLE IF EXISTS {_HELD_TABLE}")
     return result
@@ -327,40 +328,6 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
         "AND schema_name = 'main' AND table_name = ?"
     )
     return bool(con.cursor().execute(sql, [name]).fetchall()[0][0])
-
-
-def _recut(cur: duckdb.DuckDBPyConnection, batch_size: int) -> None:
-    """Renumber jobs and batches after rows left the plan, keeping the documented layout:
-    batches contiguous from 0, never spanning jobs, at most ``batch_size`` users each."""
-    cur.execute(
-        f"""
-        CREATE OR REPLACE TABLE plan AS
-        WITH kept AS (
-            SELECT * FROM plan WHERE row_number NOT IN (SELECT row_number FROM skipped)
-        ),
-        numbered AS (
-            SELECT *,
-                   dense_rank() OVER (ORDER BY job_no) - 1 AS new_job,
-                   (row_number() OVER (PARTITION BY job_no ORDER BY batch_no, row_number) - 1)
-                       // {int(batch_size)} AS local_batch
-            FROM kept
-        ),
-        per_job AS (
-            SELECT new_job, max(local_batch) + 1 AS n FROM numbered GROUP BY new_job
-        ),
-        offsets AS (
-            SELECT new_job,
-                   coalesce(sum(n) OVER (ORDER BY new_job ROWS BETWEEN UNBOUNDED PRECEDING
-                                         AND 1 PRECEDING), 0) AS first_batch
-            FROM per_job
-        )
-        SELECT numbered.row_number, numbered.recipient, numbered.new_job::INTEGER AS job_no,
-               (offsets.first_batch + numbered.local_batch)::INTEGER AS batch_no,
-               numbered.user_json
-        FROM numbered JOIN offsets USING (new_job)
-        ORDER BY batch_no, row_number
-        """
-    )
 
 
 # --------------------------------------------------------------------------- SQLite backend

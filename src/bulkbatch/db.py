@@ -172,7 +172,8 @@ def compressed_with(con: duckdb.DuckDBPyConnection, method: str) -> Iterator[Non
     automatic choice (which analyses every column of every row group first) and half the
     size. Not ``inputs``: with zstd the 10M load took 8.4-8.7 s instead of 10.4-12.3 s, but
     each of the plan's passes, which reads a fifth of the audience's rows, got 0.5 s slower
-    and the whole plan 3-5 s (a zstd block is decompressed whole)."""
+    and the whole plan 3-5 s (likely because a zstd block is decompressed whole, where
+    DuckDB's own encodings let a selective scan skip most strings)."""
     previous = str(fetch_one(con, "SELECT current_setting('force_compression')")[0])
     try:
         con.execute(f"SET force_compression = {quote_literal(method)}")

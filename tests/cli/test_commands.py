@@ -288,3 +288,20 @@ def test_send_shows_what_the_plan_found_and_plan_shows_it_once(
     assert planned.exit_code == 0, planned.output
     assert planned.output.count("have no profile.email") == 1, planned.output
     assert "  note: 1 input column(s) are not sent: first_name." in planned.stdout
+
+
+def test_resume_that_finishes_a_plan_shows_its_warnings_once(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """A run 'bulkbatch plan' started and that stopped mid-plan: resuming it plans and prints
+    the report, which holds the warnings; its progress must not repeat them."""
+    audience = tmp_path / "people.csv"
+    audience.write_text("user_id,email\nu1,a@x.com\nu2,\n", encoding="utf-8")
+    run_dir = tmp_path / "r"
+    bulkbatch.plan(str(audience), event="welcome", channel="email", run_dir=run_dir)
+    state = RunState.load(run_dir)
+    state.stages.pop("plan")  # as a plan stopped before it finished leaves it
+    state.save()
+    resumed = runner.invoke(cli, ["resume", str(run_dir)])
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.output.count("have no profile.email") == 1, resumed.output

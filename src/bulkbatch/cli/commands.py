@@ -48,6 +48,18 @@ def _remember_run(ctx: click.Context, run_dir: Path | str) -> None:
     ctx.meta["bulkbatch.run_dir"] = str(run_dir)
 
 
+def _only_plans(run_dir: Path) -> bool:
+    """Whether resuming ``run_dir`` only plans (a run 'bulkbatch plan' started): its report
+    then prints the plan's warnings and notes, so its progress leaves them out."""
+    from bulkbatch.errors import StateError
+    from bulkbatch.state import RunState
+
+    try:
+        return RunState.load(run_dir).plan_only
+    except StateError:
+        return False  # resume itself says what is wrong with the directory
+
+
 def _connection(base_url: str | None, api_key: str | None) -> Any:
     """Settings from the environment, with --base-url / --api-key when given."""
     from bulkbatch.config import Settings
@@ -197,7 +209,7 @@ def resume(
 
     _remember_run(ctx, run_dir)
     settings = _connection(base_url, api_key)
-    with renderer_for(ctx) as render:
+    with renderer_for(ctx, plan_notices=not _only_plans(run_dir)) as render:
         run = bulkbatch.resume(
             run_dir,
             settings=settings,

@@ -174,17 +174,17 @@ def compressed_with(con: duckdb.DuckDBPyConnection, method: str) -> Iterator[Non
     each of the plan's passes, which reads a fifth of the audience's rows, got 0.5 s slower
     and the whole plan 3-5 s (likely because a zstd block is decompressed whole, where
     DuckDB's own encodings let a selective scan skip most strings)."""
-    previous = str(fetch_one(con, "SELECT current_setting('force_compression')")[0])
+    previous: str | None = str(fetch_one(con, "SELECT current_setting('force_compression')")[0])
     try:
         con.execute(f"SET force_compression = {quote_literal(method)}")
     except duckdb.Error:  # pragma: no cover - a DuckDB without this storage method
-        yield
-        return
+        previous = None  # nothing was changed, so nothing to restore
     try:
         yield
     finally:
-        with contextlib.suppress(duckdb.Error):  # never mask the error that got us here
-            con.execute(f"SET force_compression = {quote_literal(previous)}")
+        if previous is not None:
+            with contextlib.suppress(duckdb.Error):  # never mask the error that got us here
+                con.execute(f"SET force_compression = {quote_literal(previous)}")
 
 
 _DONE = object()

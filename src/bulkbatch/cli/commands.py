@@ -93,8 +93,9 @@ def plan(ctx: click.Context, /, inputs: tuple[str, ...], as_json: bool, **kw: An
     """Load and plan an audience; send nothing. Prints who would get what.
 
     The report shows rows read, users to send, duplicates (first few groups), rejected rows
-    by reason, a sample of the merged user objects, batches, and the estimated duration at
-    --rate. plan.parquet and rejects.parquet are written to the run directory; the same
+    by reason, what the plan warns about or notes (users the channel cannot reach, input
+    columns nothing sends), a sample of the merged user objects, batches, and the estimated
+    duration at --rate. plan.parquet and rejects.parquet are written to the run directory; the same
     options given to 'bulkbatch send' send this plan ('bulkbatch resume' of a planned run
     finishes the plan only, and sends nobody).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 from typing import Any
 
@@ -9,7 +10,14 @@ import httpx
 import pytest
 
 from bulkbatch.emulator import Emulator
-from tests.emulator.emulator_helpers import all_users, client_for, create_job
+from tests.emulator.emulator_helpers import (
+    API_KEY,
+    INGESTED,
+    all_users,
+    client_for,
+    create_job,
+    flavor_of,
+)
 
 ID_RE = re.compile(r"^1-[0-9a-f]{8}-[0-9a-f]{24}$")
 NOT_FOUND = {"message": "Not Found", "type": "invalid_request_error"}
@@ -264,3 +272,25 @@ def test_get_job_shows_definition_as_sent(http: httpx.Client) -> None:
             "status": "CREATED",
         }
     }
+
+
+def test_stats_count_the_most_ingests_in_flight(make_emulator: Any) -> None:
+    """``most_ingests_in_flight``: how many ``POST /bulk/{id}`` a client kept open at once
+    (this process), counted from arrival to answer, so the latency fault is inside it."""
+    emu = make_emulator(api_key=API_KEY, faults="latency_ms=200")
+    with client_for(emu) as client:
+        job_id = create_job(client)
+        assert client.get("/_emulator/stats").json()["most_ingests_in_flight"] == 0
+
+        def ingest(start: int) -> int:
+            r = client.post(f"/bulk/{job_id}", json={"users": users(5, start=start)})
+            return r.status_code
+
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            codes = list(pool.map(ingest, range(0, 25, 5)))
+        assert codes == [INGESTED[flavor_of(client)]] * 5
+        client.post(f"/bulk/{job_id}", json={"users": users(5, start=25)})  # one alone
+        stats = client.get("/_emulator/stats").json()
+        assert stats["most_ingests_in_flight"] == 5 and stats["ingest_attempts"] == 6
+        client.post("/_emulator/reset")
+        assert client.get("/_emulator/stats").json()["most_ingests_in_flight"] == 0

@@ -281,6 +281,7 @@ def test_stats_and_reset(make_emulator: Any) -> None:
             "max_accepted_per_recipient": 2,
             "idempotent_replays": 0,
             "idempotency_mismatches": 0,
+            "most_ingests_in_flight": 1,  # one after another
         }
         assert client.post("/_emulator/reset").status_code == 200
         assert client.get(f"/bulk/{jobs[0]}").status_code == 404

@@ -119,7 +119,9 @@ Stats (``GET /_emulator/stats``)
 (every ``POST /bulk/{id}``, faulted ones included), ``users_accepted``, ``duplicate_users``,
 ``dropped_connections``, ``max_accepted_per_recipient`` (the most times one ``recipient``
 string was accepted, across all jobs since the last reset; 0 when none),
-``idempotent_replays``, ``idempotency_mismatches``; with ``--check-contract`` (or
+``idempotent_replays``, ``idempotency_mismatches``, ``most_ingests_in_flight`` (the most
+``POST /bulk/{id}`` open at once, from arrival to answer, in this process since its start or
+the last reset: what a client's ``--concurrency`` actually reached); with ``--check-contract`` (or
 ``BULKBATCH_EMULATOR_CHECK_CONTRACT=1``) also ``contract_checked``, ``contract_skipped``
 (sampled out), ``contract_violations``, ``contract_violation_details`` and
 ``contract_flavor_deviations`` (the tutorial's 201/200/202; :mod:`.contract`). Counters

@@ -96,6 +96,23 @@ class Turns:
             return work()
 
 
+class InFlight:
+    """Requests open now and the most at once since the last reset (this process only)."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+
+    def enter(self) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+
+    def leave(self) -> None:
+        self.now -= 1
+
+    def reset(self) -> None:
+        self.most = self.now
+
+
 @dataclass
 class EmulatorState:
     """Everything the endpoints share."""
@@ -106,6 +123,7 @@ class EmulatorState:
     contract: Any = None  # a contract.ContractChecker when the contract check is on
     webhooks: WebhookSender | None = None  # with --webhook-url
     turns: Turns = field(default_factory=Turns)
+    ingests: InFlight = field(default_factory=InFlight)  # POST /bulk/{id}, arrival to answer
 
     def start(self) -> None:
         """Start the background work (the webhook sender) once the app is served."""
@@ -121,6 +139,7 @@ class EmulatorState:
     def stats(self) -> dict[str, Any]:
         """``GET /_emulator/stats``: the backend's counters (+ the contract check's)."""
         out = self.backend.stats()
+        out["most_ingests_in_flight"] = self.ingests.most
         if self.contract is not None:
             out.update(self.contract.stats())
         return out
@@ -128,6 +147,7 @@ class EmulatorState:
     def reset(self) -> None:
         self.backend.reset()
         self.faults.reset()
+        self.ingests.reset()
         if self.contract is not None:
             self.contract.reset()
 
@@ -249,10 +269,19 @@ class ApiEndpoint:
         self.__name__ = operation.name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.op.ingest:
+            await self._serve(scope, receive, send)
+            return
+        self.state.backend.count("ingest_attempts")
+        self.state.ingests.enter()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.state.ingests.leave()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         backend = self.state.backend
         backend.count("requests")
-        if self.op.ingest:
-            backend.count("ingest_attempts")
         if not authorized(self.state, scope):
             await self._send(send, _envelope(401, "Unauthorized", "authentication_error"))
             return

@@ -259,7 +259,10 @@ async def ingest_job(
     done = await anyio.to_thread.run_sync(acked_batches, con, job)
     if len(done) >= job.batches:
         return 0
-    send_bodies, recv_bodies = anyio.create_memory_object_stream[_Body](concurrency * 2)
+    # No buffer: the workers hold what they were handed (waiting for a write slot, or in
+    # flight) while the producer reads the next chunk, so a job holds at most two chunks of
+    # bodies however many workers it has (a run's jobs may each have --concurrency).
+    send_bodies, recv_bodies = anyio.create_memory_object_stream[_Body](0)
     sent = 0
 
     async def produce(out: MemoryObjectSendStream[_Body]) -> None:

@@ -260,8 +260,9 @@ async def ingest_job(
     if len(done) >= job.batches:
         return 0
     # No buffer: the workers hold what they were handed (waiting for a write slot, or in
-    # flight) while the producer reads the next chunk, so a job holds at most two chunks of
-    # bodies however many workers it has (a run's jobs may each have --concurrency).
+    # flight) while the producer reads the next chunk, so a job holds at most one body per
+    # worker plus one chunk (it was that plus a buffer of two per worker). A run's jobs
+    # may each have --concurrency workers; the write slots bound what is in flight.
     send_bodies, recv_bodies = anyio.create_memory_object_stream[_Body](0)
     sent = 0
 

@@ -277,7 +277,7 @@ def test_get_job_shows_definition_as_sent(http: httpx.Client) -> None:
 def test_stats_count_the_most_ingests_in_flight(make_emulator: Any) -> None:
     """``most_ingests_in_flight``: how many ``POST /bulk/{id}`` a client kept open at once
     (this process), counted from arrival to answer, so the latency fault is inside it."""
-    emu = make_emulator(api_key=API_KEY, faults="latency_ms=200")
+    emu = make_emulator(api_key=API_KEY, faults="latency_ms=500")  # all five overlap
     with client_for(emu) as client:
         job_id = create_job(client)
         assert client.get("/_emulator/stats").json()["most_ingests_in_flight"] == 0

@@ -72,7 +72,7 @@ def ingest_lanes(concurrency: int) -> int:
     the line idle most of a 1M-person run at 150 ms per request (82 s of send). Up to four
     jobs share the --concurrency write slots (so requests in flight stay within it), and any
     of them may use every slot the others leave free: with a quarter each, a lane between two
-    jobs left its slots idle (1M at 150 ms: send 15.7-16.7 s, against 13.3-13.4 s)."""
+    jobs left its slots idle (1M at 150 ms: send 14.6-16.0 s, against 13.3-13.5 s)."""
     return max(1, min(4, concurrency // 4))
 
 

@@ -22,7 +22,9 @@ from bulkbatch.db import (
     configure_connection,
     in_thread,
     key_ranges,
+    optimizer_disabled,
     prefetched_batches,
+    prefetched_queries,
 )
 from bulkbatch.errors import UsageError
 
@@ -61,6 +63,28 @@ def test_prefetched_batches_are_every_querys_rows_in_order() -> None:
     got = [n for b in prefetched_batches(con, queries) for n in b.column("n").to_pylist()]
     assert got == list(range(140_000))
     assert not _arrow_threads()
+
+
+def test_prefetched_queries_name_the_query_of_each_batch() -> None:
+    con = duckdb.connect()
+    queries = ["SELECT range AS n FROM range(70_000)", "SELECT 1 AS n WHERE false", "SELECT 7 AS n"]
+    got = [(i, b.num_rows) for i, b in prefetched_queries(con, queries)]
+    assert {i for i, _ in got} == {0, 2}  # an empty result yields no batch
+    assert sum(rows for i, rows in got if i == 0) == 70_000
+    assert got[-1] == (2, 1)
+    assert not _arrow_threads()
+
+
+def test_an_optimizer_is_off_only_meanwhile() -> None:
+    con = duckdb.connect()
+    con.execute("SET disabled_optimizers = 'join_order'")
+    setting = "SELECT current_setting('disabled_optimizers')"
+    with optimizer_disabled(con, "build_side_probe_side"):
+        assert con.execute(setting).fetchall() == [("join_order,build_side_probe_side",)]
+    assert con.execute(setting).fetchall() == [("join_order",)]
+    with pytest.raises(duckdb.Error, match="boom"), optimizer_disabled(con, "join_filter_pushdown"):
+        con.execute("SELECT error('boom')")
+    assert con.execute(setting).fetchall() == [("join_order",)]
 
 
 def test_prefetched_batches_raise_a_querys_error_in_the_callers_thread() -> None:

@@ -13,7 +13,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -39,7 +39,9 @@ __all__ = [
     "memory_limit",
     "memory_share",
     "open_run_db",
+    "optimizer_disabled",
     "prefetched_batches",
+    "prefetched_queries",
     "quote_ident",
     "quote_literal",
     "scaled_to_cap",
@@ -187,6 +189,25 @@ def compressed_with(con: duckdb.DuckDBPyConnection, method: str) -> Iterator[Non
                 con.execute(f"SET force_compression = {quote_literal(previous)}")
 
 
+@contextlib.contextmanager
+def optimizer_disabled(con: duckdb.DuckDBPyConnection, name: str) -> Iterator[None]:
+    """DuckDB's optimizer ``name`` (one of ``disabled_optimizers``) is off meanwhile, the
+    setting restored after. A hint for speed, never for correctness: a DuckDB that does not
+    know the name runs the queries as they are."""
+    previous: str | None = str(fetch_one(con, "SELECT current_setting('disabled_optimizers')")[0])
+    names = ",".join(n for n in (previous, name) if n)
+    try:
+        con.execute(f"SET disabled_optimizers = {quote_literal(names)}")
+    except duckdb.Error:  # pragma: no cover - a DuckDB without this optimizer
+        previous = None  # nothing was changed, so nothing to restore
+    try:
+        yield
+    finally:
+        if previous is not None:
+            with contextlib.suppress(duckdb.Error):  # never mask the error that got us here
+                con.execute(f"SET disabled_optimizers = {quote_literal(previous)}")
+
+
 _DONE = object()
 
 
@@ -194,9 +215,19 @@ def prefetched_batches(
     con: duckdb.DuckDBPyConnection, queries: Sequence[str], queued: int = 4
 ) -> Iterator[pa.RecordBatch]:
     """The Arrow batches of each query in turn (:data:`ARROW_BATCH_ROWS` rows each), read by a
-    worker thread up to ``queued`` batches ahead, so that DuckDB computes while the caller
-    writes. When the caller stops early (an error, an interrupt), the running query is
-    interrupted and the worker waited for: the connection is free again when this returns.
+    worker thread up to ``queued`` batches ahead (:func:`prefetched_queries`)."""
+    for _, batch in prefetched_queries(con, queries, queued):
+        yield batch
+
+
+def prefetched_queries(
+    con: duckdb.DuckDBPyConnection, queries: Sequence[str], queued: int = 4
+) -> Generator[tuple[int, pa.RecordBatch]]:
+    """``(i, batch)``: the Arrow batches of each query in turn (:data:`ARROW_BATCH_ROWS` rows
+    each) with the index of the query they belong to, read by a worker thread up to
+    ``queued`` batches ahead, so that DuckDB computes while the caller writes. When the caller
+    stops early (an error, an interrupt), the running query is interrupted and the worker
+    waited for: the connection is free again when this returns.
 
     A thread and a queue rather than anyio: the caller is itself blocking code in a worker
     thread (:func:`in_thread`), and DuckDB and pyarrow both release the GIL.
@@ -206,11 +237,11 @@ def prefetched_batches(
 
     def produce() -> None:
         try:
-            for sql in queries:
+            for i, sql in enumerate(queries):
                 for batch in con.sql(sql).to_arrow_reader(ARROW_BATCH_ROWS):
                     if stop.is_set():
                         return
-                    box.put(batch)
+                    box.put((i, batch))
             box.put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
             box.put(exc)
@@ -221,7 +252,7 @@ def prefetched_batches(
         while (item := box.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise item
-            yield cast(pa.RecordBatch, item)
+            yield cast(tuple[int, pa.RecordBatch], item)
     finally:
         stop.set()
         con.interrupt()  # the query still running, if any (idle, it does nothing)

@@ -26,21 +26,27 @@ live in :mod:`bulkbatch.stages.accounting`). When a check fails the file is stil
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bulkbatch.db import (
+    ARROW_BATCH_ROWS,
     ARROW_PARQUET,
     key_ranges,
     memory_share,
-    prefetched_batches,
+    optimizer_disabled,
+    prefetched_queries,
     quote_ident,
     quote_literal,
     scaled_to_cap,
@@ -102,14 +108,20 @@ PAGES_TABLE = "_results_pages"
 # 8 of 64 jobs, 7.2-9.4 s within the cap.
 PAGES_JOIN_ROWS = 1_500_000
 # Input rows per results range under the default memory cap (scaled with the cap in force):
-# joined, sorted in memory and written as Arrow. At 10M the one COPY (joins, a 10M-row sort
-# and the writer, all on one thread) took 34.8 s; ranges of 250,000 rows, 9.5 s. Smaller
-# ranges pay for more scans of the keys table (125,000: 14 s).
+# joined and written as Arrow. At 10M the one COPY (joins, a 10M-row sort and the writer, all
+# on one thread) took 34.8 s; ranges of 250,000 rows, 9.5 s. Smaller ranges pay for more
+# scans of the keys table (125,000: 14 s).
 RESULT_ROWS = 250_000
-# DuckDB's share of its cap while the ranges are written: a few Arrow batches live outside
-# it. Not half: each join and the sort hold blocks per thread whatever the range's size, and
-# with 2 threads half of a 112MB cap (56MB) ran out on ranges of 87,000 rows.
-RESULTS_SHARE = 2 / 3
+# A batch cut into more runs of consecutive row numbers than this is not put in order run by
+# run but held whole and sorted with the rest of its range (see _in_row_order).
+_MAX_RUNS = 16
+# DuckDB's share of its cap while the ranges are written: outside it live a few Arrow batches
+# on their way and the runs held until the rows before them come (up to a range's rows, see
+# _in_row_order). Inside it, the keys table: the less of it DuckDB keeps, the more each range
+# reads back from the spill. At 10M (rows put in order in Arrow), standalone: 2/3 took
+# 13.4-13.9 s at 491-498 MiB of peak RSS, half 15.2-15.9 s at 453 MiB, 0.4 16.0-16.5 s at
+# 409 MiB; with the sort in DuckDB, 2/3 had taken 19.4-20.4 s at 441-443 MiB.
+RESULTS_SHARE = 0.4
 # DuckDB's share of its cap for the pages join (ranges sized from the whole cap). At 10M:
 # 7.0-8.0 s and +330 MiB of RSS under the whole cap, 7.5-8.2 s and +174 MiB under half; a
 # third spilled (14.4 s). Run after a send, that join had made the run's peak RSS.
@@ -341,6 +353,73 @@ def _statistics_columns(schema: pa.Schema) -> list[str]:
     ]
 
 
+def _runs(batch: pa.RecordBatch) -> list[pa.RecordBatch] | None:
+    """``batch`` cut into runs of consecutive row numbers (slices: nothing is copied), or
+    None when there would be more than :data:`_MAX_RUNS`."""
+    column = batch.column("row_number")
+    if column.type != pa.int64() or column.null_count:
+        return None
+    # The values' buffer as it is: Array.to_numpy() (and any pyarrow call given a Python
+    # scalar) imports pandas, 47 MiB that a run never uses (see bulkbatch.columns).
+    numbers = np.frombuffer(
+        column.buffers()[1], dtype=np.int64, count=len(column), offset=column.offset * 8
+    )
+    cuts = np.flatnonzero(numbers[1:] != numbers[:-1] + 1) + 1
+    if len(cuts) >= _MAX_RUNS:
+        return None
+    bounds = [0, *cuts.tolist(), batch.num_rows]
+    return [batch.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)]
+
+
+def _sorted(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    """``batches`` as one sequence sorted by row number."""
+    if not batches:
+        return []
+    table = pa.Table.from_batches(batches)
+    ordered: list[pa.RecordBatch] = table.take(pc.sort_indices(table["row_number"])).to_batches()
+    return ordered
+
+
+def _in_row_order(
+    batches: Iterable[tuple[int, pa.RecordBatch]], starts: Sequence[int]
+) -> Iterator[pa.Table]:
+    """The rows of ``batches`` (``(range, batch)``, the ranges in order, range ``i``'s row
+    numbers from ``starts[i]`` up) in row-number order, as tables of about
+    :data:`ARROW_BATCH_ROWS` rows or more.
+
+    Why not ``ORDER BY row_number`` in each range's query: at 10M that sort took 4.9 of the
+    13.5 s that DuckDB spent on the ranges. The rows come out of a range's query in its scan
+    of ``inputs`` (the joins probe with it, see :func:`_copy`): runs of consecutive row
+    numbers, the size of DuckDB's row groups, that two threads hand over out of turn. So
+    each run is passed on once the rows before it have been, and held until then. A row
+    number is never in two runs, so this order is the sorted one. Whatever is still held when
+    its range ends (a gap in the row numbers, or a scan in another order) is sorted then, so
+    the order never depends on the plan DuckDB chose, only the speed does.
+    """
+    ready: list[pa.RecordBatch] = []
+    held: dict[int, pa.RecordBatch] = {}  # runs by their first row number
+    loose: list[pa.RecordBatch] = []  # batches of too many runs, sorted when the range ends
+    current, expected = -1, 0
+    for i, batch in batches:
+        if i != current:
+            ready += _sorted([*held.values(), *loose])
+            held, loose, current, expected = {}, [], i, starts[i]
+        runs = _runs(batch)
+        if runs is None:
+            loose.append(batch)
+            continue
+        held.update((int(run.column("row_number")[0].as_py()), run) for run in runs)
+        while (run := held.pop(expected, None)) is not None:
+            ready.append(run)
+            expected += run.num_rows
+        if sum(b.num_rows for b in ready) >= ARROW_BATCH_ROWS:
+            yield pa.Table.from_batches(ready)
+            ready = []
+    ready += _sorted([*held.values(), *loose])
+    if ready:
+        yield pa.Table.from_batches(ready)
+
+
 def _copy(
     cur: duckdb.DuckDBPyConnection, state: RunState, out: Path, include_profile: bool
 ) -> None:
@@ -349,8 +428,11 @@ def _copy(
 
     Why not one ``COPY … ORDER BY``: the joins of every input row and the 10M-row sort under
     them pinned enough memory per thread that it had to run on one thread (34.8 s at 10M).
-    Per range the joins build on the range only and the sort fits in memory, on every thread.
-    DuckDB's ``COPY`` cannot append to a file, so pyarrow's writer writes the ranges.
+    Per range the joins build on the range only, on every thread. DuckDB's ``COPY`` cannot
+    append to a file, so pyarrow's writer writes the ranges. The rows are put in order in
+    Arrow (:func:`_in_row_order`), which needs the joins to probe with the scan of
+    ``inputs``: with DuckDB's build-side optimizer on, it built the hash table on ``inputs``
+    and probed with the keys (in job order), as their estimates were alike.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -359,14 +441,13 @@ def _copy(
         shape = _shape(cur, state, include_profile, delivery)
         ranges = key_ranges(cur, "inputs", "row_number", scaled_to_cap(cur, RESULT_ROWS))
         queries = [
-            f"SELECT * FROM ({_select_sql(shape, f'row_number >= {lo} AND row_number < {hi}')}) "
-            "ORDER BY row_number"
-            for lo, hi in ranges
+            _select_sql(shape, f"row_number >= {lo} AND row_number < {hi}") for lo, hi in ranges
         ]
         schema = cur.sql(f"SELECT * FROM ({_select_sql(shape, 'false')})").to_arrow_table().schema
         dictionary = [c for c in schema.names if c in _DICTIONARY_COLUMNS]
         with (
             memory_share(cur, RESULTS_SHARE),
+            optimizer_disabled(cur, "build_side_probe_side"),
             pq.ParquetWriter(
                 tmp,
                 schema,
@@ -374,9 +455,11 @@ def _copy(
                 write_statistics=_statistics_columns(schema),
                 **ARROW_PARQUET,
             ) as writer,
+            # Closed here, not when collected: a write that fails stops the query at once.
+            contextlib.closing(prefetched_queries(cur, queries)) as batches,
         ):
-            for batch in prefetched_batches(cur, queries):
-                writer.write_batch(batch)
+            for table in _in_row_order(batches, [lo for lo, _ in ranges]):
+                writer.write_table(table)
     finally:
         with contextlib.suppress(duckdb.Error):
             _drop_scratch(cur)

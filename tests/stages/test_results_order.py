@@ -1,0 +1,130 @@
+"""The results rows are put in row-number order in Arrow, not by an ``ORDER BY`` in DuckDB.
+
+Each range's query hands over its rows in runs of consecutive row numbers, out of turn when two
+threads scan row groups side by side; :func:`results._in_row_order` passes each run on once the
+rows before it have been. Whatever the runs, their order, the batches they come in, gaps in the
+row numbers or rows shuffled one by one, the rows must come out sorted, each with its columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bulkbatch
+from bulkbatch.stages import results
+from bulkbatch.state import open_run_db
+from tests.support import SAMPLE
+
+
+def _batch(numbers: list[int]) -> pa.RecordBatch:
+    return pa.record_batch(
+        {"row_number": pa.array(numbers, pa.int64()), "tag": [f"r{n}" for n in numbers]}
+    )
+
+
+@st.composite
+def _ranges(draw: st.DrawFn) -> tuple[list[int], list[list[int]]]:
+    """Range starts and, per range, the order its row numbers leave DuckDB in."""
+    starts: list[int] = []
+    orders: list[list[int]] = []
+    lo = draw(st.integers(1, 5))
+    for _ in range(draw(st.integers(1, 4))):
+        size = draw(st.integers(1, 120))
+        numbers = [n for n in range(lo, lo + size) if draw(st.integers(0, 9)) or n == lo]
+        if draw(st.booleans()):  # a gap at the start: the range's first row is not there
+            numbers = numbers[1:] or numbers
+        cuts = sorted(draw(st.sets(st.integers(1, max(1, len(numbers) - 1)), max_size=6)))
+        runs = [numbers[a:b] for a, b in zip([0, *cuts], [*cuts, len(numbers)], strict=True)]
+        runs = draw(st.permutations(runs))
+        order = [n for run in runs for n in run]
+        if draw(st.integers(0, 4)) == 0:  # a scan in no order at all
+            order = draw(st.permutations(order))
+        starts.append(lo)
+        orders.append(order)
+        lo += size
+    return starts, orders
+
+
+def _batches(orders: list[list[int]], sizes: list[int]) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Each range's rows in batches of ``sizes`` (slices of one batch: offsets other than 0)."""
+    for i, order in enumerate(orders):
+        whole, at = _batch(order), 0
+        for size in sizes:
+            if at >= len(order):
+                break
+            yield i, whole.slice(at, size)
+            at += size
+        if at < len(order):
+            yield i, whole.slice(at)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ranges(), st.lists(st.integers(1, 40), min_size=1, max_size=8))
+def test_rows_come_out_sorted_with_their_columns(
+    ranges: tuple[list[int], list[list[int]]], sizes: list[int]
+) -> None:
+    starts, orders = ranges
+    tables = list(results._in_row_order(_batches(orders, sizes), starts))
+    out = pa.concat_tables(tables) if tables else None
+    expected = sorted(n for order in orders for n in order)
+    assert out is not None
+    assert out["row_number"].to_pylist() == expected
+    assert out["tag"].to_pylist() == [f"r{n}" for n in expected]
+
+
+def test_runs_in_turn_are_passed_on_without_a_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path: runs out of turn are held and passed on as they are; nothing is sorted."""
+    sorted_rows: list[int] = []
+    real = results._sorted
+
+    def spy(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+        sorted_rows.append(sum(b.num_rows for b in batches))
+        return real(batches)
+
+    monkeypatch.setattr(results, "_sorted", spy)
+    order = [*range(41, 81), *range(1, 41), *range(81, 101)]
+    batches = [(0, _batch(order[i : i + 30])) for i in range(0, 100, 30)]
+    out = pa.concat_tables(list(results._in_row_order(iter(batches), [1])))
+    assert out["row_number"].to_pylist() == list(range(1, 101))
+    assert sum(sorted_rows) == 0
+
+
+def test_a_real_runs_ranges_reach_the_writer_in_scan_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The joins of a range probe with the scan of ``inputs`` (its row order), so no range of
+    a real run needs the sort: with DuckDB's build-side optimizer on, the keys were the probe
+    side and every range came out in job order."""
+    run_dir = tmp_path / "run"
+    with bulkbatch.Emulator() as emu:
+        bulkbatch.send(
+            SAMPLE,
+            event="welcome",
+            settings=bulkbatch.Settings(base_url=emu.url, poll_interval=0.02),
+            run_dir=run_dir,
+        )
+    con = open_run_db(run_dir)
+    try:  # the pages in another order than the input's rows
+        con.execute(
+            "CREATE OR REPLACE TABLE user_pages AS SELECT * FROM user_pages ORDER BY md5(recipient)"
+        )
+    finally:
+        con.close()
+    sorted_rows: list[int] = []
+    real = results._sorted
+
+    def spy(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+        sorted_rows.append(sum(b.num_rows for b in batches))
+        return real(batches)
+
+    monkeypatch.setattr(results, "_sorted", spy)
+    monkeypatch.setattr(results, "RESULT_ROWS", 300)
+    info = bulkbatch.results(run_dir)
+    assert info.accounting_ok
+    assert sum(sorted_rows) == 0

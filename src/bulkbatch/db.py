@@ -168,7 +168,30 @@ def memory_share(con: duckdb.DuckDBPyConnection, share: float) -> Iterator[None]
 
 
 @contextlib.contextmanager
-def compressed_with(con: duckdb.DuckDBPyConnection, method: str) -> Iterator[None]:
+def _meanwhile(
+    con: duckdb.DuckDBPyConnection, setting: str, value: Callable[[str], str]
+) -> Iterator[None]:
+    """DuckDB's ``setting`` is ``value(its current value)`` meanwhile, then what it was. A
+    DuckDB that refuses the value (an older one, without that storage method or optimizer)
+    runs as it is: every use is a choice of speed or size, never of correctness."""
+    previous: str | None = str(
+        fetch_one(con, f"SELECT current_setting({quote_literal(setting)})")[0]
+    )
+    try:
+        con.execute(f"SET {setting} = {quote_literal(value(previous or ''))}")
+    except duckdb.Error:  # pragma: no cover - a DuckDB without that method or optimizer
+        previous = None  # nothing was changed, so nothing to restore
+    try:
+        yield
+    finally:
+        if previous is not None:
+            with contextlib.suppress(duckdb.Error):  # never mask the error that got us here
+                con.execute(f"SET {setting} = {quote_literal(previous)}")
+
+
+def compressed_with(
+    con: duckdb.DuckDBPyConnection, method: str
+) -> contextlib.AbstractContextManager[None]:
     """Tables written meanwhile are stored with ``method`` (e.g. ``zstd``), the setting
     restored after. The plan stores its users' JSON so: faster to write than DuckDB's
     automatic choice (which analyses every column of every row group first) and half the
@@ -176,36 +199,17 @@ def compressed_with(con: duckdb.DuckDBPyConnection, method: str) -> Iterator[Non
     each of the plan's passes, which reads a fifth of the audience's rows, got 0.5 s slower
     and the whole plan 3-5 s (likely because a zstd block is decompressed whole, where
     DuckDB's own encodings let a selective scan skip most strings)."""
-    previous: str | None = str(fetch_one(con, "SELECT current_setting('force_compression')")[0])
-    try:
-        con.execute(f"SET force_compression = {quote_literal(method)}")
-    except duckdb.Error:  # pragma: no cover - a DuckDB without this storage method
-        previous = None  # nothing was changed, so nothing to restore
-    try:
-        yield
-    finally:
-        if previous is not None:
-            with contextlib.suppress(duckdb.Error):  # never mask the error that got us here
-                con.execute(f"SET force_compression = {quote_literal(previous)}")
+    return _meanwhile(con, "force_compression", lambda _: method)
 
 
-@contextlib.contextmanager
-def optimizer_disabled(con: duckdb.DuckDBPyConnection, name: str) -> Iterator[None]:
+def optimizer_disabled(
+    con: duckdb.DuckDBPyConnection, name: str
+) -> contextlib.AbstractContextManager[None]:
     """DuckDB's optimizer ``name`` (one of ``disabled_optimizers``) is off meanwhile, the
-    setting restored after. A hint for speed, never for correctness: a DuckDB that does not
-    know the name runs the queries as they are."""
-    previous: str | None = str(fetch_one(con, "SELECT current_setting('disabled_optimizers')")[0])
-    names = ",".join(n for n in (previous, name) if n)
-    try:
-        con.execute(f"SET disabled_optimizers = {quote_literal(names)}")
-    except duckdb.Error:  # pragma: no cover - a DuckDB without this optimizer
-        previous = None  # nothing was changed, so nothing to restore
-    try:
-        yield
-    finally:
-        if previous is not None:
-            with contextlib.suppress(duckdb.Error):  # never mask the error that got us here
-                con.execute(f"SET disabled_optimizers = {quote_literal(previous)}")
+    setting restored after: a hint for speed (see :func:`_meanwhile`)."""
+    return _meanwhile(
+        con, "disabled_optimizers", lambda previous: ",".join(n for n in (previous, name) if n)
+    )
 
 
 _DONE = object()

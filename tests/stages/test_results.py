@@ -132,6 +132,29 @@ def test_results_written_in_many_ranges_match_one_range(
     assert queries == [-(-2_000 // 7)]  # really written in ranges
 
 
+def test_a_real_runs_ranges_reach_the_writer_in_scan_order(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The joins of a range probe with the scan of ``inputs`` (its row order), so no range of
+    a real run needs the sort of ``_in_row_order`` (tests/stages/test_results_order.py): with
+    DuckDB's build-side optimizer on, the keys were the probe side and the rows came out in
+    job order."""
+    _sql(
+        run_dir,  # the pages in another order than the input's rows
+        "CREATE OR REPLACE TABLE user_pages AS SELECT * FROM user_pages ORDER BY md5(recipient)",
+    )
+
+    def never_sorted(batches: list[object]) -> list[object]:
+        assert not batches, f"a range needed the sort ({len(batches)} batches held)"
+        return []
+
+    monkeypatch.setattr(results, "_sorted", never_sorted)
+    monkeypatch.setattr(results, "RESULT_ROWS", 300)
+    info = bulkbatch.results(run_dir)
+    assert info.accounting_ok
+    assert pq.read_table(info.path)["row_number"].to_pylist() == list(range(1, 2_001))
+
+
 def test_the_scratch_tables_stay_out_of_the_run_database(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

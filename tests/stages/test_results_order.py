@@ -9,17 +9,13 @@ row numbers or rows shuffled one by one, the rows must come out sorted, each wit
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bulkbatch
 from bulkbatch.stages import results
-from bulkbatch.state import open_run_db
-from tests.support import SAMPLE
 
 
 def _batch(numbers: list[int]) -> pa.RecordBatch:
@@ -78,53 +74,15 @@ def test_rows_come_out_sorted_with_their_columns(
     assert out["tag"].to_pylist() == [f"r{n}" for n in expected]
 
 
+def _never_sorted(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    assert not batches, "a range needed the sort"
+    return []
+
+
 def test_runs_in_turn_are_passed_on_without_a_sort(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path: runs out of turn are held and passed on as they are; nothing is sorted."""
-    sorted_rows: list[int] = []
-    real = results._sorted
-
-    def spy(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
-        sorted_rows.append(sum(b.num_rows for b in batches))
-        return real(batches)
-
-    monkeypatch.setattr(results, "_sorted", spy)
+    monkeypatch.setattr(results, "_sorted", _never_sorted)
     order = [*range(41, 81), *range(1, 41), *range(81, 101)]
     batches = [(0, _batch(order[i : i + 30])) for i in range(0, 100, 30)]
     out = pa.concat_tables(list(results._in_row_order(iter(batches), [1])))
     assert out["row_number"].to_pylist() == list(range(1, 101))
-    assert sum(sorted_rows) == 0
-
-
-def test_a_real_runs_ranges_reach_the_writer_in_scan_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The joins of a range probe with the scan of ``inputs`` (its row order), so no range of
-    a real run needs the sort: with DuckDB's build-side optimizer on, the keys were the probe
-    side and every range came out in job order."""
-    run_dir = tmp_path / "run"
-    with bulkbatch.Emulator() as emu:
-        bulkbatch.send(
-            SAMPLE,
-            event="welcome",
-            settings=bulkbatch.Settings(base_url=emu.url, poll_interval=0.02),
-            run_dir=run_dir,
-        )
-    con = open_run_db(run_dir)
-    try:  # the pages in another order than the input's rows
-        con.execute(
-            "CREATE OR REPLACE TABLE user_pages AS SELECT * FROM user_pages ORDER BY md5(recipient)"
-        )
-    finally:
-        con.close()
-    sorted_rows: list[int] = []
-    real = results._sorted
-
-    def spy(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
-        sorted_rows.append(sum(b.num_rows for b in batches))
-        return real(batches)
-
-    monkeypatch.setattr(results, "_sorted", spy)
-    monkeypatch.setattr(results, "RESULT_ROWS", 300)
-    info = bulkbatch.results(run_dir)
-    assert info.accounting_ok
-    assert sum(sorted_rows) == 0

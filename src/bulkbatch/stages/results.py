@@ -119,8 +119,8 @@ _MAX_RUNS = 16
 # on their way and the runs held until the rows before them come (up to a range's rows, see
 # _in_row_order). Inside it, the keys table: the less of it DuckDB keeps, the more each range
 # reads back from the spill. At 10M (rows put in order in Arrow), standalone: 2/3 took
-# 13.4-13.9 s at 491-498 MiB of peak RSS, half 15.2-15.9 s at 453 MiB, 0.4 16.0-16.5 s at
-# 409 MiB; with the sort in DuckDB, 2/3 had taken 19.4-20.4 s at 441-443 MiB.
+# 13.4-13.9 s at 491-498 MiB of peak RSS, half 15.2-15.9 s at 453 MiB, 0.4 16.0-16.9 s at
+# 400-415 MiB; with the sort in DuckDB, 2/3 had taken 19.4-20.4 s at 441-443 MiB.
 RESULTS_SHARE = 0.4
 # DuckDB's share of its cap for the pages join (ranges sized from the whole cap). At 10M:
 # 7.0-8.0 s and +330 MiB of RSS under the whole cap, 7.5-8.2 s and +174 MiB under half; a
@@ -355,7 +355,8 @@ def _statistics_columns(schema: pa.Schema) -> list[str]:
 
 def _runs(batch: pa.RecordBatch) -> list[pa.RecordBatch] | None:
     """``batch`` cut into runs of consecutive row numbers (slices: nothing is copied), or
-    None when there would be more than :data:`_MAX_RUNS`."""
+    None when there would be more than :data:`_MAX_RUNS` (or the row numbers are not 64-bit
+    integers without nulls; the load's BIGINT row numbers always are)."""
     column = batch.column("row_number")
     if column.type != pa.int64() or column.null_count:
         return None

@@ -399,7 +399,7 @@ def _in_row_order(
     """
     ready: list[pa.RecordBatch] = []
     held: dict[int, pa.RecordBatch] = {}  # runs by their first row number
-    loose: list[pa.RecordBatch] = []  # batches of too many runs, sorted when the range ends
+    loose: list[pa.RecordBatch] = []  # sorted when the range ends (too many runs, a repeat)
     current, expected = -1, 0
     for i, batch in batches:
         if i != current:
@@ -409,7 +409,14 @@ def _in_row_order(
         if runs is None:
             loose.append(batch)
             continue
-        held.update((int(run.column("row_number")[0].as_py()), run) for run in runs)
+        for run in runs:
+            first = int(run.column("row_number")[0].as_py())
+            # A second run from the same row number (a row matched twice) is never dropped:
+            # it is sorted in at the range's end, and the accounting counts it.
+            if first in held:
+                loose.append(run)
+            else:
+                held[first] = run
         while (run := held.pop(expected, None)) is not None:
             ready.append(run)
             expected += run.num_rows

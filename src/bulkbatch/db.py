@@ -26,11 +26,13 @@ from bulkbatch.errors import StateError, UsageError
 __all__ = [
     "ARROW_BATCH_ROWS",
     "ARROW_PARQUET",
+    "BUILD_SHARE",
     "DB_FILE",
     "DUCKDB_FLOOR",
     "MEMORY_LIMIT",
     "MEMORY_LIMIT_ENV",
     "PARQUET_OPTIONS",
+    "SCAN_SHARE",
     "check_duckdb",
     "configure_connection",
     "fetch_one",
@@ -55,6 +57,19 @@ MEMORY_LIMIT = "320MB"
 beyond it): measured to keep a 10M-row run within a few hundred MiB.
 ``BULKBATCH_MEMORY_LIMIT`` (e.g. ``1GB``) overrides it."""
 MEMORY_LIMIT_ENV = "BULKBATCH_MEMORY_LIMIT"
+BUILD_SHARE = 0.7
+"""DuckDB's share of its cap while the audience is loaded and planned (:func:`memory_share`).
+The process holds about 185 MiB besides DuckDB's (the interpreter and its libraries, ~130
+MiB, DuckDB's own allocations outside its cap, Arrow), and DuckDB fills its cap, if only with
+the blocks it read. Under the whole 320MB cap the 10M load + plan peaked at 537-551 MiB
+(RSS); under 0.8 at 465-470, under 0.7 at 433-435, 4-6 s slower (an interleaved pair: 75.7
+and 77.6 s against 71.7 and 71.0; the passes that write ``plan`` are sized from the whole
+cap; bench/RESULTS.md, round 19)."""
+SCAN_SHARE = 1 / 2
+"""DuckDB's share of its cap for a statement that scans a table and keeps little: the
+audience fingerprint, ``rejects.parquet`` and ``duplicates.parquet``. Under the whole cap
+DuckDB kept every block they read cached until the cap was full (10M: RSS sampled at
+523-547 MiB during them, against 363-381 under half, as fast)."""
 PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 """How DuckDB writes bulkbatch's Parquet (rejects, duplicates, merged results). zstd's
 level 1 rather than DuckDB's default 3: writing 10M results rows on one thread took

@@ -13,10 +13,12 @@ import duckdb
 import orjson
 
 from bulkbatch.db import (
+    BUILD_SHARE,
     compressed_with,
     configure_connection,
     fetch_one,
     key_ranges,
+    memory_share,
     quote_ident,
     quote_literal,
     scaled_to_cap,
@@ -227,11 +229,13 @@ _PLAN_COLUMNS = (
 # Users per pass that writes ``plan`` (a range of whole batches), under the default memory
 # cap; scaled with the cap in force. At 10M, building every user's JSON into a temp table and
 # then one sort of it on one thread (two ran out of the 320MB cap) took 34 + 51 s; passes of
-# 1M users, 58 s; of 2.5M, 50 s. Each pass scans the whole audience once more.
+# 1M users, 58 s; of 2.5M, 50 s. Each pass scans the whole audience once more. Sized from
+# the whole cap although the plan runs under BUILD_SHARE of it: passes scaled down with the
+# share (7 instead of 5 at 10M) took longer than 2M-user passes that spill a little.
 PLAN_ROWS = 2_000_000
 
 
-def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> None:
+def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str, per_pass: int) -> None:
     """Create ``plan`` in ``batch_no, row_number`` order, building each user's JSON once,
     only for the users to send.
 
@@ -241,7 +245,6 @@ def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> No
     ranges follow each other in batch order, so the table ends up in order, with no sort of
     every user's JSON at once (gigabytes at 10M) and no temp copy of it.
     """
-    per_pass = scaled_to_cap(con, PLAN_ROWS)
     with compressed_with(con, "zstd"):
         for i, (lo, hi) in enumerate(key_ranges(con, "_bb_order", "batch_no", per_pass)):
             source = (
@@ -259,7 +262,11 @@ def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str) -> No
 
 
 def _run(
-    con: duckdb.DuckDBPyConnection, options: PlanOptions, q: Queries, audience: str
+    con: duckdb.DuckDBPyConnection,
+    options: PlanOptions,
+    q: Queries,
+    audience: str,
+    per_pass: int,
 ) -> ShardInfo | None:
     """Create ``rejects``, ``duplicates`` and ``plan`` (and the temp tables the report reads).
     With a shard, first remove the other shards' rows (:mod:`.shard`)."""
@@ -275,7 +282,7 @@ def _run(
     _write_rejects(con, options, audience)
     _dedupe(con, options)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _bb_order AS {order_sql(options)}")
-    _write_plan(con, q, audience)
+    _write_plan(con, q, audience, per_pass)
     return shard
 
 
@@ -289,7 +296,8 @@ def build_plan(
 
     How (for speed and flat memory): validation, deduplication and the batch/job numbering
     run on a narrow key table (``row_number``, ``recipient``, reason); the user JSON is built
-    once, only for the users to send, in the pass that writes ``plan``.
+    once, only for the users to send, in the pass that writes ``plan``. DuckDB works under
+    :data:`~bulkbatch.db.BUILD_SHARE` of its cap, the files are written under less.
 
     :raises UsageError: an unknown ``--map`` column or path, bad ``--where``/``--sql``
     :raises InputError: the input has no address column at all
@@ -303,17 +311,19 @@ def build_plan(
         where, referenced = check_where(con, options.where, aud.source, aud.columns)
     q = build_queries(options, Cols(aud.types), aud.targets, where, aud.label)
     unused = unused_columns(aud.columns, aud.targets, aud.paths, referenced)
+    per_pass = scaled_to_cap(con, PLAN_ROWS)  # from the whole cap: see PLAN_ROWS
     try:
-        shard = _run(con, options, q, aud.source)
-        info = make_report(
-            con,
-            options,
-            aud.targets,
-            started,
-            fingerprint=_fingerprint(options),
-            unused=unused,
-            unused_note=unused_note(unused),
-        )
+        with memory_share(con, BUILD_SHARE):
+            shard = _run(con, options, q, aud.source, per_pass)
+            info = make_report(
+                con,
+                options,
+                aud.targets,
+                started,
+                fingerprint=_fingerprint(options),
+                unused=unused,
+                unused_note=unused_note(unused),
+            )
     except duckdb.OutOfMemoryException:
         raise  # not a bad query: the pipeline reports the memory budget
     except duckdb.Error as exc:

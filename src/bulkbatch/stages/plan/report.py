@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from bulkbatch.db import (
     ARROW_PARQUET,
     PARQUET_OPTIONS,
+    SCAN_SHARE,
     fetch_one,
     memory_share,
     prefetched_batches,
@@ -329,10 +330,15 @@ def _input_columns(con: duckdb.DuckDBPyConnection, taken: Sequence[str]) -> str:
     )
 
 
-PLAN_FILE_SHARE = 1 / 2
+PLAN_FILE_SHARE = 1 / 4
 """DuckDB's share of its cap while ``plan.parquet`` is written. A scan needs little of it:
 with half, the peak RSS at 10M was 366 MiB, against 508 MiB with all of it and 418 MiB for
-DuckDB's own COPY."""
+DuckDB's own COPY. A quarter, with :data:`_QUEUED` batches ahead rather than 4, wrote the
+file of a real 10M send in 7.2 s at 320 MiB, against 7.1 s at 422 MiB (bench/RESULTS.md,
+round 19)."""
+_QUEUED = 2
+"""Arrow batches read ahead of the writer. Each holds ~9 MiB at 10M (the users' JSON); the
+writer is the slower side, so more ahead only hold memory."""
 
 
 def _write_plan_file(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -351,8 +357,26 @@ def _write_plan_file(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             **ARROW_PARQUET,
         ) as writer,
     ):
-        for batch in prefetched_batches(con, [sql]):
+        for batch in prefetched_batches(con, [sql], _QUEUED):
             writer.write_batch(batch)
+
+
+def _write_reviews(con: duckdb.DuckDBPyConnection, paths: Mapping[str, str]) -> None:
+    """``rejects.parquet`` and ``duplicates.parquet``: small tables joined with ``inputs``,
+    under :data:`~bulkbatch.db.SCAN_SHARE` of the cap (the scan of ``inputs`` would otherwise
+    stay cached up to all of it)."""
+    with memory_share(con, SCAN_SHARE):
+        for table, name, keys in (
+            ("rejects", "rejects.parquet", ("reason_code", "reason")),
+            ("duplicates", "duplicates.parquet", ("recipient", "kept_row_number")),
+        ):
+            picked = _input_columns(con, keys)
+            chosen = ", ".join(f"t.{k}" for k in keys)
+            con.execute(
+                f"COPY (SELECT t.row_number, {chosen}, {picked} FROM {table} t "
+                "JOIN inputs i USING (row_number) ORDER BY t.row_number) "
+                f"TO {quote_literal(paths[name])} ({PARQUET_OPTIONS})"
+            )
 
 
 def write_files(con: duckdb.DuckDBPyConnection, run_dir: Path) -> dict[str, str]:
@@ -365,17 +389,7 @@ def write_files(con: duckdb.DuckDBPyConnection, run_dir: Path) -> dict[str, str]
     paths = {name: str(run_dir / name) for name in PLAN_FILES}
     try:
         _write_plan_file(con, Path(paths["plan.parquet"]))
-        for table, name, keys in (
-            ("rejects", "rejects.parquet", ("reason_code", "reason")),
-            ("duplicates", "duplicates.parquet", ("recipient", "kept_row_number")),
-        ):
-            picked = _input_columns(con, keys)
-            chosen = ", ".join(f"t.{k}" for k in keys)
-            con.execute(
-                f"COPY (SELECT t.row_number, {chosen}, {picked} FROM {table} t "
-                "JOIN inputs i USING (row_number) ORDER BY t.row_number) "
-                f"TO {quote_literal(paths[name])} ({PARQUET_OPTIONS})"
-            )
+        _write_reviews(con, paths)
     except duckdb.OutOfMemoryException:
         raise  # not an unwritable directory: the pipeline reports the memory budget
     except (duckdb.Error, OSError) as exc:  # pyarrow's I/O errors are OSErrors

@@ -445,7 +445,7 @@ def load_inputs(con: duckdb.DuckDBPyConnection, options: LoadOptions) -> LoadInf
 
 def _load_share(groups: Sequence[tuple[str, list[str]]]) -> float:
     """DuckDB's share of its cap for the load: :data:`BUILD_SHARE` for Parquet, which needs
-    little (10M rows: 466-474 MiB peak RSS under the whole cap, 367-373 under 0.7, as fast);
+    little (10M rows: 466-474 MiB peak RSS under the whole cap, 366-373 under 0.7, as fast);
     the whole cap when any file is text. DuckDB's CSV reader holds buffers for every column:
     1,250 columns x 10,000 rows load under the whole 320MB cap and run out of memory under
     0.7 of it. JSON is read by a reader of the same kind and keeps the whole cap too (not

@@ -62,9 +62,9 @@ BUILD_SHARE = 0.7
 The process holds about 185 MiB besides DuckDB's (the interpreter and its libraries, ~130
 MiB, DuckDB's own allocations outside its cap, Arrow), and DuckDB fills its cap, if only with
 the blocks it read. Under the whole 320MB cap the 10M load + plan peaked at 537-551 MiB
-(RSS); under 0.8 at 465-470, under 0.7 at 433-435, 4-6 s slower (an interleaved pair: 75.7
-and 77.6 s against 71.7 and 71.0; the passes that write ``plan`` are sized from the whole
-cap; bench/RESULTS.md, round 19)."""
+(RSS); under 0.8 at 465-470, under 0.7 at 433-438, 4-7 s slower (interleaved: 75.7 and
+77.6 s against 71.7 and 71.0; in a faster hour 68.6 and 69.0 against 64.9 twice; the passes
+that write ``plan`` are sized from the whole cap; bench/RESULTS.md, round 19)."""
 SCAN_SHARE = 1 / 2
 """DuckDB's share of its cap for a statement that scans a table and keeps little: the
 audience fingerprint, ``rejects.parquet`` and ``duplicates.parquet``. Under the whole cap

@@ -145,8 +145,8 @@ def test_fetching_messages_gets_the_whole_cap(
 def test_plan_parquet_is_written_under_its_share(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Writing ``plan.parquet`` is a scan: under a quarter of the cap (10M: 320 MiB against
-    508 under all of it), and after the plan's own share is given back, not inside it."""
+    """Writing ``plan.parquet`` is a scan: under a quarter of the cap (10M, alone: 320 MiB
+    against 422 under half), and after the plan's own share is given back, not inside it."""
     from bulkbatch.stages.plan import report
 
     cap = db.parse_bytes(db.memory_limit())

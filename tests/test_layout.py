@@ -43,7 +43,7 @@ def test_modules_stay_small() -> None:
         ("client", ("bulkbatch.client", "bulkbatch.config", "bulkbatch.errors",
                     "bulkbatch.models", "bulkbatch.options")),
         ("stages", ("bulkbatch.stages", "bulkbatch.client", "bulkbatch.db", "bulkbatch.state",
-                    "bulkbatch.ledger", "bulkbatch.identity", "bulkbatch.files",
+                    "bulkbatch.ledger", "bulkbatch.identity", "bulkbatch.files", "bulkbatch.heap",
                     "bulkbatch.models", "bulkbatch.spec", "bulkbatch.options",
                     "bulkbatch.config", "bulkbatch.errors", "bulkbatch.progress",
                     "bulkbatch.webhooks", "bulkbatch.storage", "bulkbatch.columns")),
@@ -61,6 +61,11 @@ def test_storage_imports_only_errors_and_config() -> None:
     """Stages, the pipeline and the CLI all use bulkbatch.storage: it stays at the bottom."""
     allowed = ("bulkbatch.errors", "bulkbatch.config")
     assert sorted(m for m in _imports(SRC / "storage.py") if not m.startswith(allowed)) == []
+
+
+def test_heap_imports_nothing_of_bulkbatch() -> None:
+    """The results stage calls bulkbatch.heap before its first query: it is a leaf."""
+    assert _imports(SRC / "heap.py") == set()
 
 
 def test_columns_import_nothing_of_bulkbatch() -> None:

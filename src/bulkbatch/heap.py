@@ -6,12 +6,12 @@ streams every row through them, after a send whose pages went through glibc's he
 glibc's *dynamic* mmap threshold keeps freed large blocks there: once a large block mapped on
 its own is freed, blocks up to that size come from the heaps instead, where freeing one maps
 nothing back and the heaps fragment. Measured inside 10M sends (round 20 of #19, ``mallinfo2``
-at the stage's highest RSS): glibc held 297-316 MiB from the system, 163-212 MiB of it free.
+at the stage's highest RSS): glibc held 297-321 MiB from the system, 139-212 MiB of it free.
 
 :func:`give_back` fixes the threshold at glibc's own starting value (blocks above 128 KiB are
 mapped on their own and unmapped when freed) and trims the heaps. Called as the results stage
-starts, the 10M sends peaked at 494-511 MiB against 515-542, as fast (results 17.9-18.6 s
-against 18.0-18.8). Set for the whole process instead (glibc's free memory at the peak then
+starts, the 10M sends peaked at 494-511 MiB against 515-542, as fast (results 17.5-18.6 s
+against 16.6-18.8). Set for the whole process instead (glibc's free memory at the peak then
 15 MiB, the peak 496), it made the load of a 1M run 14 % slower (1.06-1.08 against
 0.93-0.95 s, three pairs: every large block a fresh mapping). It stays set after the stage
 (glibc has no way back to the dynamic threshold): a long-lived process (a notebook) keeps

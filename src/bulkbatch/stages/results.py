@@ -492,7 +492,7 @@ def write_results(
     started = time.monotonic()
     # The stage streams every row through Arrow buffers DuckDB gets from malloc: give back
     # what the stages before it left free, and keep large blocks out of glibc's heaps (at
-    # 10M inside a send, 163-212 MiB free there at the stage's peak; see bulkbatch.heap).
+    # 10M inside a send, 139-212 MiB free there at the stage's peak; see bulkbatch.heap).
     give_back()
     # The caller's connection itself (not a cursor), so that interrupting it stops the COPY.
     cur = con

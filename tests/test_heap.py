@@ -1,11 +1,13 @@
 """bulkbatch.heap: after ``give_back``, glibc maps large blocks on their own again.
 
 Run in a child process: the setting is the whole process's, and the test raises glibc's
-dynamic threshold on purpose first (as a send's pages do before the results stage).
+dynamic threshold on purpose first (as the stages before the results stage do), with no
+``MALLOC_*`` setting from the environment (one would fix the threshold from the start).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -47,8 +49,9 @@ _PROBE = textwrap.dedent(
 
 @pytest.mark.skipif(heap._glibc() is None, reason="glibc only (mallopt, malloc_trim)")
 def test_give_back_maps_large_blocks_on_their_own_again() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True, env=env
     ).stdout.split()
     before, took, after = int(out[0]), out[1], int(out[2])
     assert before == 0  # the raised threshold: a 1 MiB block came from the heap

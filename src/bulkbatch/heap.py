@@ -2,7 +2,7 @@
 
 Why: DuckDB hands its query results to Arrow in buffers it gets from ``malloc`` (its own
 buffer manager uses its bundled jemalloc, Arrow's pool mimalloc), and the results stage
-streams every row through them, after a send whose pages went through glibc's heaps too.
+streams every row through them, after the stages before it have used glibc's heaps too.
 glibc's *dynamic* mmap threshold keeps freed large blocks there: once a large block mapped on
 its own is freed, blocks up to that size come from the heaps instead, where freeing one maps
 nothing back and the heaps fragment. Measured inside 10M sends (round 20 of #19, ``mallinfo2``

@@ -10,7 +10,7 @@ at the stage's highest RSS): glibc held 297-321 MiB from the system, 139-212 MiB
 
 :func:`give_back` fixes the threshold at glibc's own starting value (blocks above 128 KiB are
 mapped on their own and unmapped when freed) and trims the heaps. Called as the results stage
-starts, the 10M sends peaked at 494-511 MiB against 515-542, as fast (results 17.5-18.6 s
+starts, the 10M sends peaked at 494-513 MiB against 515-542, as fast (results 17.2-18.6 s
 against 16.6-18.8). Set for the whole process instead (glibc's free memory at the peak then
 15 MiB, the peak 496), it made the load of a 1M run 14 % slower (1.06-1.08 against
 0.93-0.95 s, three pairs: every large block a fresh mapping). It stays set after the stage

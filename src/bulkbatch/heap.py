@@ -8,7 +8,7 @@ its own is freed, blocks up to that size come from the heaps instead, where free
 nothing back and the heaps fragment. Measured inside 10M sends (round 20 of #19, ``mallinfo2``
 at the stage's highest RSS): glibc held 297-321 MiB from the system, 139-212 MiB of it free.
 
-:func:`give_back` fixes the threshold at glibc's own starting value (blocks above 128 KiB are
+:func:`give_back` fixes the threshold at glibc's own starting value (blocks of 128 KiB or more are
 mapped on their own and unmapped when freed) and trims the heaps. Called as the results stage
 starts, the 10M sends peaked at 494-513 MiB against 515-542, as fast (results 17.2-18.6 s
 against 16.6-18.8). Set for the whole process instead (glibc's free memory at the peak then

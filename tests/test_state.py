@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,7 @@ def test_ledger_commits_acks_and_pages_in_order(tmp_path: Path) -> None:
             assert row == (300,)
             for p in range(5):
                 await ledger.put(
-                    PageRecord(
+                    PageRecord.of(
                         0,
                         p,
                         [f"u{p}-{i}" for i in range(3)],
@@ -150,6 +151,58 @@ def test_ledger_commits_acks_and_pages_in_order(tmp_path: Path) -> None:
     assert cur.execute("SELECT count(*) FROM user_pages").fetchone() == (15,)
     assert cur.execute("SELECT pages, cursor, done FROM paging").fetchone() == (5, None, True)
     con.close()
+
+
+def test_ledger_stores_each_users_columns_as_paged(tmp_path: Path) -> None:
+    con = open_run_db(tmp_path)
+    ensure_ledger(con)
+    pages = [
+        (0, 0, ["a", None], ["m1", None], ["SENT", "ERROR"]),
+        (1, 0, [], [], []),
+        (0, 1, ["é😀"], ["m3"], ["ENQUEUED"]),
+    ]
+
+    async def main() -> None:
+        async with LedgerWriter(con) as ledger:
+            for job_no, page_no, recipients, ids, statuses in pages:
+                await ledger.put(
+                    PageRecord.of(
+                        job_no, page_no, recipients, ids, statuses, next_cursor=None, done=True
+                    )
+                )
+
+    anyio.run(main)
+    rows = con.cursor().execute("SELECT * FROM user_pages ORDER BY job_no, page_no").fetchall()
+    assert rows == [
+        (0, 0, "a", "m1", "SENT"),
+        (0, 0, None, None, "ERROR"),
+        (0, 1, "é😀", "m3", "ENQUEUED"),
+    ]
+    con.close()
+
+
+def test_a_queued_page_holds_no_python_object_per_user() -> None:
+    """Pages wait for their commit by the thousand; as lists of str they were the run's most
+    numerous Python objects, and the arenas they filled stayed with the process."""
+    users, count = 100, 200
+    gc.collect()
+    before = sys.getallocatedblocks()
+    queued = [
+        PageRecord.of(
+            3,
+            p,
+            [f"user-{p}-{i}" for i in range(users)],
+            [f"message-{p}-{i}" for i in range(users)],
+            ["SENT"] * users,
+            next_cursor=f"cursor-{p}",
+            done=False,
+        )
+        for p in range(count)
+    ]
+    gc.collect()
+    per_page = (sys.getallocatedblocks() - before) / count
+    assert len(queued) == count
+    assert per_page < 20, f"{per_page:.0f} Python objects held per page of {users} users"
 
 
 def test_ledger_records_what_was_queued_when_the_caller_fails(tmp_path: Path) -> None:

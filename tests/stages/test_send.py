@@ -8,17 +8,22 @@ and every batch is still sent exactly once.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import anyio
 import duckdb
 import httpx
+import orjson
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bulkbatch.client.courier import CourierClient
 from bulkbatch.config import Settings
 from bulkbatch.ledger import LedgerWriter
-from bulkbatch.stages.send import create_ahead, ingest_job, plan_jobs
+from bulkbatch.stages.send import _read_bodies, create_ahead, ingest_job, plan_jobs
 from bulkbatch.state import JobState, RunState, ensure_ledger, open_run_db
 
 pytestmark = pytest.mark.anyio
@@ -110,4 +115,50 @@ async def test_a_job_created_before_is_not_created_again(tmp_path: Path) -> None
         await create_ahead(client, state, state.jobs[1], creating, writes)
     assert state.jobs[0].job_id == "job-from-before" and state.jobs[1].job_id == "job-1"
     assert courier.jobs == 1
+    con.close()
+
+
+_USER = st.dictionaries(st.sampled_from(["recipient", "to", "data"]), st.text(max_size=8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batches=st.lists(st.lists(_USER, min_size=1, max_size=5), min_size=1, max_size=6),
+    skip=st.sets(st.integers(0, 5)),
+    window=st.tuples(st.integers(0, 5), st.integers(0, 5)),
+    large=st.booleans(),
+    order=st.randoms(use_true_random=False),
+)
+def test_bodies_are_the_batches_users_in_order(
+    batches: list[list[dict[str, str]]],
+    skip: set[int],
+    window: tuple[int, int],
+    large: bool,
+    order: random.Random,
+) -> None:
+    """Each body is ``{"users":[...]}`` with the batch's users in row order, whatever the
+    users' text holds (commas, brackets, quotes, non-ASCII) and however Arrow lays it out."""
+    rows = [
+        (b, n, orjson.dumps(u).decode())
+        for b, users in enumerate(batches)
+        for n, u in enumerate(users)
+    ]
+    order.shuffle(rows)
+    con = duckdb.connect()
+    con.execute("SET arrow_large_buffer_size = ?", [large])
+    plan_rows = pa.table(
+        {
+            "batch_no": [r[0] for r in rows],
+            "row_number": [r[1] for r in rows],
+            "user_json": [r[2] for r in rows],
+        }
+    )
+    con.register("plan_rows", plan_rows)
+    con.execute("CREATE TABLE plan AS SELECT * FROM plan_rows")
+    lo, hi = min(window), max(window)
+    got = _read_bodies(con, lo, hi, skip)
+    expected = [
+        (b, len(users), users) for b, users in enumerate(batches) if lo <= b <= hi and b not in skip
+    ]
+    assert [(x.batch_no, x.users, orjson.loads(x.body)["users"]) for x in got] == expected
     con.close()

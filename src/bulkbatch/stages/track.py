@@ -171,12 +171,12 @@ async def page_users(
         page = await client.list_user_statuses(job.job_id, cursor=paging.cursor)
         more = paging.check_recipients(page.recipients, page.cursor, page.more)
         await ledger.put(
-            PageRecord(
-                job_no=job.job_no,
-                page_no=page_no,
-                recipients=page.recipients,
-                message_ids=page.message_ids,
-                statuses=page.statuses,
+            PageRecord.of(
+                job.job_no,
+                page_no,
+                page.recipients,
+                page.message_ids,
+                page.statuses,
                 next_cursor=page.cursor if more else None,
                 done=not more,
             )

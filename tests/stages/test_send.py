@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from bulkbatch.client.courier import CourierClient
 from bulkbatch.config import Settings
+from bulkbatch.errors import StateError
 from bulkbatch.ledger import LedgerWriter
 from bulkbatch.stages.send import _read_bodies, create_ahead, ingest_job, plan_jobs
 from bulkbatch.state import JobState, RunState, ensure_ledger, open_run_db
@@ -161,4 +162,15 @@ def test_bodies_are_the_batches_users_in_order(
         (b, len(users), users) for b, users in enumerate(batches) if lo <= b <= hi and b not in skip
     ]
     assert [(x.batch_no, x.users, orjson.loads(x.body)["users"]) for x in got] == expected
+    con.close()
+
+
+def test_a_user_without_json_stops_the_send_rather_than_shrink_a_body() -> None:
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE plan AS SELECT * FROM (VALUES (0, 1, '{\"a\":1}'), (0, 2, NULL)) "
+        "t(batch_no, row_number, user_json)"
+    )
+    with pytest.raises(StateError, match=r"users without JSON \(1 in batches 0-0\)"):
+        _read_bodies(con, 0, 0, set())
     con.close()

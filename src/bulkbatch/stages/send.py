@@ -208,8 +208,8 @@ def _read_bodies(con: duckdb.DuckDBPyConnection, lo: int, hi: int, skip: set[int
     a batch's body is then one slice of that column's data buffer, copied once between the
     brackets. ``string_agg(… ORDER BY row_number) GROUP BY batch_no`` built the same bytes,
     but its ordered hash aggregate took about 14 MiB of DuckDB memory per query and 52-56 ms
-    of CPU per 16 batches, against about 4.5 MiB and 31-35 ms (10M plan, ``bench/RESULTS.md``,
-    round 7 of #19). The send runs a query per lane while DuckDB is held to a quarter of its
+    of CPU per 16 batches, against about 4.5 MiB and 31-35 ms for this ordered scan joined
+    in Python (10M plan, ``bench/RESULTS.md``, round 7 of #19). The send runs a query per lane while DuckDB is held to a quarter of its
     cap (:data:`bulkbatch.ledger.NETWORK_SHARE`), where four of those aggregates ran out.
     Fetched as Python rows, each chunk's 16,000 small strings spread over Python's arenas (a
     1M send's grew from 26 to 45), and the few objects that outlived the chunks kept those
@@ -229,6 +229,11 @@ def _read_bodies(con: duckdb.DuckDBPyConnection, lo: int, hi: int, skip: set[int
     # One layout whatever the connection's Arrow settings: 64-bit offsets (widening them
     # copies 8 bytes a user; the data buffer is shared).
     items = table.column("item").combine_chunks().cast(pa.large_string())
+    if items.null_count:  # a null would be an empty slice: a body short of users, silently
+        raise StateError(
+            f"The plan holds users without JSON ({items.null_count} in batches {lo}-{hi}): the "
+            "run database is damaged. Plan the audience again in a new run directory."
+        )
     data = memoryview(items.buffers()[2])
     ends = memoryview(items.buffers()[1]).cast("q")[items.offset :]
     runs = pc.run_end_encode(table.column("batch_no").combine_chunks())

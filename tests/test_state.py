@@ -172,7 +172,8 @@ def test_ledger_stores_each_users_columns_as_paged(tmp_path: Path) -> None:
                 )
 
     anyio.run(main)
-    rows = con.cursor().execute("SELECT * FROM user_pages ORDER BY job_no, page_no").fetchall()
+    order = "ORDER BY job_no, page_no, recipient NULLS LAST"
+    rows = con.cursor().execute(f"SELECT * FROM user_pages {order}").fetchall()
     assert rows == [
         (0, 0, "a", "m1", "SENT"),
         (0, 0, None, None, "ERROR"),

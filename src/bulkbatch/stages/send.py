@@ -209,8 +209,9 @@ def _read_bodies(con: duckdb.DuckDBPyConnection, lo: int, hi: int, skip: set[int
     brackets. ``string_agg(… ORDER BY row_number) GROUP BY batch_no`` built the same bytes,
     but its ordered hash aggregate took about 14 MiB of DuckDB memory per query and 52-56 ms
     of CPU per 16 batches, against about 4.5 MiB and 31-35 ms for this ordered scan joined
-    in Python (10M plan, ``bench/RESULTS.md``, round 7 of #19). The send runs a query per lane while DuckDB is held to a quarter of its
-    cap (:data:`bulkbatch.ledger.NETWORK_SHARE`), where four of those aggregates ran out.
+    in Python (10M plan, ``bench/RESULTS.md``, round 7 of #19). The send runs a query per
+    lane while DuckDB is held to a quarter of its cap
+    (:data:`bulkbatch.ledger.NETWORK_SHARE`), where four of those aggregates ran out.
     Fetched as Python rows, each chunk's 16,000 small strings spread over Python's arenas (a
     1M send's grew from 26 to 45), and the few objects that outlived the chunks kept those
     arenas to the end of the run; this way a chunk also takes ~40 % less CPU (round 21 of #19).

@@ -54,6 +54,8 @@ class Queries:
     reason: str
     reason_text: str
     user: str
+    user_parts: list[str]
+    """Columns ``user`` reads, computed over ``a`` beside ``recipient`` (``expr AS _name``)."""
     flags: list[str]
     flag_inputs: list[str]
     bound: str
@@ -69,6 +71,8 @@ class _Members:
     to: list[tuple[str, str]] = field(default_factory=list)
     data: list[tuple[str, str]] = field(default_factory=list)
     data_nested: bool = False
+    data_verbatim: bool = True
+    """Every ``data.<name>`` member is flat and of a :data:`_VERBATIM_TYPES` type."""
     to_email: str | None = None
     deep: list[tuple[str, str, str]] = field(default_factory=list)
     """(label, too-deep condition, depth expression) of nested ``data.<name>`` columns."""
@@ -131,6 +135,7 @@ def _members(cols: Cols, targets: Mapping[str, str], locale: str | None) -> _Mem
             m.to.append((key, name))
         else:
             m.data.append((key, name))
+            m.data_verbatim = m.data_verbatim and _verbatim(cols, key, col)
             if cols.nested(col):
                 m.data_nested = True
                 _deep_member(m, cols, target, col)
@@ -200,9 +205,58 @@ _USER_DATA = (
     "ELSE json_merge_patch('{}', _dcol)::VARCHAR END"
 )
 
+# The same object as the merge writes it (yyjson, minified): ``json()`` is one parse and one
+# write, where a merge onto ``{}`` also copies the object. Merged with nothing else, an object
+# without nulls comes out of the merge as this text, byte for byte.
+_DATA_TEXT = (
+    "CASE WHEN _dcol IS NULL THEN '{}' WHEN strpos(_dcol, 'null') = 0 THEN json(_dcol)::VARCHAR "
+    "ELSE json_merge_patch('{}', _dcol)::VARCHAR END"
+)
 
-def _data_expr(options: PlanOptions, targets: Mapping[str, str], m: _Members) -> str:
-    """The merged ``data`` (global under per-user, ``data.<name>`` columns over ``data``)."""
+# Types whose ``to_json`` text is what yyjson writes again after reading it, as a merge does:
+# such a member can be copied into ``data`` as it is. Not DECIMAL (a wide one is written
+# 12.5000000000, the merge writes 12.5), JSON (its spacing is the input's), nor nested types
+# (a merge drops the nulls inside them).
+_VERBATIM_TYPES = frozenset(
+    (
+        *("VARCHAR", "BOOLEAN", "FLOAT", "DOUBLE", "DATE", "TIMESTAMP"),
+        *("TINYINT", "SMALLINT", "INTEGER", "BIGINT"),
+        *("UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"),
+    )
+)
+
+
+def _verbatim(cols: Cols, key: str, col: str) -> bool:
+    """Whether member ``data.<key>`` (from ``col``) is written as a merge would write it: a
+    type of :data:`_VERBATIM_TYPES` and a flat key that JSON writes without escapes."""
+    plain = key.isascii() and key.isprintable() and not any(c in key for c in '."\\')
+    return plain and cols.types[col] in _VERBATIM_TYPES
+
+
+def _spliced_data(m: _Members, merged: str) -> tuple[str, list[str]]:
+    """``data`` without a merge for most users, and ``merged`` for the others: (expression,
+    the ``user_parts`` it reads). For a per-user object and :func:`_verbatim` members, with no
+    global data. The merge would write the object's members in its order, then the
+    ``data.<name>`` members in theirs, unless the object holds one of their keys: only then
+    (the key anywhere in its text) does the merge run. At 10M users, the passes that write
+    ``plan`` took 44.6-45.5 s of CPU instead of 48.6-49.1 (bench/RESULTS.md, round 22)."""
+    parts = [f"{_DATA_TEXT} AS _dj"]
+    if not m.data:
+        return "nullif(_dj, '{}')", parts
+    members = ", ".join(f"{json_key(k)} || ({v})" for k, v in m.data)
+    apart = " AND ".join(f"strpos(_dj, {json_key(k)}) = 0" for k, _ in m.data)
+    expr = (
+        "CASE WHEN _dw = '' THEN nullif(_dj, '{}') WHEN _dj = '{}' THEN '{' || _dw || '}' "
+        f"WHEN {apart} THEN concat(left(_dj, -1), ',', _dw, '}}') ELSE {merged} END"
+    )
+    return expr, [*parts, f"concat_ws(',', {members}) AS _dw"]
+
+
+def _data_expr(
+    options: PlanOptions, targets: Mapping[str, str], m: _Members
+) -> tuple[str, list[str]]:
+    """The merged ``data`` (global under per-user, ``data.<name>`` columns over ``data``), and
+    the ``user_parts`` it reads."""
     global_data = orjson.dumps(dict(options.data)).decode() if options.data else None
     cols_obj = object_sql(m.data) if m.data else None
     if cols_obj is not None and m.data_nested:
@@ -215,26 +269,32 @@ def _data_expr(options: PlanOptions, targets: Mapping[str, str], m: _Members) ->
     if cols_obj is not None:
         parts.append(f"coalesce({cols_obj}, '{{}}')")
     if not parts:
-        return "NULL"
+        return "NULL", []
     if len(parts) == 1 and cols_obj is not None:
-        return cols_obj
-    return f"nullif(json_merge_patch('{{}}', {', '.join(parts)})::VARCHAR, '{{}}')"
+        return cols_obj, []
+    merged = f"nullif(json_merge_patch('{{}}', {', '.join(parts)})::VARCHAR, '{{}}')"
+    if global_data is None and m.data_verbatim and not m.data_nested:
+        return _spliced_data(m, merged)
+    return merged, []
 
 
-def _user_expr(options: PlanOptions, targets: Mapping[str, str], m: _Members) -> str:
+def _user_expr(
+    options: PlanOptions, targets: Mapping[str, str], m: _Members
+) -> tuple[str, list[str]]:
     pref = (
         "nullif(json_merge_patch('{}', _pcol)::VARCHAR, '{}')"
         if "preferences" in targets
         else "NULL"
     )
+    data, parts = _data_expr(options, targets, m)
     members = (
         ("profile", object_sql(m.profile)),
         ("to", object_sql(m.to)),
-        ("data", _data_expr(options, targets, m)),
+        ("data", data),
         ("preferences", pref),
     )
     body = ", ".join(f"',' || {json_key(k)} || ({v})" for k, v in members)
-    return f"'{{\"recipient\":' || to_json(recipient)::VARCHAR || concat({body}) || '}}'"
+    return f"'{{\"recipient\":' || to_json(recipient)::VARCHAR || concat({body}) || '}}'", parts
 
 
 def _phone_digits(expr: str) -> str:
@@ -336,6 +396,7 @@ def build_queries(
     validity, payload = _validity(cols, targets, m)
     flags, flag_inputs = _flags(options, m)
     keep = f"coalesce(CAST({where} AS BOOLEAN), false)" if where else "true"
+    user, user_parts = _user_expr(options, targets, m)
     return Queries(
         address=_address(cols, targets),
         keep=f"{keep} AS _keep",
@@ -345,7 +406,8 @@ def build_queries(
         recipient=_RECIPIENT,
         reason=_REASON,
         reason_text=_reason_text(targets, label),
-        user=_user_expr(options, targets, m),
+        user=user,
+        user_parts=user_parts,
         flags=flags,
         flag_inputs=flag_inputs,
         bound=_bound(cols, targets, options),
@@ -381,7 +443,7 @@ def users_sql(q: Queries, source: str, where: str, carry: Sequence[str]) -> str:
     WITH a AS (
         SELECT {", ".join(first)} FROM {source} WHERE {where}
     ), b AS (
-        SELECT *, {q.recipient} AS recipient FROM a
+        SELECT *, {", ".join([f"{q.recipient} AS recipient", *q.user_parts])} FROM a
     )
     SELECT row_number, recipient, {q.user} AS user_json{", " + kept if kept else ""} FROM b
     """

@@ -478,6 +478,10 @@ def order_sql(options: PlanOptions) -> str:
     # (10M: 9.4-10.7 -> 5.7-6.7 s; the text spilled 4.3 GB under the 320MB cap). The halves
     # come from one md5_number, whose 64-bit words are the digest's bytes little-endian, so
     # each is byte-swapped into the text's order (10M: 2.6-2.8 -> 1.5 s, the same values).
+    # Every job but the last holds exactly max_job_size users, so job k's batches start at
+    # k * ceil(max_job_size / batch_size): no count per job and no join back to it, which
+    # also let DuckDB inline ``j`` rather than materialise it (10M: 6.0-6.1 -> 3.5-3.7 s).
+    per_job = -(-mjs // bs)
     m = "md5_number(recipient)"
     h1 = _byte_swapped(f"({m} & {_LOW_64}::UHUGEINT)::UBIGINT")
     h2 = _byte_swapped(f"({m} >> 64)::UBIGINT")
@@ -492,12 +496,6 @@ def order_sql(options: PlanOptions) -> str:
     ),
     k AS (
         SELECT *, row_number() OVER (PARTITION BY job_no ORDER BY row_number) - 1 AS pos FROM j
-    ),
-    c AS (SELECT job_no, (count(*) + {bs} - 1) // {bs} AS nb FROM j GROUP BY job_no),
-    o AS (
-        SELECT job_no, coalesce(sum(nb) OVER (ORDER BY job_no ROWS BETWEEN UNBOUNDED
-               PRECEDING AND 1 PRECEDING), 0) AS first_batch
-        FROM c
     )
-    SELECT row_number, job_no, first_batch + pos // {bs} AS batch_no FROM k JOIN o USING (job_no)
+    SELECT row_number, job_no, job_no * {per_job} + pos // {bs} AS batch_no FROM k
     """

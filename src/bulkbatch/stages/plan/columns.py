@@ -261,7 +261,11 @@ class Cols:
                 f"coalesce({kind} NOT IN ('OBJECT', 'NULL'), false)",
             )
         if t == "VARCHAR":
-            ok = f"CASE WHEN json_valid({c}) THEN json_type({c}) = 'OBJECT' ELSE false END"
+            # Valid JSON that starts with "{" is an object: one parse, not two, for most.
+            ok = (
+                f"CASE WHEN ascii({c}) = 123 THEN json_valid({c}) "
+                f"WHEN json_valid({c}) THEN json_type({c}) = 'OBJECT' ELSE false END"
+            )
             empty = f"({c} IS NULL OR {blank_sql(c)})"
             return (
                 f"CASE WHEN NOT {empty} AND {ok} THEN {c} END",

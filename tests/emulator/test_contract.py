@@ -3,13 +3,15 @@ tutorial flavor's documented answers are deviations rather than violations."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
-from bulkbatch.emulator import Emulator, contract, handlers
+from bulkbatch.emulator import Emulator, contract, emulator_command, handlers
 from bulkbatch.emulator.contract import ENV_CHECK, ENV_LOG, drain_violations
 from bulkbatch.emulator.spec import load_spec
 from tests.emulator.emulator_helpers import API_KEY, all_users, client_for, create_job
@@ -130,3 +132,20 @@ def test_long_runs_are_sampled_but_every_route_is_checked(
     stats = emu.stats()
     assert stats["contract_checked"] == 3 + 4 + 1 + 1
     assert stats["contract_skipped"] == 4
+
+
+def test_asking_for_the_check_without_openapi_core_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """openapi-core comes with the dev extra only: a runtime install that asks for the check
+    is told what to install (not a traceback on the first response)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "openapi_core" else real(name, *a),
+    )
+    # --port is invalid too: without the check's own error, click would name that instead.
+    result = CliRunner().invoke(emulator_command, ["--check-contract", "--port", "x"])
+    assert result.exit_code == 2
+    assert "needs openapi-core, which is not installed: pip install openapi-core" in result.output

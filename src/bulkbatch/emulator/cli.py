@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 
 import click
 
@@ -19,6 +20,17 @@ def _parse_faults(ctx: click.Context, param: click.Parameter, value: str | None)
         return FaultSpec.parse(value)
     except EmulatorConfigError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _contract_checker_installed(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """--check-contract needs openapi-core, which only the dev extra installs: say so here,
+    not in a traceback on the first response."""
+    if value and importlib.util.find_spec("openapi_core") is None:
+        raise click.BadParameter(
+            "validating responses needs openapi-core, which is not installed: "
+            "pip install openapi-core (or 'bulkbatch[dev]')."
+        )
+    return value
 
 
 def _parse_routes(
@@ -128,8 +140,10 @@ def tune_gc() -> None:
     envvar="BULKBATCH_EMULATOR_CHECK_CONTRACT",
     show_envvar=True,
     default=False,
+    callback=_contract_checker_installed,
     help="Validate the API responses against the bundled Courier OpenAPI spec (sampled on "
-    "long runs) and count violations in GET /_emulator/stats (contract_violations); "
+    "long runs; needs openapi-core) and count violations in GET /_emulator/stats "
+    "(contract_violations); "
     "BULKBATCH_EMULATOR_CONTRACT_LOG=FILE also appends each one to FILE as a JSON line.",
 )
 @click.option(

@@ -206,9 +206,11 @@ class Pipeline:
         state.plan = info.to_dict()
         state.plan["max_job_size"] = options.max_job_size
         state.message = self.spec.campaign.message()
-        fingerprint = await in_thread(
-            self.con, lambda: audience_fingerprint(self.con), state.run_dir
-        )
+        fingerprint = info.audience  # taken as plan.parquet was written
+        if fingerprint is None:
+            fingerprint = await in_thread(
+                self.con, lambda: audience_fingerprint(self.con), state.run_dir
+            )
         state.campaign = campaign_id(
             state.message,
             fingerprint,

@@ -342,5 +342,7 @@ def build_plan(
         info = dataclasses.replace(info, shard=shard.to_dict())
     if run_dir is None:
         return info
-    paths = write_files(con, Path(run_dir))
-    return dataclasses.replace(info, duplicates_file=paths["duplicates.parquet"])
+    files = write_files(con, Path(run_dir))
+    return dataclasses.replace(
+        info, duplicates_file=files.paths["duplicates.parquet"], audience=files.audience
+    )

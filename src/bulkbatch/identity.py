@@ -37,7 +37,6 @@ import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from bulkbatch.db import SCAN_SHARE, memory_share
 from bulkbatch.errors import StateError
@@ -117,18 +116,31 @@ class AudienceFold:
 
     def __init__(self) -> None:
         self.count = 0
-        self._first = np.uint64(0)
-        self._last = np.uint64(0)
+        self._first = 0
+        self._last = 0
 
     def add(self, first: pa.Array, last: pa.Array) -> None:
         """Fold one batch's ``_bb_h1`` and ``_bb_h2`` columns."""
         self.count += len(first)
         if len(first):
-            self._first ^= np.bitwise_xor.reduce(pc.fill_null(first, 0).to_numpy())
-            self._last ^= np.bitwise_xor.reduce(pc.fill_null(last, 0).to_numpy())
+            self._first ^= int(np.bitwise_xor.reduce(_words(first)))
+            self._last ^= int(np.bitwise_xor.reduce(_words(last)))
 
     def hexdigest(self) -> str:
-        return _digest(self.count, int(self._first), int(self._last))
+        return _digest(self.count, self._first, self._last)
+
+
+def _words(column: pa.Array) -> np.ndarray:
+    """A UBIGINT column's values, nulls as 0, read from its buffers: ``to_numpy()`` and
+    ``fill_null(column, 0)`` import pandas when it is installed (47 MiB, see
+    :mod:`bulkbatch.columns`)."""
+    n, offset = len(column), column.offset
+    values = np.frombuffer(column.buffers()[1], dtype=np.uint64, count=n, offset=offset * 8)
+    if column.null_count:
+        bits = np.frombuffer(column.buffers()[0], dtype=np.uint8)
+        valid = np.unpackbits(bits, bitorder="little")[offset : offset + n].astype(bool)
+        values = np.where(valid, values, np.uint64(0))
+    return values
 
 
 def campaign_id(

@@ -175,7 +175,8 @@ def test_load_and_plan_work_under_their_shares(
     only with blocks it read: at 10M the plan peaked at 537-551 MiB under the whole cap, 433-438
     under ``BUILD_SHARE`` (``bench/RESULTS.md``, round 19). The passes that write ``plan``
     are still sized from the whole cap; a CSV is loaded under all of it (its reader's buffers
-    grow with the columns); the scans after the plan get less again."""
+    grow with the columns); the scans after the plan get less again, and the audience
+    fingerprint needs none of its own."""
     from bulkbatch import identity
     from bulkbatch.stages import load
     from bulkbatch.stages.plan import build, report
@@ -227,4 +228,5 @@ def test_load_and_plan_work_under_their_shares(
     assert seen["plan"] == seen["report"] == [int(cap * db.BUILD_SHARE)]
     assert seen["per_pass"] == [build.PLAN_ROWS]  # the default cap's, not the share's
     assert seen["reviews"] == [int(cap * db.SCAN_SHARE)] * 2
-    assert seen["fingerprint"] == [int(cap * db.SCAN_SHARE)]
+    # No scan of its own: taken as plan.parquet is written, under PLAN_FILE_SHARE.
+    assert seen["fingerprint"] == []

@@ -138,7 +138,7 @@ def test_asking_for_the_check_without_openapi_core_is_one_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """openapi-core comes with the dev extra only: a runtime install that asks for the check
-    is told what to install (not a traceback on the first response)."""
+    is told what to install (not a traceback as the server starts)."""
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,

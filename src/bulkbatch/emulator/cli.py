@@ -24,7 +24,7 @@ def _parse_faults(ctx: click.Context, param: click.Parameter, value: str | None)
 
 def _contract_checker_installed(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     """--check-contract needs openapi-core, which only the dev extra installs: say so here,
-    not in a traceback on the first response."""
+    not in a traceback as the server starts."""
     if value and importlib.util.find_spec("openapi_core") is None:
         raise click.BadParameter(
             "validating responses needs openapi-core, which is not installed: "

@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from bulkbatch.emulator import Emulator, contract, emulator_command, handlers
+from bulkbatch.emulator.app import create_app
 from bulkbatch.emulator.contract import ENV_CHECK, ENV_LOG, drain_violations
+from bulkbatch.emulator.faults import EmulatorConfigError
 from bulkbatch.emulator.spec import load_spec
 from tests.emulator.emulator_helpers import API_KEY, all_users, client_for, create_job
 from tests.support import EmulatorProcess
@@ -149,3 +151,32 @@ def test_asking_for_the_check_without_openapi_core_is_one_clear_error(
     result = CliRunner().invoke(emulator_command, ["--check-contract", "--port", "x"])
     assert result.exit_code == 2
     assert "needs openapi-core, which is not installed: pip install openapi-core" in result.output
+
+
+@pytest.mark.parametrize(
+    ("keyword", "env", "named"),
+    [
+        (True, "", "check_contract=True"),
+        (None, "1", "BULKBATCH_EMULATOR_CHECK_CONTRACT=1"),
+    ],
+)
+def test_an_emulator_in_process_without_openapi_core_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, keyword: bool | None, env: str, named: str
+) -> None:
+    """The Python door says it too, naming what asked for the check, when the emulator is
+    made (it was a ``ModuleNotFoundError`` as the server started)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "openapi_core" else real(name, *a),
+    )
+    monkeypatch.setenv(ENV_CHECK, env)
+    with pytest.raises(EmulatorConfigError) as caught:
+        Emulator(check_contract=keyword)
+    assert str(caught.value).startswith(f"{named}: validating responses needs openapi-core")
+    assert "pip install openapi-core" in str(caught.value)
+    with pytest.raises(EmulatorConfigError, match=named):  # serve() and direct use
+        create_app(check_contract=keyword)
+    monkeypatch.setenv(ENV_CHECK, "")
+    assert Emulator(check_contract=False).check_contract is False  # off: nothing to install

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from bulkbatch.emulator.backend import Backend, Progression
-from bulkbatch.emulator.contract import default_check_contract
+from bulkbatch.emulator.contract import check_wanted
 from bulkbatch.emulator.control import control_routes
 from bulkbatch.emulator.faults import EmulatorConfigError, FaultInjector, FaultSpec
 from bulkbatch.emulator.handlers import ApiEndpoint, EmulatorState, operations
@@ -92,9 +92,7 @@ def create_app(
         backend.webhooks = Outbox(backend, injector, webhook.hold_ms)
         sender = WebhookSender(backend.webhooks, webhook)
     contract = None
-    if check_contract is None:
-        check_contract = default_check_contract()
-    if check_contract:
+    if check_wanted(check_contract):
         from bulkbatch.emulator.contract import ContractChecker
 
         contract = ContractChecker(backend.flavor)

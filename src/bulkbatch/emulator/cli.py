@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
 
 import click
 
 from bulkbatch.emulator.backend import Progression
+from bulkbatch.emulator.contract import require_checker
 from bulkbatch.emulator.faults import EmulatorConfigError, FaultSpec
 from bulkbatch.emulator.rules import parse_routes
 from bulkbatch.emulator.webhooks import DEFAULT_TIME_SCALE, TIMEOUT_S
@@ -25,11 +25,11 @@ def _parse_faults(ctx: click.Context, param: click.Parameter, value: str | None)
 def _contract_checker_installed(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     """--check-contract needs openapi-core, which only the dev extra installs: say so here,
     not in a traceback as the server starts."""
-    if value and importlib.util.find_spec("openapi_core") is None:
-        raise click.BadParameter(
-            "validating responses needs openapi-core, which is not installed: "
-            "pip install openapi-core (or 'bulkbatch[dev]')."
-        )
+    if value:
+        try:
+            require_checker("--check-contract")
+        except EmulatorConfigError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
     return value
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 import os
 import threading
 from typing import Any
@@ -43,6 +44,7 @@ from urllib.parse import parse_qs
 import orjson
 from starlette.types import Scope
 
+from bulkbatch.emulator.faults import EmulatorConfigError
 from bulkbatch.emulator.spec import load_spec
 
 __all__ = [
@@ -52,8 +54,10 @@ __all__ = [
     "FIRST_N",
     "TUTORIAL_ANSWERS",
     "ContractChecker",
+    "check_wanted",
     "default_check_contract",
     "drain_violations",
+    "require_checker",
 ]
 
 ENV_CHECK = "BULKBATCH_EMULATOR_CHECK_CONTRACT"
@@ -105,6 +109,27 @@ _violations: list[dict[str, Any]] = []
 def default_check_contract() -> bool:
     """The default of ``check_contract``: ``BULKBATCH_EMULATOR_CHECK_CONTRACT`` is 1/true."""
     return os.environ.get(ENV_CHECK, "").strip().lower() in _TRUE
+
+
+def require_checker(asked_by: str) -> None:
+    """Raise :class:`EmulatorConfigError` unless openapi-core, which only the dev extra
+    installs, can be imported: one line saying what to install, rather than a
+    ``ModuleNotFoundError`` as the server starts. ``asked_by`` names what asked for the check
+    (a flag, a keyword, the environment variable)."""
+    if importlib.util.find_spec("openapi_core") is None:
+        raise EmulatorConfigError(
+            f"{asked_by}: validating responses needs openapi-core, which is not installed: "
+            "pip install openapi-core (or 'bulkbatch[dev]'), or leave the check off."
+        )
+
+
+def check_wanted(check_contract: bool | None) -> bool:
+    """``check_contract`` resolved (None: :data:`ENV_CHECK` decides); when the check is on,
+    openapi-core must be importable (:func:`require_checker`)."""
+    wanted = default_check_contract() if check_contract is None else check_contract
+    if wanted:
+        require_checker("check_contract=True" if check_contract else f"{ENV_CHECK}=1")
+    return wanted
 
 
 def drain_violations() -> list[dict[str, Any]]:

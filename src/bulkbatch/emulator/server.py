@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from bulkbatch.emulator.app import create_app
 from bulkbatch.emulator.backend import Progression
-from bulkbatch.emulator.contract import default_check_contract
+from bulkbatch.emulator.contract import check_wanted
 from bulkbatch.emulator.faults import EmulatorConfigError, FaultSpec
 from bulkbatch.emulator.handlers import DROP_LOG_MESSAGE, EmulatorState
 from bulkbatch.emulator.rules import parse_routes
@@ -163,7 +163,7 @@ class Emulator:
         self.progression = Progression.parse(progression)
         self.flavor = flavor
         self.routes = parse_routes(routes)
-        self.check_contract = default_check_contract() if check_contract is None else check_contract
+        self.check_contract = check_wanted(check_contract)
         self.webhook_url = webhook_url
         self._webhook_secret = webhook_secret
         self.webhook_time_scale = webhook_time_scale

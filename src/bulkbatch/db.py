@@ -161,9 +161,9 @@ def key_ranges(
 
 
 @contextlib.contextmanager
-def memory_share(con: duckdb.DuckDBPyConnection, share: float) -> Iterator[None]:
-    """``share`` of ``con``'s memory cap for DuckDB while the rest of the process needs the
-    memory, the cap restored after.
+def memory_share(con: duckdb.DuckDBPyConnection, share: float, fixed: int = 0) -> Iterator[None]:
+    """``share`` of ``con``'s memory cap, plus ``fixed`` bytes (never more than the cap), for
+    DuckDB while the rest of the process needs the memory, the cap restored after.
 
     Two uses: rows DuckDB produces live outside it as Arrow data on their way to a Parquet
     writer (the plan file, the results), and the network phase, whose DuckDB work is small
@@ -172,7 +172,7 @@ def memory_share(con: duckdb.DuckDBPyConnection, share: float) -> Iterator[None]
     """
     cap = _cap_in_force(con)
     if cap:
-        con.execute(f"SET memory_limit = '{int(cap * share)}B'")
+        con.execute(f"SET memory_limit = '{min(cap, int(cap * share) + fixed)}B'")
     try:
         yield
     finally:

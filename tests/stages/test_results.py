@@ -17,7 +17,7 @@ import pytest
 
 import bulkbatch
 from bulkbatch.errors import AccountingError, ServerError
-from bulkbatch.stages import results
+from bulkbatch.stages import results, row_order
 from bulkbatch.state import open_run_db
 from tests.support import SAMPLE
 
@@ -136,7 +136,7 @@ def test_a_real_runs_ranges_reach_the_writer_in_scan_order(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The joins of a range probe with the scan of ``inputs`` (its row order), so no range of
-    a real run needs the sort of ``_in_row_order`` (tests/stages/test_results_order.py): with
+    a real run needs the sort of ``row_order.in_row_order`` (tests/stages/test_row_order.py): with
     DuckDB's build-side optimizer on, the keys were the probe side and the rows came out in
     job order."""
     _sql(
@@ -148,7 +148,7 @@ def test_a_real_runs_ranges_reach_the_writer_in_scan_order(
         assert not batches, f"a range needed the sort ({len(batches)} batches held)"
         return []
 
-    monkeypatch.setattr(results, "_sorted", never_sorted)
+    monkeypatch.setattr(row_order, "_sorted", never_sorted)
     monkeypatch.setattr(results, "RESULT_ROWS", 300)
     info = bulkbatch.results(run_dir)
     assert info.accounting_ok

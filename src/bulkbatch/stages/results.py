@@ -26,22 +26,17 @@ live in :mod:`bulkbatch.stages.accounting`). When a check fails the file is stil
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
-from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bulkbatch.db import (
-    ARROW_BATCH_ROWS,
     ARROW_PARQUET,
     key_ranges,
     memory_share,
@@ -56,6 +51,7 @@ from bulkbatch.files import atomic_write_bytes
 from bulkbatch.heap import give_back
 from bulkbatch.stages import accounting
 from bulkbatch.stages.delivery import DELIVERY_COLUMNS, DELIVERY_TABLE, build_delivery
+from bulkbatch.stages.row_order import in_row_order
 from bulkbatch.state import RunState
 
 __all__ = ["RESULT_COLUMNS", "ResultsInfo", "write_results"]
@@ -111,27 +107,35 @@ PAGES_JOIN_ROWS = 1_500_000
 # Input rows per results range under the default memory cap (scaled with the cap in force):
 # joined and written as Arrow. At 10M the one COPY (joins, a 10M-row sort and the writer, all
 # on one thread) took 34.8 s; ranges of 250,000 rows, 9.5 s. Smaller ranges pay for more
-# scans of the keys table (125,000: 14 s).
+# scans of the keys table (125,000: 14 s). Round 23: each range reads about half of the keys
+# table's row groups (the keys are in job order, jobs in md5 order), so 125,000 rows under a
+# fifth of the cap took 17.4 s against 13.9 (peak 307 against 390 MiB); sorting the keys by
+# row number first took 4.4-4.7 s of its own.
 RESULT_ROWS = 250_000
-# A batch cut into more runs of consecutive row numbers than this is not put in order run by
-# run but held whole and sorted with the rest of its range (see _in_row_order).
-_MAX_RUNS = 16
 # DuckDB's share of its cap while the ranges are written: outside it live a few Arrow batches
 # on their way and the runs held until the rows before them come (up to a range's rows, see
-# _in_row_order). Inside it, the keys table: the less of it DuckDB keeps, the more each range
+# row_order.in_row_order). Inside it, the keys table: the less of it DuckDB keeps, the more each range
 # reads back from the spill. At 10M (rows put in order in Arrow), standalone: 2/3 took
 # 13.4-13.9 s at 491-498 MiB of peak RSS, half 15.2-15.9 s at 453 MiB, 0.4 16.0-16.9 s at
 # 400-415 MiB; with the sort in DuckDB, 2/3 had taken 19.4-20.4 s at 441-443 MiB.
 # Round 21, standalone on a 10M run directory: what the share holds beyond the ranges' hash
 # tables (36-58 MB) is the keys table's cached blocks, read back from the spill (the OS's page
 # cache) as fast: 0.4 14.5-15.0 s at 386-410 MiB, 0.28 14.6-15.0 s at 350-371, 0.25 14.5-15.2 s
-# at 342-353; 0.2 ran out of memory. In 10M sends 0.3 peaked at 459-460 MiB against 472-483,
-# but 1M rows under a 112MB cap (tests/stages/test_results_memory.py) ran out at 0.3 and passed
-# at 0.32: too little margin, so 0.4 stays.
-RESULTS_SHARE = 0.4
+# at 342-353; 0.2 ran out of memory. In 10M sends 0.3 peaked at 459-460 MiB against 472-483.
+# Round 23: the need is a fixed part plus a share (the ranges, and so their hash tables, scale
+# with the cap). 1M synthetic rows (tests/stages/test_results_memory.py) ran out at 0.4 of
+# 64MB (25.6 MB) and passed at 0.5, ran out at 0.3 of 112MB and passed at 0.32, ran out at
+# 0.2 of 200MB and passed at 0.22; the real 10M run directory ran out at 0.2 of 320MB (64 MB)
+# and passed at 0.25. So 24 MB and a fifth of the cap: 37, 46, 64 and 88 MB at those caps.
+# In 10M sends: peaks of 438-452 MiB (four) against 510-523 at 0.4 (two, the same hour).
+RESULTS_SHARE = 0.2
+RESULTS_FIXED = 24 * 2**20
 # DuckDB's share of its cap for the pages join (ranges sized from the whole cap). At 10M:
 # 7.0-8.0 s and +330 MiB of RSS under the whole cap, 7.5-8.2 s and +174 MiB under half; a
-# third spilled (14.4 s). Run after a send, that join had made the run's peak RSS.
+# third spilled (14.4 s). Run after a send, that join had made the run's peak RSS. Round 23,
+# standalone on the 10M run directory: 2.6-2.7 s and +186-192 MiB; ranges of 750,000 users
+# under a quarter and 24 MB, 3.3-3.4 s and +122. In three 10M sends that took the results
+# stage to 20.1-21.9 s (15.9-16.9 without) for peaks of 419-460 MiB (438-452): not taken.
 PAGES_SHARE = 1 / 2
 # Low-cardinality columns, dictionary-encoded; the writer's default (a dictionary for every
 # column, dropped once it overflows) cost 1.29 s per 2M rows against 0.88 s on the unique
@@ -360,81 +364,6 @@ def _statistics_columns(schema: pa.Schema) -> list[str]:
     ]
 
 
-def _runs(batch: pa.RecordBatch) -> list[pa.RecordBatch] | None:
-    """``batch`` cut into runs of consecutive row numbers (slices: nothing is copied), or
-    None when there would be more than :data:`_MAX_RUNS` (or the row numbers are not 64-bit
-    integers without nulls; the load's BIGINT row numbers always are)."""
-    column = batch.column("row_number")
-    if column.type != pa.int64() or column.null_count:
-        return None
-    # The values' buffer as it is: Array.to_numpy() (and any pyarrow call given a Python
-    # scalar) imports pandas, 47 MiB that a run never uses (see bulkbatch.columns).
-    numbers = np.frombuffer(
-        column.buffers()[1], dtype=np.int64, count=len(column), offset=column.offset * 8
-    )
-    cuts = np.flatnonzero(numbers[1:] != numbers[:-1] + 1) + 1
-    if len(cuts) >= _MAX_RUNS:
-        return None
-    bounds = [0, *cuts.tolist(), batch.num_rows]
-    return [batch.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)]
-
-
-def _sorted(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
-    """``batches`` as one sequence sorted by row number."""
-    if not batches:
-        return []
-    table = pa.Table.from_batches(batches)
-    ordered: list[pa.RecordBatch] = table.take(pc.sort_indices(table["row_number"])).to_batches()
-    return ordered
-
-
-def _in_row_order(
-    batches: Iterable[tuple[int, pa.RecordBatch]], starts: Sequence[int]
-) -> Iterator[pa.Table]:
-    """The rows of ``batches`` (``(range, batch)``, the ranges in order, range ``i``'s row
-    numbers from ``starts[i]`` up) in row-number order, as tables of about
-    :data:`ARROW_BATCH_ROWS` rows or more.
-
-    Why not ``ORDER BY row_number`` in each range's query: at 10M that sort took 4.9 of the
-    13.5 s that DuckDB spent on the ranges. The rows come out of a range's query in its scan
-    of ``inputs`` (the joins probe with it, see :func:`_copy`): runs of consecutive row
-    numbers, the size of DuckDB's row groups, that two threads hand over out of turn. So
-    each run is passed on once the rows before it have been, and held until then. A row
-    number is never in two runs, so this order is the sorted one. Whatever is still held when
-    its range ends (a gap in the row numbers, or a scan in another order) is sorted then, so
-    the order never depends on the plan DuckDB chose, only the speed does.
-    """
-    ready: list[pa.RecordBatch] = []
-    held: dict[int, pa.RecordBatch] = {}  # runs by their first row number
-    loose: list[pa.RecordBatch] = []  # sorted when the range ends (too many runs, a repeat)
-    current, expected = -1, 0
-    for i, batch in batches:
-        if i != current:
-            ready += _sorted([*held.values(), *loose])
-            held, loose, current, expected = {}, [], i, starts[i]
-        runs = _runs(batch)
-        if runs is None:
-            loose.append(batch)
-            continue
-        for run in runs:
-            first = int(run.column("row_number")[0].as_py())
-            # A second run from the same row number (a row matched twice) is never dropped:
-            # it is sorted in at the range's end, and the accounting counts it.
-            if first in held:
-                loose.append(run)
-            else:
-                held[first] = run
-        while (run := held.pop(expected, None)) is not None:
-            ready.append(run)
-            expected += run.num_rows
-        if sum(b.num_rows for b in ready) >= ARROW_BATCH_ROWS:
-            yield pa.Table.from_batches(ready)
-            ready = []
-    ready += _sorted([*held.values(), *loose])
-    if ready:
-        yield pa.Table.from_batches(ready)
-
-
 def _copy(
     cur: duckdb.DuckDBPyConnection, state: RunState, out: Path, include_profile: bool
 ) -> None:
@@ -445,7 +374,7 @@ def _copy(
     them pinned enough memory per thread that it had to run on one thread (34.8 s at 10M).
     Per range the joins build on the range only, on every thread. DuckDB's ``COPY`` cannot
     append to a file, so pyarrow's writer writes the ranges. The rows are put in order in
-    Arrow (:func:`_in_row_order`), which needs the joins to probe with the scan of
+    Arrow (:func:`~bulkbatch.stages.row_order.in_row_order`), which needs the joins to probe with the scan of
     ``inputs``: with DuckDB's build-side optimizer on, it built the hash table on ``inputs``
     and probed with the keys (in job order), as their estimates were alike.
     """
@@ -461,7 +390,7 @@ def _copy(
         schema = cur.sql(f"SELECT * FROM ({_select_sql(shape, 'false')})").to_arrow_table().schema
         dictionary = [c for c in schema.names if c in _DICTIONARY_COLUMNS]
         with (
-            memory_share(cur, RESULTS_SHARE),
+            memory_share(cur, RESULTS_SHARE, RESULTS_FIXED),
             optimizer_disabled(cur, "build_side_probe_side"),
             pq.ParquetWriter(
                 tmp,
@@ -473,7 +402,7 @@ def _copy(
             # Closed here, not when collected: a write that fails stops the query at once.
             contextlib.closing(prefetched_queries(cur, queries)) as batches,
         ):
-            for table in _in_row_order(batches, [lo for lo, _ in ranges]):
+            for table in in_row_order(batches, [lo for lo, _ in ranges]):
                 writer.write_table(table)
     finally:
         with contextlib.suppress(duckdb.Error):

@@ -1,7 +1,7 @@
 """The results rows are put in row-number order in Arrow, not by an ``ORDER BY`` in DuckDB.
 
 Each range's query hands over its rows in runs of consecutive row numbers, out of turn when two
-threads scan row groups side by side; :func:`results._in_row_order` passes each run on once the
+threads scan row groups side by side; :func:`row_order.in_row_order` passes each run on once the
 rows before it have been. Whatever the runs, their order, the batches they come in, gaps in the
 row numbers or rows shuffled one by one, the rows must come out sorted, each with its columns.
 """
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulkbatch.stages import results
+from bulkbatch.stages import row_order
 
 
 def _batch(numbers: list[int]) -> pa.RecordBatch:
@@ -66,10 +66,32 @@ def test_rows_come_out_sorted_with_their_columns(
     ranges: tuple[list[int], list[list[int]]], sizes: list[int]
 ) -> None:
     starts, orders = ranges
-    out = pa.concat_tables(list(results._in_row_order(_batches(orders, sizes), starts)))
+    out = pa.concat_tables(list(row_order.in_row_order(_batches(orders, sizes), starts)))
     expected = sorted(n for order in orders for n in order)
     assert out["row_number"].to_pylist() == expected
     assert out["tag"].to_pylist() == [f"r{n}" for n in expected]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ranges(), st.lists(st.integers(1, 40), min_size=1, max_size=8), st.integers(1, 30))
+def test_the_writer_gets_tables_of_about_a_batch(
+    ranges: tuple[list[int], list[list[int]]], sizes: list[int], rows: int
+) -> None:
+    """Each table is a row group, and the writer's memory grows with the table: runs freed at
+    once by a late one go out a table at a time, at least ``ARROW_BATCH_ROWS`` rows (but the
+    last) and less than that plus one run, never a whole range in one."""
+    starts, orders = ranges
+    batches = list(_batches(orders, sizes))
+    # The largest piece a table can gain at once: a run, or a batch held whole; the sorted
+    # leftovers come in pieces of at most ``rows``.
+    largest = max(max(r.num_rows for r in row_order._runs(b) or [b]) for _, b in batches)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(row_order, "ARROW_BATCH_ROWS", rows)
+        tables = list(row_order.in_row_order(iter(batches), starts))
+    assert all(t.num_rows < rows + max(largest, rows) for t in tables)
+    assert all(t.num_rows >= rows for t in tables[:-1])
+    out = pa.concat_tables(tables)
+    assert out["row_number"].to_pylist() == sorted(n for order in orders for n in order)
 
 
 def _never_sorted(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
@@ -79,10 +101,10 @@ def _never_sorted(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
 
 def test_runs_in_turn_are_passed_on_without_a_sort(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path: runs out of turn are held and passed on as they are; nothing is sorted."""
-    monkeypatch.setattr(results, "_sorted", _never_sorted)
+    monkeypatch.setattr(row_order, "_sorted", _never_sorted)
     order = [*range(41, 81), *range(1, 41), *range(81, 101)]
     batches = [(0, _batch(order[i : i + 30])) for i in range(0, 100, 30)]
-    out = pa.concat_tables(list(results._in_row_order(iter(batches), [1])))
+    out = pa.concat_tables(list(row_order.in_row_order(iter(batches), [1])))
     assert out["row_number"].to_pylist() == list(range(1, 101))
 
 
@@ -91,5 +113,5 @@ def test_a_row_number_twice_loses_neither_row() -> None:
     accounting must see) are both written; the second must not replace the first while both
     wait for their turn."""
     batches = [(0, _batch([4, 5])), (0, _batch([4, 5])), (0, _batch([1, 2, 3]))]
-    out = pa.concat_tables(list(results._in_row_order(iter(batches), [1])))
+    out = pa.concat_tables(list(row_order.in_row_order(iter(batches), [1])))
     assert sorted(out["row_number"].to_pylist()) == [1, 2, 3, 4, 4, 5, 5]

@@ -114,8 +114,8 @@ PAGES_JOIN_ROWS = 1_500_000
 RESULT_ROWS = 250_000
 # DuckDB's share of its cap while the ranges are written: outside it live a few Arrow batches
 # on their way and the runs held until the rows before them come (up to a range's rows, see
-# row_order.in_row_order). Inside it, the keys table: the less of it DuckDB keeps, the more each range
-# reads back from the spill. At 10M (rows put in order in Arrow), standalone: 2/3 took
+# row_order.in_row_order). Inside it, the keys table: the less of it DuckDB keeps, the more
+# each range reads back from the spill. At 10M (rows put in order in Arrow), standalone: 2/3 took
 # 13.4-13.9 s at 491-498 MiB of peak RSS, half 15.2-15.9 s at 453 MiB, 0.4 16.0-16.9 s at
 # 400-415 MiB; with the sort in DuckDB, 2/3 had taken 19.4-20.4 s at 441-443 MiB.
 # Round 21, standalone on a 10M run directory: what the share holds beyond the ranges' hash
@@ -374,8 +374,8 @@ def _copy(
     them pinned enough memory per thread that it had to run on one thread (34.8 s at 10M).
     Per range the joins build on the range only, on every thread. DuckDB's ``COPY`` cannot
     append to a file, so pyarrow's writer writes the ranges. The rows are put in order in
-    Arrow (:func:`~bulkbatch.stages.row_order.in_row_order`), which needs the joins to probe with the scan of
-    ``inputs``: with DuckDB's build-side optimizer on, it built the hash table on ``inputs``
+    Arrow (:func:`~bulkbatch.stages.row_order.in_row_order`), which needs the joins to probe
+    with the scan of ``inputs``: with DuckDB's build-side optimizer on, it built the hash table on ``inputs``
     and probed with the keys (in job order), as their estimates were alike.
     """
     out.parent.mkdir(parents=True, exist_ok=True)

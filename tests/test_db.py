@@ -22,7 +22,9 @@ from bulkbatch.db import (
     configure_connection,
     in_thread,
     key_ranges,
+    memory_share,
     optimizer_disabled,
+    parse_bytes,
     prefetched_batches,
     prefetched_queries,
 )
@@ -231,3 +233,20 @@ def test_compressed_with_stores_text_so_and_restores_the_setting(tmp_path: Path)
     with pytest.raises(duckdb.Error), compressed_with(con, "zstd"):
         con.execute("SELECT * FROM missing_table")
     assert con.execute(setting).fetchall() == [("dictionary",)]
+
+
+def test_a_memory_share_adds_its_fixed_part_within_the_cap_and_restores_the_cap() -> None:
+    con = duckdb.connect()
+    mib = 2**20
+    con.execute(f"SET memory_limit = '{100 * mib}B'")
+
+    def limit() -> int | None:
+        return parse_bytes(
+            str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+        )
+
+    with memory_share(con, 0.2, 24 * mib):
+        assert limit() == 44 * mib  # a fifth of 100 MiB, and 24
+    with memory_share(con, 0.9, 24 * mib):
+        assert limit() == 100 * mib  # never more than the cap
+    assert limit() == 100 * mib

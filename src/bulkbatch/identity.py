@@ -38,6 +38,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from bulkbatch.columns import numbers
 from bulkbatch.db import SCAN_SHARE, memory_share
 from bulkbatch.errors import StateError
 from bulkbatch.files import atomic_write_bytes, private_dir
@@ -123,24 +124,11 @@ class AudienceFold:
         """Fold one batch's ``_bb_h1`` and ``_bb_h2`` columns."""
         self.count += len(first)
         if len(first):
-            self._first ^= int(np.bitwise_xor.reduce(_words(first)))
-            self._last ^= int(np.bitwise_xor.reduce(_words(last)))
+            self._first ^= int(np.bitwise_xor.reduce(numbers(first, np.uint64)))
+            self._last ^= int(np.bitwise_xor.reduce(numbers(last, np.uint64)))
 
     def hexdigest(self) -> str:
         return _digest(self.count, self._first, self._last)
-
-
-def _words(column: pa.Array) -> np.ndarray:
-    """A UBIGINT column's values, nulls as 0, read from its buffers: ``to_numpy()`` and
-    ``fill_null(column, 0)`` import pandas when it is installed (47 MiB, see
-    :mod:`bulkbatch.columns`)."""
-    n, offset = len(column), column.offset
-    values = np.frombuffer(column.buffers()[1], dtype=np.uint64, count=n, offset=offset * 8)
-    if column.null_count:
-        bits = np.frombuffer(column.buffers()[0], dtype=np.uint8)
-        valid = np.unpackbits(bits, bitorder="little")[offset : offset + n].astype(bool)
-        values = np.where(valid, values, np.uint64(0))
-    return values
 
 
 def campaign_id(

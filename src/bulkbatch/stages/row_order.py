@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bulkbatch.columns import numbers
 from bulkbatch.db import ARROW_BATCH_ROWS
 
 __all__ = ["in_row_order"]
@@ -30,12 +31,9 @@ def _runs(batch: pa.RecordBatch) -> list[pa.RecordBatch] | None:
     column = batch.column("row_number")
     if column.type != pa.int64() or column.null_count:
         return None
-    # The values' buffer as it is: Array.to_numpy() (and any pyarrow call given a Python
-    # scalar) imports pandas, 47 MiB that a run never uses (see bulkbatch.columns).
-    numbers = np.frombuffer(
-        column.buffers()[1], dtype=np.int64, count=len(column), offset=column.offset * 8
-    )
-    cuts = np.flatnonzero(numbers[1:] != numbers[:-1] + 1) + 1
+    # From the buffer: Array.to_numpy() imports pandas (see bulkbatch.columns).
+    values = numbers(column, np.int64)
+    cuts = np.flatnonzero(values[1:] != values[:-1] + 1) + 1
     if len(cuts) >= _MAX_RUNS:
         return None
     bounds = [0, *cuts.tolist(), batch.num_rows]

@@ -27,6 +27,7 @@ from bulkbatch.db import (
     parse_bytes,
     prefetched_batches,
     prefetched_queries,
+    scratch_database,
 )
 from bulkbatch.errors import UsageError
 
@@ -250,3 +251,30 @@ def test_a_memory_share_adds_its_fixed_part_within_the_cap_and_restores_the_cap(
     with memory_share(con, 0.9, 24 * mib):
         assert limit() == 100 * mib  # never more than the cap
     assert limit() == 100 * mib
+
+
+def test_a_scratch_database_is_attached_meanwhile_and_deleted_after(tmp_path: Path) -> None:
+    """Attached under its name while the block runs; detached and deleted after, also when
+    the block fails; a file (and WAL) left at the path by a killed run never reaches it."""
+    path = tmp_path / "scratch.duckdb"
+    old = duckdb.connect(str(path))
+    old.execute("CREATE TABLE left_behind AS SELECT 1 AS x")
+    old.close()
+    con = duckdb.connect()
+    with scratch_database(con, path, "s") as name:
+        assert name == "s"
+        assert con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = 's'"
+        ).fetchall() == [(0,)]
+        con.execute("CREATE TABLE s.t AS SELECT range AS x FROM range(10)")
+    assert not path.exists() and not path.with_name(path.name + ".wal").exists()
+    assert "s" not in {
+        r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()
+    }
+    with pytest.raises(RuntimeError), scratch_database(con, path, "s"):
+        con.execute("CREATE TABLE s.t AS SELECT 1 AS x")
+        raise RuntimeError("stop")
+    assert not list(tmp_path.iterdir())
+    assert "s" not in {
+        r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()
+    }

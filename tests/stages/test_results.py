@@ -158,25 +158,63 @@ def test_a_real_runs_ranges_reach_the_writer_in_scan_order(
 def test_the_scratch_tables_stay_out_of_the_run_database(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pages join and the keys table are scratch work: as TEMP tables they are never
-    compressed into the run database (at 10M that write was ~0.8 s of each 1.7 s pages-join
-    range), and a results run killed midway leaves nothing behind in it."""
-    seen: list[tuple[str, bool]] = []
+    """The pages join and the keys table are scratch work: they live in a database file of
+    their own while the ranges run (not the run database, where compressing them cost ~0.8 s
+    of each 1.7 s pages-join range at 10M; not TEMP tables, whose blocks DuckDB compressed
+    again each time the ranges evicted them), written uncompressed, and the file is gone
+    after."""
+    seen: list[tuple[str, str, bool, set[str]]] = []
     real = results.prefetched_queries
 
     def spy(con, queries, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.extend(
-            (str(name), bool(temporary))
-            for name, temporary in con.execute(
-                "SELECT table_name, temporary FROM duckdb_tables() "
-                "WHERE starts_with(table_name, '_results')"
-            ).fetchall()
-        )
+        for database, name, temporary in con.execute(
+            "SELECT database_name, table_name, temporary FROM duckdb_tables() "
+            "WHERE starts_with(table_name, '_results') OR database_name = ?",
+            [results.SCRATCH_DB],
+        ).fetchall():
+            compression = {
+                str(r[0])
+                for r in con.execute(
+                    f"SELECT DISTINCT compression FROM pragma_storage_info('{database}.{name}') "
+                    "WHERE segment_type <> 'VALIDITY'"
+                ).fetchall()
+            }
+            seen.append((str(database), str(name), bool(temporary), compression))
+        assert (run_dir / results.SCRATCH_FILE).exists()
         return real(con, queries, *args, **kwargs)
 
     monkeypatch.setattr(results, "prefetched_queries", spy)
     assert bulkbatch.results(run_dir).accounting_ok
-    assert seen == [(results.KEYS_TABLE, True)]
+    assert [s[:3] for s in seen] == [(results.SCRATCH_DB, "keys", False)]
+    assert seen[0][3] <= {"Uncompressed", "Constant"}, seen[0][3]
+    assert not (run_dir / results.SCRATCH_FILE).exists()
+    assert not list(run_dir.glob(results.SCRATCH_FILE + "*"))
+
+
+def test_a_scratch_file_a_killed_run_left_is_replaced(run_dir: Path) -> None:
+    """A results run killed midway leaves its scratch database behind; the next one starts
+    from a fresh file (never from the old tables) and deletes it after."""
+    import duckdb
+
+    left = duckdb.connect(str(run_dir / results.SCRATCH_FILE))
+    left.execute("CREATE TABLE keys AS SELECT 1 AS row_number")
+    left.close()
+    (run_dir / (results.SCRATCH_FILE + ".wal")).write_bytes(b"not a wal")
+    assert bulkbatch.results(run_dir).accounting_ok
+    assert not list(run_dir.glob(results.SCRATCH_FILE + "*"))
+
+
+def test_a_failing_stage_deletes_its_scratch_file(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(batches: object, starts: object) -> object:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results, "in_row_order", broken)
+    with pytest.raises(OSError, match="disk full"):
+        bulkbatch.results(run_dir)
+    assert not list(run_dir.glob(results.SCRATCH_FILE + "*"))
+    assert _results_tables(run_dir) == set()
 
 
 def test_statistics_are_kept_only_where_they_can_prune(run_dir: Path) -> None:
@@ -199,8 +237,8 @@ def test_scratch_tables_left_in_the_run_database_are_dropped(run_dir: Path) -> N
     them there. The next results run drops them."""
     _sql(
         run_dir,
-        f"CREATE TABLE {results.KEYS_TABLE} AS SELECT 1 AS row_number",
-        f"CREATE TABLE {results.PAGES_TABLE} AS SELECT 1 AS row_number",
+        "CREATE TABLE _results_keys AS SELECT 1 AS row_number",
+        "CREATE TABLE _results_pages AS SELECT 1 AS row_number",
     )
     assert bulkbatch.results(run_dir).accounting_ok
     assert _results_tables(run_dir) == set()

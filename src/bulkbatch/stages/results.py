@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from bulkbatch.db import (
     ARROW_PARQUET,
+    compressed_with,
     key_ranges,
     memory_share,
     optimizer_disabled,
@@ -45,6 +46,7 @@ from bulkbatch.db import (
     quote_ident,
     quote_literal,
     scaled_to_cap,
+    scratch_database,
 )
 from bulkbatch.errors import AccountingError
 from bulkbatch.files import atomic_write_bytes
@@ -98,8 +100,15 @@ class ResultsInfo:
         )
 
 
-KEYS_TABLE = "_results_keys"
-PAGES_TABLE = "_results_pages"
+# The pages join and the keys table live in a database file of their own in the run directory
+# while the stage runs (db.scratch_database: as TEMP tables, DuckDB re-compressed their blocks
+# each time the ranges evicted them).
+SCRATCH_DB = "_bb_results_scratch"
+SCRATCH_FILE = ".results-scratch.duckdb"
+KEYS_TABLE = f"{SCRATCH_DB}.keys"
+PAGES_TABLE = f"{SCRATCH_DB}.pages"
+# The scratch tables of older versions (TEMP, or in the run database before that).
+_OLD_SCRATCH = ("_results_keys", "_results_pages")
 # How many planned users one pages join takes (a range of whole jobs) under the default cap,
 # scaled with the cap in force. At 10M in one join it took 11-13 s and spilled; in ranges of
 # 8 of 64 jobs, 7.2-9.4 s within the cap.
@@ -163,28 +172,28 @@ def _build_keys(cur: duckdb.DuckDBPyConnection) -> bool:
     delivery data (no webhooks, no Messages API rows) it is the pages join alone, renamed,
     not copied (at 10M the copy took 7.6 of 55 s).
     """
-    _drop_scratch(cur)
     ranges = key_ranges(cur, "plan", "job_no", scaled_to_cap(cur, PAGES_JOIN_ROWS))
-    with memory_share(cur, PAGES_SHARE):
+    with memory_share(cur, PAGES_SHARE), compressed_with(cur, "uncompressed"):
         _join_pages(cur, ranges)
     if not build_delivery(cur):
-        cur.execute(f"ALTER TABLE {PAGES_TABLE} RENAME TO {KEYS_TABLE}")
+        cur.execute(f"ALTER TABLE {PAGES_TABLE} RENAME TO {KEYS_TABLE.split('.')[-1]}")
         return False
     delivery = ", ".join(f"d.{c}" for c in DELIVERY_COLUMNS)
-    cur.execute(
-        f"CREATE TEMP TABLE {KEYS_TABLE} AS SELECT k.*, {delivery} FROM {PAGES_TABLE} k "
-        f"LEFT JOIN {DELIVERY_TABLE} d ON d.message_id = k.message_id"
-    )
+    with compressed_with(cur, "uncompressed"):
+        cur.execute(
+            f"CREATE TABLE {KEYS_TABLE} AS SELECT k.*, {delivery} FROM {PAGES_TABLE} k "
+            f"LEFT JOIN {DELIVERY_TABLE} d ON d.message_id = k.message_id"
+        )
     cur.execute(f"DROP TABLE {PAGES_TABLE}")
     return True
 
 
-def _drop_scratch(cur: duckdb.DuckDBPyConnection) -> None:
-    """Drop the scratch tables, TEMP ones and any a results run of an older version (which
-    wrote them into the run database) left there when it was killed."""
+def _drop_old_scratch(cur: duckdb.DuckDBPyConnection) -> None:
+    """Drop the scratch tables of older versions: TEMP ones, and any a results run that wrote
+    them into the run database left there when it was killed."""
     rows = cur.execute(
         "SELECT database_name, schema_name, table_name FROM duckdb_tables() "
-        f"WHERE table_name IN ({quote_literal(KEYS_TABLE)}, {quote_literal(PAGES_TABLE)})"
+        f"WHERE table_name IN ({', '.join(map(quote_literal, _OLD_SCRATCH))})"
     ).fetchall()
     for database, schema, table in rows:
         cur.execute(f"DROP TABLE IF EXISTS {'.'.join(map(quote_ident, (database, schema, table)))}")
@@ -193,16 +202,14 @@ def _drop_scratch(cur: duckdb.DuckDBPyConnection) -> None:
 def _join_pages(cur: duckdb.DuckDBPyConnection, ranges: list[tuple[int, int]]) -> None:
     """``PAGES_TABLE``: the plan ⋈ ``user_pages``, one statement per range of job numbers.
 
-    A TEMP table (as is ``KEYS_TABLE``): scratch work that only this stage reads, so it is
-    never compressed and written into the run database. At 10M that write was about
+    In the scratch database (as is ``KEYS_TABLE``), not the run database: scratch work that
+    only this stage reads. Compressed into the run database, at 10M that write was about
     0.8 s of each 1.7 s range, and a run killed midway left the table behind.
     """
     for i, (lo, hi) in enumerate(ranges):
         jobs = f"job_no >= {lo} AND job_no < {hi}"
         into = (
-            f"CREATE OR REPLACE TEMP TABLE {PAGES_TABLE} AS"
-            if i == 0
-            else f"INSERT INTO {PAGES_TABLE}"
+            f"CREATE OR REPLACE TABLE {PAGES_TABLE} AS" if i == 0 else f"INSERT INTO {PAGES_TABLE}"
         )
         cur.execute(
             f"""
@@ -380,34 +387,37 @@ def _copy(
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    delivery = _build_keys(cur)
-    try:
-        shape = _shape(cur, state, include_profile, delivery)
-        ranges = key_ranges(cur, "inputs", "row_number", scaled_to_cap(cur, RESULT_ROWS))
-        queries = [
-            _select_sql(shape, f"row_number >= {lo} AND row_number < {hi}") for lo, hi in ranges
-        ]
-        schema = cur.sql(f"SELECT * FROM ({_select_sql(shape, 'false')})").to_arrow_table().schema
-        dictionary = [c for c in schema.names if c in _DICTIONARY_COLUMNS]
-        with (
-            memory_share(cur, RESULTS_SHARE, RESULTS_FIXED),
-            optimizer_disabled(cur, "build_side_probe_side"),
-            pq.ParquetWriter(
-                tmp,
-                schema,
-                use_dictionary=dictionary,
-                write_statistics=_statistics_columns(schema),
-                **ARROW_PARQUET,
-            ) as writer,
-            # Closed here, not when collected: a write that fails stops the query at once.
-            contextlib.closing(prefetched_queries(cur, queries)) as batches,
-        ):
-            for table in in_row_order(batches, [lo for lo, _ in ranges]):
-                writer.write_table(table)
-    finally:
-        with contextlib.suppress(duckdb.Error):
-            _drop_scratch(cur)
+    _drop_old_scratch(cur)
+    with scratch_database(cur, state.run_dir / SCRATCH_FILE, SCRATCH_DB):
+        _write_ranges(cur, state, tmp, include_profile)
     tmp.replace(out)
+
+
+def _write_ranges(
+    cur: duckdb.DuckDBPyConnection, state: RunState, tmp: Path, include_profile: bool
+) -> None:
+    """The pages joined into ``KEYS_TABLE``, then the results rows written to ``tmp``, a
+    row-number range at a time (see :func:`_copy`)."""
+    shape = _shape(cur, state, include_profile, _build_keys(cur))
+    ranges = key_ranges(cur, "inputs", "row_number", scaled_to_cap(cur, RESULT_ROWS))
+    queries = [_select_sql(shape, f"row_number >= {lo} AND row_number < {hi}") for lo, hi in ranges]
+    schema = cur.sql(f"SELECT * FROM ({_select_sql(shape, 'false')})").to_arrow_table().schema
+    dictionary = [c for c in schema.names if c in _DICTIONARY_COLUMNS]
+    with (
+        memory_share(cur, RESULTS_SHARE, RESULTS_FIXED),
+        optimizer_disabled(cur, "build_side_probe_side"),
+        pq.ParquetWriter(
+            tmp,
+            schema,
+            use_dictionary=dictionary,
+            write_statistics=_statistics_columns(schema),
+            **ARROW_PARQUET,
+        ) as writer,
+        # Closed here, not when collected: a write that fails stops the query at once.
+        contextlib.closing(prefetched_queries(cur, queries)) as batches,
+    ):
+        for table in in_row_order(batches, [lo for lo, _ in ranges]):
+            writer.write_table(table)
 
 
 def write_results(

@@ -48,6 +48,7 @@ __all__ = [
     "quote_literal",
     "scaled_to_cap",
     "scratch_database",
+    "searched_too",
 ]
 
 T = TypeVar("T")
@@ -246,6 +247,22 @@ def scratch_database(con: duckdb.DuckDBPyConnection, path: Path, name: str) -> I
         for f in files:
             with contextlib.suppress(OSError):
                 f.unlink(missing_ok=True)
+
+
+def searched_too(
+    con: duckdb.DuckDBPyConnection, database: str
+) -> contextlib.AbstractContextManager[None]:
+    """Tables of the attached ``database`` are found by their bare names on ``con`` meanwhile
+    (after the current database's and TEMP ones), the search path restored after. It is
+    ``con``'s own setting: its cursors do not see it."""
+    current = str(fetch_one(con, "SELECT current_database()")[0])
+    return _meanwhile(
+        con,
+        "search_path",
+        lambda previous: ",".join(
+            [previous or f"{quote_ident(current)}.main", f"{quote_ident(database)}.main"]
+        ),
+    )
 
 
 def optimizer_disabled(

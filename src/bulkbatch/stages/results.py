@@ -189,8 +189,8 @@ def _build_keys(cur: duckdb.DuckDBPyConnection) -> bool:
 
 
 def _drop_old_scratch(cur: duckdb.DuckDBPyConnection) -> None:
-    """Drop the scratch tables of older versions: TEMP ones, and any a results run that wrote
-    them into the run database left there when it was killed."""
+    """Drop the scratch tables an older version's results run left in the run database when
+    it was killed (before they were TEMP tables, which die with their connection)."""
     rows = cur.execute(
         "SELECT database_name, schema_name, table_name FROM duckdb_tables() "
         f"WHERE table_name IN ({', '.join(map(quote_literal, _OLD_SCRATCH))})"

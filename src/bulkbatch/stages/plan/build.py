@@ -55,8 +55,9 @@ def _scratch(con: duckdb.DuckDBPyConnection, run_dir: Path | None) -> Iterator[s
     their bare names, or TEMP tables (None) without a run directory.
 
     As TEMP tables, DuckDB compressed their blocks again each time a later statement read them
-    back and evicted them (the rejects, the dedupe, the job cut, the passes): at 10M the key
-    table step took 7.9 s against 9.1 (two pairs of ``bulkbatch plan``, round 24 of #19).
+    back and evicted them (the rejects, the dedupe, the job cut, the passes): ``bulkbatch plan``
+    of 10M took 61.9-62.5 s against 63.2-63.5 (interleaved, round 24 of #19). In a file each
+    table costs ~20 ms more at 200,000 rows, where a TEMP table never reaches the disk.
     """
     if run_dir is None:
         yield None

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import orjson
 import pyarrow.parquet as pq
 import pytest
@@ -194,8 +195,6 @@ def test_the_scratch_tables_stay_out_of_the_run_database(
 def test_a_scratch_file_a_killed_run_left_is_replaced(run_dir: Path) -> None:
     """A results run killed midway leaves its scratch database behind; the next one starts
     from a fresh file (never from the old tables) and deletes it after."""
-    import duckdb
-
     left = duckdb.connect(str(run_dir / results.SCRATCH_FILE))
     left.execute("CREATE TABLE keys AS SELECT 1 AS row_number")
     left.close()

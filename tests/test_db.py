@@ -29,7 +29,7 @@ from bulkbatch.db import (
     prefetched_queries,
     scratch_database,
 )
-from bulkbatch.errors import UsageError
+from bulkbatch.errors import StateError, UsageError
 
 
 @settings(max_examples=60, deadline=None)
@@ -275,6 +275,22 @@ def test_a_scratch_database_is_attached_meanwhile_and_deleted_after(tmp_path: Pa
         con.execute("CREATE TABLE s.t AS SELECT 1 AS x")
         raise RuntimeError("stop")
     assert not list(tmp_path.iterdir())
+    assert "s" not in {
+        r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()
+    }
+
+
+def test_a_scratch_database_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
+    """Something else at the path (here a directory) ends in a StateError that names the path
+    and what to check, not an unexpected IsADirectoryError; nothing is left attached."""
+    path = tmp_path / "scratch.duckdb"
+    path.mkdir()
+    con = duckdb.connect()
+    with (
+        pytest.raises(StateError, match=r"Cannot create the scratch database .*scratch\.duckdb"),
+        scratch_database(con, path, "s"),
+    ):
+        pass  # pragma: no cover - never reached
     assert "s" not in {
         r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()
     }

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from bulkbatch.errors import StateError
 from bulkbatch.stages.load import LoadOptions, load_inputs
 from bulkbatch.stages.plan import PlanOptions, build_plan
 from bulkbatch.stages.plan import build as build_module
@@ -100,3 +101,15 @@ def test_a_failing_plan_deletes_its_scratch_file(
     finally:
         con.close()
     assert not list((tmp_path / "run").glob(build_module.SCRATCH_FILE + "*"))
+
+
+def test_a_scratch_file_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / build_module.SCRATCH_FILE).mkdir(parents=True)
+    con = duckdb.connect()
+    try:
+        load_inputs(con, LoadOptions((str(SAMPLE),)))
+        with pytest.raises(StateError, match=r"scratch database .*\.plan-scratch\.duckdb"):
+            build_plan(con, OPTIONS, run_dir)
+    finally:
+        con.close()

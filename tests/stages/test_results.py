@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import bulkbatch
-from bulkbatch.errors import AccountingError, ServerError
+from bulkbatch.errors import AccountingError, ServerError, StateError
 from bulkbatch.stages import results, row_order
 from bulkbatch.state import open_run_db
 from tests.support import SAMPLE
@@ -214,6 +214,16 @@ def test_a_failing_stage_deletes_its_scratch_file(
         bulkbatch.results(run_dir)
     assert not list(run_dir.glob(results.SCRATCH_FILE + "*"))
     assert _results_tables(run_dir) == set()
+
+
+def test_a_scratch_file_that_cannot_be_made_is_one_clear_error(run_dir: Path) -> None:
+    """Something else where the scratch database goes: one StateError naming it (it was an
+    unexpected IsADirectoryError), and results.parquet left as it was."""
+    before = (run_dir / "results.parquet").read_bytes()
+    (run_dir / results.SCRATCH_FILE).mkdir()
+    with pytest.raises(StateError, match=r"scratch database .*\.results-scratch\.duckdb"):
+        bulkbatch.results(run_dir)
+    assert (run_dir / "results.parquet").read_bytes() == before
 
 
 def test_statistics_are_kept_only_where_they_can_prune(run_dir: Path) -> None:

@@ -105,7 +105,8 @@ class ResultsInfo:
 # each time the ranges evicted them).
 SCRATCH_DB = "_bb_results_scratch"
 SCRATCH_FILE = ".results-scratch.duckdb"
-KEYS_TABLE = f"{SCRATCH_DB}.keys"
+_KEYS = "keys"
+KEYS_TABLE = f"{SCRATCH_DB}.{_KEYS}"
 PAGES_TABLE = f"{SCRATCH_DB}.pages"
 # The scratch tables of older versions (TEMP, or in the run database before that).
 _OLD_SCRATCH = ("_results_keys", "_results_pages")
@@ -176,7 +177,7 @@ def _build_keys(cur: duckdb.DuckDBPyConnection) -> bool:
     with memory_share(cur, PAGES_SHARE), compressed_with(cur, "uncompressed"):
         _join_pages(cur, ranges)
     if not build_delivery(cur):
-        cur.execute(f"ALTER TABLE {PAGES_TABLE} RENAME TO {KEYS_TABLE.split('.')[-1]}")
+        cur.execute(f"ALTER TABLE {PAGES_TABLE} RENAME TO {_KEYS}")
         return False
     delivery = ", ".join(f"d.{c}" for c in DELIVERY_COLUMNS)
     with compressed_with(cur, "uncompressed"):

@@ -62,17 +62,10 @@ def _scratch(con: duckdb.DuckDBPyConnection, run_dir: Path | None) -> Iterator[s
     if run_dir is None:
         yield None
         return
-    directory = Path(run_dir)
-    with contextlib.ExitStack() as stack:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            db = stack.enter_context(scratch_database(con, directory / SCRATCH_FILE, SCRATCH_DB))
-        except (OSError, duckdb.Error) as exc:
-            raise PlanError(
-                f"Cannot write to the run directory {directory}: {first_line(exc)}. "
-                "Check that it is writable and the disk has space."
-            ) from None
-        stack.enter_context(searched_too(con, db))
+    with (
+        scratch_database(con, Path(run_dir) / SCRATCH_FILE, SCRATCH_DB) as db,
+        searched_too(con, db),
+    ):
         yield db
 
 
@@ -345,6 +338,7 @@ def build_plan(
     :raises UsageError: an unknown ``--map`` column or path, bad ``--where``/``--sql``
     :raises InputError: the input has no address column at all
     :raises PlanError: ``--dedupe fail`` met duplicates, or DuckDB failed
+    :raises StateError: the scratch database cannot be made in ``run_dir``
     """
     started = time.perf_counter()
     configure_connection(con)

@@ -33,6 +33,9 @@ RAW = [
     '{"n": null, "m": {"k": null, "j": 1}}',
     "{}",
     "   ",
+    # the key's tail (what the splice looks for) without the key; characters of several bytes
+    '{"xplan": 3, "re_first_name": {"plan": 1}}',
+    '{"k": "\\u00e9 \\ud83d\\ude00", "z": "é👩‍👧"}',
 ]
 
 scalars = st.one_of(

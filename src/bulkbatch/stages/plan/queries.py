@@ -236,6 +236,17 @@ def _verbatim(cols: Cols, key: str, col: str) -> bool:
     return plain and cols.types[col] in _VERBATIM_TYPES
 
 
+def _key_tail(key: str) -> str:
+    """A SQL string literal holding ``key":`` (JSON-escaped): :func:`json_key` without its
+    opening quote. What the splice looks for in the object's text: every row that holds the
+    quoted key holds this too, so none of them takes the splice. DuckDB's ``strpos`` compares
+    the needle wherever its first character occurs, and a quote opens every string of the
+    object (about twenty a user): for two keys, 0.54 s of CPU per 2M users, 0.16 without it.
+    A row whose text holds the tail but not the key (a key ``xplan`` for ``plan``) merges,
+    which writes the same object."""
+    return quote_literal(orjson.dumps(key).decode()[1:] + ":")
+
+
 def _spliced_data(m: _Members, merged: str) -> tuple[str, list[str]]:
     """``data`` without a merge for most users, and ``merged`` for the others: (expression,
     the ``user_parts`` it reads). For a per-user object and :func:`_verbatim` members, with no
@@ -247,10 +258,14 @@ def _spliced_data(m: _Members, merged: str) -> tuple[str, list[str]]:
     if not m.data:
         return "nullif(_dj, '{}')", parts
     members = ", ".join(f"{json_key(k)} || ({v})" for k, v in m.data)
-    apart = " AND ".join(f"strpos(_dj, {json_key(k)}) = 0" for k, _ in m.data)
+    apart = " AND ".join(f"strpos(_dj, {_key_tail(k)}) = 0" for k, _ in m.data)
+    # The object without its closing brace: ``substr`` to ``length`` - 1 rather than
+    # ``left(_dj, -1)``, the same characters; DuckDB's ``left`` with a negative count decoded
+    # every object character by character (0.28 against 0.11 s of CPU per 2M users).
     expr = (
         "CASE WHEN _dw = '' THEN nullif(_dj, '{}') WHEN _dj = '{}' THEN '{' || _dw || '}' "
-        f"WHEN {apart} THEN concat(left(_dj, -1), ',', _dw, '}}') ELSE {merged} END"
+        f"WHEN {apart} THEN concat(substr(_dj, 1, length(_dj) - 1), ',', _dw, '}}') "
+        f"ELSE {merged} END"
     )
     return expr, [*parts, f"concat_ws(',', {members}) AS _dw"]
 
@@ -315,6 +330,9 @@ _EXCEL = (
     "way from a General column): format the column as Text and export it again"
 )
 
+# A phone number in E.164 (most, once normalised) has 8 to 15 digits and no "E+": it is never
+# ``bad_phone``, and the regex that strips its other characters to count the digits runs only
+# for the rest (10M rows: 0.41 s of CPU per 2M numbers for the count, 0.14 for the match).
 _REASON = f"""
         CASE
           WHEN NOT _keep THEN 'filtered'
@@ -322,7 +340,7 @@ _REASON = f"""
           WHEN _uid IS NOT NULL AND {_scientific("_uid")} THEN 'bad_user_id'
           WHEN _email IS NOT NULL AND NOT regexp_full_match(_email, {quote_literal(EMAIL_REGEX)})
             THEN 'bad_email'
-          WHEN _phone IS NOT NULL
+          WHEN _phone IS NOT NULL AND NOT regexp_full_match(_phone, {quote_literal(E164)})
                AND (NOT {_phone_digits("_phone")} BETWEEN 7 AND 15 OR {_scientific("_phone")})
             THEN 'bad_phone'
           WHEN _dbad OR _pbad OR _jbad IS NOT NULL THEN 'bad_json'

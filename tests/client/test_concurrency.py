@@ -8,9 +8,12 @@ import threading
 from collections.abc import Iterator
 
 import anyio
+import anyio.lowlevel
 import httpcore
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bulkbatch.client import transport
 from bulkbatch.client.concurrency import ReadGate
@@ -81,6 +84,91 @@ async def test_no_more_reads_than_the_width_are_in_flight() -> None:
         for _ in range(10):
             tg.start_soon(read)
     assert most == 2 and gate.in_flight == 0
+
+
+async def _grant_order(width: int, priorities: list[int]) -> list[int]:
+    """Indexes of ``priorities`` in the order their reads got a slot, queued (in list
+    order) behind ``width`` reads holding every slot, which then finish together."""
+    gate = ReadGate(width, width)
+    order: list[int] = []
+    for _ in range(width):
+        await gate.acquire()
+
+    async def read(i: int, priority: int) -> None:
+        await gate.acquire(priority)
+        order.append(i)
+        await anyio.lowlevel.checkpoint()
+        gate.release()
+
+    async with anyio.create_task_group() as tg:
+        for i, priority in enumerate(priorities):
+            tg.start_soon(read, i, priority)
+            await anyio.lowlevel.checkpoint()  # queued in this order
+        assert gate.in_flight == width and not order
+        for _ in range(width):
+            gate.release()
+    assert gate.in_flight == 0
+    return order
+
+
+async def test_queued_reads_get_free_slots_largest_priority_first() -> None:
+    """A job's result pages ask with the pages it has left: the longest chain goes first."""
+    assert await _grant_order(1, [1, 5, 3, 5, 0]) == [1, 3, 2, 0, 4]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    width=st.integers(1, 4),
+    priorities=st.lists(st.integers(0, 5), min_size=1, max_size=12),
+)
+def test_every_queued_read_gets_one_slot_by_priority_then_arrival(
+    width: int, priorities: list[int]
+) -> None:
+    order = anyio.run(_grant_order, width, priorities)
+    assert order == sorted(range(len(priorities)), key=lambda i: (-priorities[i], i))
+
+
+async def test_a_read_cancelled_in_the_queue_holds_no_slot() -> None:
+    gate = ReadGate(1, 1)
+    await gate.acquire()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(gate.acquire, 3)
+        await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()  # the queued read goes away without a slot
+    gate.release()
+    assert gate.in_flight == 0
+    with anyio.fail_after(1):
+        await gate.acquire()  # the slot is free, not promised to the cancelled read
+    assert gate.in_flight == 1
+
+
+async def test_a_read_cancelled_as_its_slot_is_granted_leaves_it_free() -> None:
+    gate = ReadGate(1, 1)
+    await gate.acquire()
+
+    async def read() -> None:
+        async with gate.slot():
+            await anyio.sleep(10)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read)
+        await anyio.lowlevel.checkpoint()
+        gate.release()  # handed to the queued read, which has not run yet ...
+        tg.cancel_scope.cancel()  # ... and is cancelled before it does
+    assert gate.in_flight == 0
+
+
+async def test_a_wider_gate_lets_queued_reads_in_at_once() -> None:
+    gate = ReadGate(1, 4)
+    await gate.acquire()
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(gate.acquire, 0)
+        await anyio.lowlevel.checkpoint()
+        assert gate.in_flight == 1
+        for _ in range(8):  # rounds at a steady latency: the gate widens to its limit
+            _round(gate, 0.1)
+    assert gate.width == 4 and gate.in_flight == 4
 
 
 _JOB = {"status": "COMPLETED", "definition": {}, "enqueued": 1, "failures": 0, "received": 1}

@@ -129,6 +129,8 @@ class Call:
     :param answer_statuses: non-2xx statuses whose body is the answer (cancel's 409)
     :param status_read: a job status read (``GET /bulk/{job}``): it takes no read slot, so
         verify, run and the polls never queue behind result pages
+    :param priority: a read's place when reads queue for a slot, the largest first (a job's
+        result pages: the pages it has left; see :class:`~bulkbatch.client.concurrency.ReadGate`)
     """
 
     operation: str  # SDK method name, e.g. "add_users"
@@ -141,6 +143,7 @@ class Call:
     not_found_hint: str = ""
     answer_statuses: tuple[int, ...] = ()
     status_read: bool = False
+    priority: int = 0
 
     def where(self, status: int) -> Where:
         return Where(self.method, self.path, status)
@@ -336,7 +339,7 @@ class HttpCore:
         if call.method != "GET" or call.status_read:
             return await self._attempt_once(call, key, retry, None)
         gate = self.reads
-        await gate.acquire()
+        await gate.acquire(call.priority)
         try:
             return await self._attempt_once(call, key, retry, gate)
         finally:

@@ -26,6 +26,16 @@ with the default 16 (``CourierClient(read_limit=...)`` sets another).
 * The round after a cut only observes, so one burst of 429s from reads already in flight
   cuts the width once (a 429 after a latency cut still cuts).
 
+**Who gets a freed slot**: while reads queue, the one with the largest *priority*, then the
+earliest. A job's result pages ask with the pages the job has left (``Call.priority``): pages
+are chains, each behind the previous one's cursor, and the run ends when the longest chain
+does, so the longest goes first (Hu's rule, optimal for unit-time chains on identical
+slots). Measured: 1M people at 150 ms in 98 jobs for 64 slots (``--max-job-size 10000``),
+first come first served kept the last jobs to finish ingesting waiting for slots behind jobs
+nearly done, and 34 of them were then paged one page at a time for the last 12 s. With
+no more jobs than slots (the default cut), every job has a slot when it asks and the order
+changes nothing.
+
 Job status reads (``GET /bulk/{job}``: creation checks, verification, polls) do not take a
 slot: there is one at a time per job, and they must never queue behind the result pages
 (a job waiting to be verified and run behind 10,000 pages stalls the whole send).
@@ -36,7 +46,9 @@ read still takes a token, so a given ``--rate`` is never exceeded however wide r
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -80,7 +92,8 @@ class ReadGate:
         self.floor = floor
         self._width = start
         self._in_flight = 0
-        self._changed = anyio.Event()
+        self._queue: list[_Waiter] = []
+        self._arrivals = 0
         self._samples: list[float] = []
         self._rounds: deque[float] = deque(maxlen=self.ROUNDS_REMEMBERED)
         self._observing: str | None = None
@@ -99,20 +112,34 @@ class ReadGate:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def acquire(self) -> None:
-        """Wait for a free slot and take it."""
-        while self._in_flight >= self._width:
-            await self._changed.wait()
-        self._in_flight += 1
+    async def acquire(self, priority: int = 0) -> None:
+        """Wait for a free slot and take it. While reads queue, a freed slot goes to the
+        largest ``priority``, then to the earliest (the module docstring says why)."""
+        if self._in_flight < self._width and not self._queue:
+            self._in_flight += 1
+            return
+        self._arrivals += 1
+        waiter = _Waiter(-priority, self._arrivals)
+        heapq.heappush(self._queue, waiter)
+        try:
+            await waiter.granted.wait()
+        except BaseException:  # cancelled: give back a slot handed over, or leave the queue
+            if waiter.granted.is_set():
+                self.release()
+            else:
+                self._queue.remove(waiter)
+                heapq.heapify(self._queue)
+            raise
 
     def release(self) -> None:
-        """Give a slot back."""
+        """Give a slot back (to the first queued read, if any)."""
         self._in_flight -= 1
-        self._wake()
+        self._hand_over()
 
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+    def _hand_over(self) -> None:
+        while self._queue and self._in_flight < self._width:
+            self._in_flight += 1
+            heapq.heappop(self._queue).granted.set()
 
     def slot(self) -> _Slot:
         """``async with gate.slot():`` — one read in flight."""
@@ -146,7 +173,7 @@ class ReadGate:
         step = max(1, int(self._width * self.GROWTH))
         self._width = min(self.limit, self._width + step)
         self.peak = max(self.peak, self._width)
-        self._wake()
+        self._hand_over()
 
     def _cut(self, lowest: int, beta: float, why: str) -> None:
         width = max(min(lowest, self._width), int(self._width * beta))
@@ -159,6 +186,15 @@ class ReadGate:
 
     def __repr__(self) -> str:
         return f"ReadGate(width={self._width}, limit={self.limit}, in_flight={self._in_flight})"
+
+
+@dataclass(order=True)
+class _Waiter:
+    """A queued read: ordered by ``-priority``, then arrival."""
+
+    rank: int
+    arrival: int
+    granted: anyio.Event = field(default_factory=anyio.Event, compare=False)
 
 
 class _Slot:

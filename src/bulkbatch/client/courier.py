@@ -257,7 +257,7 @@ class CourierClient(HttpCore):
         return parse_job(call.where(response.status_code), self.json(call, response))
 
     @staticmethod
-    def _users_call(job_id: str, cursor: str | None) -> Call:
+    def _users_call(job_id: str, cursor: str | None, pages_left: int) -> Call:
         jid = _path_id(job_id, "job id")
         return Call(
             "list_users",
@@ -265,19 +265,28 @@ class CourierClient(HttpCore):
             f"/bulk/{jid}/users",
             params={"cursor": cursor} if cursor else None,
             not_found_hint=_job_hint(job_id),
+            priority=pages_left,
         )
 
-    async def list_users(self, job_id: str, cursor: str | None = None) -> UsersPage:
-        """``GET /bulk/{job_id}/users``: one page of users with their status and messageId."""
-        call = self._users_call(job_id, cursor)
+    async def list_users(
+        self, job_id: str, cursor: str | None = None, *, pages_left: int = 0
+    ) -> UsersPage:
+        """``GET /bulk/{job_id}/users``: one page of users with their status and messageId.
+
+        :param pages_left: the job's pages still to fetch (:attr:`UsersPaging.pages_left`):
+            while reads queue for a slot, the job with the most left goes first
+        """
+        call = self._users_call(job_id, cursor, pages_left)
         response = await self._request(call)
         return parse_users_page(call.where(response.status_code), self.json(call, response))
 
-    async def list_user_statuses(self, job_id: str, cursor: str | None = None) -> UserStatuses:
+    async def list_user_statuses(
+        self, job_id: str, cursor: str | None = None, *, pages_left: int = 0
+    ) -> UserStatuses:
         """:meth:`list_users` reduced to each user's recipient, status and messageId: what
         tracking keeps, decoded without building the rest of every user (same checks, same
-        errors)."""
-        call = self._users_call(job_id, cursor)
+        errors, the same ``pages_left``)."""
+        call = self._users_call(job_id, cursor, pages_left)
         response = await self._request(call)
         where = call.where(response.status_code)
         return parse_user_statuses(where, response.content, lambda: self.json(call, response))
@@ -293,7 +302,7 @@ class CourierClient(HttpCore):
         paging = UsersPaging(job_id, received, cursor=cursor)
         more = True
         while more:
-            page = await self.list_users(job_id, cursor=paging.cursor)
+            page = await self.list_users(job_id, cursor=paging.cursor, pages_left=paging.pages_left)
             more = paging.check(page.items, page.cursor, page.more)
             yield page
 

@@ -79,6 +79,13 @@ class UsersPaging:
         """The most pages a listing of ``received`` users may take: ``received / size + 2``."""
         return self.received // self.page_size + 2
 
+    @property
+    def pages_left(self) -> int:
+        """Pages still to fetch, the next one included, as far as ``received`` tells: a
+        job's place in the queue for a read slot (the longest chain first, so the last job
+        to finish ingesting is not also the last to get slots)."""
+        return max(1, -(-(self.received - self.listed) // self.page_size))
+
     def _error(self, what: str) -> PagingError:
         return PagingError(
             f"Listing the users of bulk job {self.job_id} (GET /bulk/{self.job_id}/users) "

@@ -45,12 +45,19 @@ from bulkbatch.stages.send import (
     acked_users,
     create_ahead,
     ingest_job,
+    ingest_lanes,
     ingest_progress,
     plan_jobs,
     run_job,
     verify_job,
 )
-from bulkbatch.stages.track import TrackInfo, fetch_messages, page_users, wait_for_job
+from bulkbatch.stages.track import (
+    TrackInfo,
+    fetch_messages,
+    page_users,
+    tracked_at_once,
+    wait_for_job,
+)
 from bulkbatch.state import JobState, RunState, ensure_ledger
 
 __all__ = ["Adopted", "Pipeline"]
@@ -64,16 +71,6 @@ class Adopted(Exception):
         self.state = state
         self.planned = planned
         """The run that planned it and found it held elsewhere (only a plan; discard it)."""
-
-
-def ingest_lanes(concurrency: int) -> int:
-    """How many jobs ingest side by side: each job boundary costs a create and a check (two
-    round trips) plus the tail of its last batches, so jobs ingested one after another left
-    the line idle most of a 1M-person run at 150 ms per request (82 s of send). Up to four
-    jobs share the --concurrency write slots (so requests in flight stay within it), and any
-    of them may use every slot the others leave free: with a quarter each, a lane between two
-    jobs left its slots idle (1M at 150 ms: send 14.6-16.0 s, against 13.3-13.5 s)."""
-    return max(1, min(4, concurrency // 4))
 
 
 class Pipeline:
@@ -303,7 +300,7 @@ class Pipeline:
         async with client_for(state, settings, self.progress) as client:
             async with LedgerWriter(con) as ledger:
                 on_ack = ingest_progress(state, self.progress, client)
-                pagers = anyio.CapacityLimiter(client.reads.limit)  # the client widens reads itself
+                pagers = anyio.CapacityLimiter(tracked_at_once(client))
 
                 async def finish(job: JobState, verify: bool) -> None:
                     if verify:
@@ -394,7 +391,7 @@ class Pipeline:
         await anyio.to_thread.run_sync(ensure_ledger, con)
         async with client_for(state, self.settings, self.progress) as client:
             async with LedgerWriter(con) as ledger:
-                pagers = anyio.CapacityLimiter(client.reads.limit)
+                pagers = anyio.CapacityLimiter(tracked_at_once(client))
 
                 async def one(job: JobState) -> None:
                     async with pagers:

@@ -37,9 +37,36 @@ from bulkbatch.models import FINAL_JOB_STATUSES
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
 from bulkbatch.state import JobState, RunState
 
-__all__ = ["FINAL_STATUSES", "TrackInfo", "fetch_messages", "page_users", "wait_for_job"]
+__all__ = [
+    "FINAL_STATUSES",
+    "TRACKED_PER_READ_SLOT",
+    "TrackInfo",
+    "fetch_messages",
+    "page_users",
+    "tracked_at_once",
+    "wait_for_job",
+]
 
 FINAL_STATUSES = FINAL_JOB_STATUSES
+
+TRACKED_PER_READ_SLOT = 4
+"""Jobs a run waits on and pages at once, per read slot of its client (see
+:func:`tracked_at_once`)."""
+
+
+def tracked_at_once(client: CourierClient) -> int:
+    """How many jobs a run waits on and pages at once: :data:`TRACKED_PER_READ_SLOT` for each
+    read the client may have in flight (``client.reads.limit``).
+
+    More jobs than read slots page side by side, and their pages queue at the client's read
+    gate, which hands a freed slot to the job with the most pages left
+    (:mod:`bulkbatch.client.concurrency`). One job per read slot, as before, made the last
+    jobs to finish ingesting wait for a whole job to be paged and then paged them alone: 1M
+    people at 150 ms in 98 jobs for 64 slots (``--max-job-size 10000``), 34 jobs paged one page
+    at a time for the last 12 s; 45.7 s for the run, 40.0 with every job tracked at once. The
+    bound keeps a run of thousands of small jobs from polling all of them at once.
+    """
+    return TRACKED_PER_READ_SLOT * client.reads.limit
 
 
 def _remember(state: RunState, job: JobState, remote: Job) -> None:
@@ -168,7 +195,9 @@ async def page_users(
     paging = UsersPaging(job.job_id, received, pages=page_no, listed=listed, cursor=cursor)
     fetched = 0
     while not done:
-        page = await client.list_user_statuses(job.job_id, cursor=paging.cursor)
+        page = await client.list_user_statuses(
+            job.job_id, cursor=paging.cursor, pages_left=paging.pages_left
+        )
         more = paging.check_recipients(page.recipients, page.cursor, page.more)
         await ledger.put(
             PageRecord.of(

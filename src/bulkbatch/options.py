@@ -240,7 +240,8 @@ OPTIONS: Mapping[str, Option] = _options(
         "int",
         "Users per bulk job; jobs are paged side by side. Default: about 64 jobs (4 per "
         "default --concurrency slot; never the run's own, so a retry with other tuning sends "
-        "the same keys), of at least 10,000 users each. 0: one job for everyone.",
+        "the same keys), of at least 10,000 users each. Against a distant API, about two jobs "
+        "per read slot page faster (1M at 150 ms: 10000). 0: one job for everyone.",
         minimum=0,
         outcome=True,
     ),

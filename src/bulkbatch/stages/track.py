@@ -63,8 +63,10 @@ def tracked_at_once(client: CourierClient) -> int:
     (:mod:`bulkbatch.client.concurrency`). One job per read slot, as before, made the last
     jobs to finish ingesting wait for a whole job to be paged and then paged them alone: 1M
     people at 150 ms in 98 jobs for 64 slots (``--max-job-size 10000``), 34 jobs paged one page
-    at a time for the last 12 s; 45.7 s for the run, 40.0 with every job tracked at once. The
-    bound keeps a run of thousands of small jobs from polling all of them at once.
+    at a time for the last 12 s; 45.7 s for the run, 38.5-38.8 with every job tracked at once
+    (40.6-41.1 with slots first come, first served). The bound keeps a run of thousands of
+    small jobs from polling all of them at once (a waiting job polls at most once per
+    ``--poll-interval``; status reads take no read slot).
     """
     return TRACKED_PER_READ_SLOT * client.reads.limit
 

@@ -14,11 +14,13 @@ import httpx
 import pytest
 
 import bulkbatch
+from bulkbatch.client.courier import CourierClient
 from bulkbatch.client.paging import default_max_wait
+from bulkbatch.config import Settings
 from bulkbatch.errors import Interrupted, PagingError
 from bulkbatch.ledger import LedgerWriter
 from bulkbatch.progress import ProgressEvent, RecordingProgress
-from bulkbatch.stages.track import page_users, wait_for_job
+from bulkbatch.stages.track import page_users, tracked_at_once, wait_for_job
 from bulkbatch.state import JobState, RunState, ensure_ledger, open_run_db
 from bulkbatch.synth import generate
 from tests.client.support import JOB, ManualClock, Recorder, assert_one_clear_line, make_client
@@ -275,3 +277,12 @@ async def test_paging_resumed_counts_the_users_already_stored(tmp_path: Path) ->
             await page_users(con, client, state, job, ledger)
     assert rec.requests[0].url.params["cursor"] == "c2"
     con.close()
+
+
+def test_every_job_tracked_at_once_and_every_writer_has_a_connection() -> None:
+    """A tracked job has one request in flight at a time (a poll or a page), so the pool holds
+    one for each of them and each write slot: no request waits for a connection (a long wait
+    would end in a pool timeout, and be retried as if the server had failed)."""
+    settings = Settings(base_url="https://api.example.com", api_key="k", concurrency=16)
+    client = CourierClient(settings)
+    assert client.connections >= settings.concurrency + tracked_at_once(client)

@@ -29,7 +29,7 @@ import httpx
 import orjson
 
 from bulkbatch.client.answer import ANSWER_PHASE, AnswerTooLarge, read_streamed
-from bulkbatch.client.concurrency import READ_FACTOR, ReadGate
+from bulkbatch.client.concurrency import READ_FACTOR, TRACKED_PER_READ_SLOT, ReadGate
 from bulkbatch.client.exchange import AiohttpExchange
 from bulkbatch.client.models import ClientStats, RetryEvent, Where
 from bulkbatch.client.ratelimit import AdaptiveLimiter, AnyioClock, Clock
@@ -225,8 +225,10 @@ class HttpCore:
         width = settings.concurrency
         self.reads = ReadGate(width, max(width, read_limit or READ_FACTOR * width))
         """How many reads may be in flight (:mod:`bulkbatch.client.concurrency`)."""
-        # Room for every writer and every read the gate may allow, plus a spare few.
-        room = width + self.reads.limit + 4
+        # Every writer, every job a run tracks at once (a poll or a page each) and a spare few
+        # (create checks, verifies): no request waits for a connection.
+        self.connections = room = width + TRACKED_PER_READ_SLOT * self.reads.limit + 4
+        """The most connections open at once."""
         limits = httpx.Limits(max_connections=room, max_keepalive_connections=room)
         self._http = httpx.AsyncClient(
             base_url=settings.base_url,

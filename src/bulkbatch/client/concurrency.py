@@ -52,10 +52,15 @@ from dataclasses import dataclass, field
 
 import anyio
 
-__all__ = ["READ_FACTOR", "ReadGate"]
+__all__ = ["READ_FACTOR", "TRACKED_PER_READ_SLOT", "ReadGate"]
 
 READ_FACTOR = 4
 """The default read limit is this many times ``--concurrency``."""
+
+TRACKED_PER_READ_SLOT = 2
+"""Jobs a run waits on and pages at once, per read slot (``stages.track.tracked_at_once``).
+Each has one request in flight at a time, a poll or a page, so the client's connection pool
+holds one for each of them (:attr:`~bulkbatch.client.courier.CourierClient.connections`)."""
 
 
 class ReadGate:

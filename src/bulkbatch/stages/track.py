@@ -27,6 +27,7 @@ import duckdb
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from bulkbatch.client.concurrency import TRACKED_PER_READ_SLOT
 from bulkbatch.client.courier import CourierClient, Job
 from bulkbatch.client.paging import PollSchedule, UsersPaging
 from bulkbatch.client.ratelimit import AnyioClock, Clock
@@ -39,7 +40,6 @@ from bulkbatch.state import JobState, RunState
 
 __all__ = [
     "FINAL_STATUSES",
-    "TRACKED_PER_READ_SLOT",
     "TrackInfo",
     "fetch_messages",
     "page_users",
@@ -49,14 +49,11 @@ __all__ = [
 
 FINAL_STATUSES = FINAL_JOB_STATUSES
 
-TRACKED_PER_READ_SLOT = 4
-"""Jobs a run waits on and pages at once, per read slot of its client (see
-:func:`tracked_at_once`)."""
-
 
 def tracked_at_once(client: CourierClient) -> int:
-    """How many jobs a run waits on and pages at once: :data:`TRACKED_PER_READ_SLOT` for each
-    read the client may have in flight (``client.reads.limit``).
+    """How many jobs a run waits on and pages at once: ``TRACKED_PER_READ_SLOT`` (2) for each
+    read the client may have in flight (``client.reads.limit``); the client's pool holds a
+    connection for each (:mod:`bulkbatch.client.concurrency`).
 
     More jobs than read slots page side by side, and their pages queue at the client's read
     gate, which hands a freed slot to the job with the most pages left

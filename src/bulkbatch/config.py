@@ -47,12 +47,15 @@ MIN_AUTO_JOB_SIZE = 10_000
 """With no ``max_job_size`` given, a run is cut into about ``JOBS_PER_PAGER * concurrency``
 jobs of at least this many users. Per-user results are paged 100 at a time, strictly one
 page after the next within a job, so one job of 1M users is 10,000 sequential round trips
-(minutes over the internet); jobs page side by side, one pager per in-flight request slot."""
+(minutes over the internet); jobs page side by side (``stages.track.tracked_at_once``)."""
 JOBS_PER_PAGER = 4
 """Jobs are ingested one after another and each is paged once it has run, so the last job's
 pages are fetched after all ingesting is done, by one pager: the smaller the jobs, the
 shorter that tail. With 50 ms per request, 1M users in 16 jobs spent ~38 s paging after
-the last ingest (625 sequential pages); in 64 jobs the tail is ~156 pages."""
+the last ingest (625 sequential pages); in 64 jobs the tail is ~156 pages. Frozen: the job
+size is part of the campaign id, so a retry after an upgrade must cut the same jobs (more
+jobs than read slots page faster against a distant API: README, *More jobs than read
+slots*)."""
 
 
 def auto_job_size(rows: int, concurrency: int) -> int:

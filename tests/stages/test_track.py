@@ -279,10 +279,11 @@ async def test_paging_resumed_counts_the_users_already_stored(tmp_path: Path) ->
     con.close()
 
 
-def test_every_job_tracked_at_once_and_every_writer_has_a_connection() -> None:
+@pytest.mark.anyio
+async def test_every_job_tracked_at_once_and_every_writer_has_a_connection() -> None:
     """A tracked job has one request in flight at a time (a poll or a page), so the pool holds
     one for each of them and each write slot: no request waits for a connection (a long wait
     would end in a pool timeout, and be retried as if the server had failed)."""
     settings = Settings(base_url="https://api.example.com", api_key="k", concurrency=16)
-    client = CourierClient(settings)
-    assert client.connections >= settings.concurrency + tracked_at_once(client)
+    async with CourierClient(settings) as client:
+        assert client.connections >= settings.concurrency + tracked_at_once(client)

@@ -30,10 +30,11 @@ with the default 16 (``CourierClient(read_limit=...)`` sets another).
 earliest. A job's result pages ask with the pages the job has left (``Call.priority``): pages
 are chains, each behind the previous one's cursor, and the run ends when the longest chain
 does, so the longest goes first (Hu's rule: highest level first, optimal for unit-time
-chains on identical slots when all are ready at once). Measured with every job that has run paged at once (``stages.track.tracked_at_once``):
-1M people at 150 ms in 98 jobs for 64 slots (``--max-job-size 10000``) took 38.5 and 38.7 s,
-and 41.1 and 40.6 s with slots handed out first come, first served, which left the jobs
-that finished ingesting last with the longest chains at the end. With no more jobs than
+chains on identical slots when all are ready at once). Measured with every job that has run
+paged at once (``stages.track.tracked_at_once``): 1M people at 150 ms in 98 jobs for 64
+slots (``--max-job-size 10000``) took 38.5 and 38.7 s, and 41.1 and 40.6 s with slots handed
+out first come, first served, which left the jobs that finished ingesting last with the
+longest chains at the end. With no more jobs than
 slots (the default cut) nothing queues and the order changes nothing.
 
 Job status reads (``GET /bulk/{job}``: creation checks, verification, polls) do not take a

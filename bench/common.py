@@ -8,6 +8,7 @@
 * :func:`measure` — run one program as a subprocess; wall time and peak RSS of the whole
   process tree, polled with psutil every 50 ms.
 * :func:`machine` — cores, memory, CPU model and library versions for the RESULTS header.
+* :func:`host_speed` — how fast this host is right now, on two fixed single-thread tasks.
 """
 
 from __future__ import annotations
@@ -237,6 +238,53 @@ def machine() -> dict[str, str]:
         "trycourier": _version("trycourier"),
         "bulkbatch": _version("bulkbatch"),
     }
+
+
+SPEED_TASKS = {
+    "python": "a pure-Python loop of 3,000,000 steps",
+    "duckdb": "a DuckDB aggregate over 2,000,000 rows with md5 (one thread)",
+}
+
+
+def host_speed(repeats: int = 3) -> dict[str, float]:
+    """Milliseconds each of :data:`SPEED_TASKS` takes now, the best of ``repeats``.
+
+    The same 2-core VM has run the same program up to 1.5 times slower from one hour to the
+    next (rounds 21-25 of #19: a 1M send took 21.8 CPU-s at one hour and 32.4 at another),
+    with no steal time in ``/proc/stat``: CPU seconds inflate too, so they cannot tell a
+    slow hour from a slow change. These two tasks never change, so their times, taken before
+    and after a run's measurements, say how fast the host was while it measured. The plan's
+    kind of work (DuckDB, md5) and the client's (the interpreter) are timed apart, since
+    they need not slow together.
+    """
+    import duckdb
+
+    def python_loop() -> None:
+        total = 0
+        for i in range(3_000_000):
+            total += i * i % 7
+
+    con = duckdb.connect()
+    con.execute("SET threads = 1")
+
+    def duckdb_aggregate() -> None:
+        con.execute(
+            "SELECT count(DISTINCT (i * 2654435761) % 1000003), sum(length(md5(i::VARCHAR))) "
+            "FROM range(2000000) t(i)"
+        ).fetchall()
+
+    out = {}
+    try:
+        for name, task in (("python", python_loop), ("duckdb", duckdb_aggregate)):
+            best = float("inf")
+            for _ in range(repeats):
+                started = time.perf_counter()
+                task()
+                best = min(best, time.perf_counter() - started)
+            out[name] = round(best * 1000, 1)
+    finally:
+        con.close()
+    return out
 
 
 def git_head() -> str:

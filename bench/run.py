@@ -48,9 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     HERE,
     ROOT,
+    SPEED_TASKS,
     Emulator,
     audience,
     git_head,
+    host_speed,
     log,
     machine,
     measure,
@@ -455,6 +457,7 @@ def render(
     micro: dict[str, str],
     profiles: dict[str, str],
     started: float,
+    speed: dict[str, dict[str, float]] | None = None,
 ) -> str:
     info = machine()
     summ = summarize(records)
@@ -481,6 +484,7 @@ def render(
             f"pyarrow {info['pyarrow']}, trycourier {info['trycourier']}."
         ),
         "",
+        *([_speed_text(speed), ""] if speed else []),
         (
             "**Method.** Audiences: `bulkbatch.synth.generate(rows, duplicate_rate=0.02, seed=0)` "
             "(Parquet, ~0.05 % rows without any address). Every measurement is a fresh subprocess "
@@ -1067,8 +1071,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def log_line(args: argparse.Namespace, records: list[Record]) -> str:
-    """One line for the report's run log: when, which commit, the command, each cell."""
+def _speed_text(speed: dict[str, dict[str, float]]) -> str:
+    """The report's line on how fast the host was (:func:`common.host_speed`)."""
+    when = [
+        f"{label} {', '.join(f'{name} {ms:,.0f} ms' for name, ms in speed[key].items())}"
+        for key, label in (("start", "before the runs:"), ("end", "after them:"))
+        if key in speed
+    ]
+    tasks = "; ".join(f"*{name}*: {text}" for name, text in SPEED_TASKS.items())
+    return (
+        f"**Host speed** (fixed single-thread tasks, best of 3, lower is faster; {tasks}): "
+        + "; ".join(when)
+        + ". The host's speed moves from hour to hour; compare runs of different hours "
+        "through these, not through wall or CPU seconds alone."
+    )
+
+
+def log_line(
+    args: argparse.Namespace,
+    records: list[Record],
+    speed: dict[str, dict[str, float]] | None = None,
+) -> str:
+    """One line for the report's run log: when, which commit, the command, each cell, and
+    the host's speed before the runs."""
     summ = summarize(records)
     cells = []
     for (rows, scen, program), s in sorted(summ.items()):
@@ -1081,7 +1106,11 @@ def log_line(args: argparse.Namespace, records: list[Record]) -> str:
         else:
             cells.append(f"{human(rows)} {scen} {program} failed")
     when = time.strftime("%Y-%m-%d %H:%M %Z")
-    return f"{when}, git {args.measured_at}, `{args.cmdline}`: " + ("; ".join(cells) or "none")
+    line = f"{when}, git {args.measured_at}, `{args.cmdline}`: " + ("; ".join(cells) or "none")
+    start = (speed or {}).get("start")
+    if start:
+        line += " (host speed: " + ", ".join(f"{k} {v:,.0f} ms" for k, v in start.items()) + ")"
+    return line
 
 
 def _save(path: Path, args: argparse.Namespace, records: list[Record], **extra: Any) -> None:
@@ -1108,6 +1137,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_dir = HERE / "out"
     raw_dir.mkdir(exist_ok=True)
     saved: dict[str, Any] = {}
+    speed: dict[str, dict[str, float]] = {}
     if args.render:
         records, saved = _load(Path(args.render))
         args.cmdline = saved.get("argv") or args.cmdline
@@ -1117,9 +1147,12 @@ def main(argv: list[str] | None = None) -> int:
         args.programs = [p for p in PROGRAMS if any(r.program == p for r in records)]
         started = time.time() - float(saved.get("minutes", 0)) * 60
         raw_path = Path(args.render)
+        speed = dict(saved.get("speed", {}))
     else:
         runs = plan_runs(args)
         log(f"{len(runs)} measurements planned; report -> {args.out}")
+        speed["start"] = host_speed()
+        log(f"host speed before the runs: {speed['start']} ms")
         records = []
         raw_path = raw_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json"
         for i, (rows, scenario, program, rep, prefix) in enumerate(runs, 1):
@@ -1146,7 +1179,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"emulator {100 * rec.emulator_share:.0f} %{extra}"
             )
             records.append(rec)
-            _save(raw_path, args, records)
+            _save(raw_path, args, records, speed=speed)
+        speed["end"] = host_speed()
+        log(f"host speed after the runs: {speed['end']} ms")
     profiles: dict[str, str] = dict(saved.get("profiles", {}))
     for spec in [s for s in (args.profile or "").split(",") if s]:
         size, _, scen = spec.partition(":")
@@ -1171,10 +1206,13 @@ def main(argv: list[str] | None = None) -> int:
         micro[title] = f"`{cmd} --latency-ms {SHARD_LATENCY_MS:g}`\n\n{body}"
     minutes = (time.time() - started) / 60
     if not args.render or profiles or micro:
-        _save(raw_path, args, records, profiles=profiles, micro=micro, minutes=minutes)
-    text = render(args, records, micro, profiles, started)
+        _save(raw_path, args, records, profiles=profiles, micro=micro, minutes=minutes, speed=speed)
+    text = render(args, records, micro, profiles, started, speed)
     write_report(
-        Path(args.out), text, args.section, None if args.render else log_line(args, records)
+        Path(args.out),
+        text,
+        args.section,
+        None if args.render else log_line(args, records, speed),
     )
     log(f"wrote {args.out} ({minutes:.1f} min); raw data in {raw_path}")
     return 1 if any(r.error for r in records) else 0

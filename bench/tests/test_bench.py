@@ -48,6 +48,14 @@ def test_smoke_run_writes_a_table_with_the_three_programs(tmp_path: Path) -> Non
     text = out.read_text()
     assert "**Machine:**" in text
     assert "bench/run.py --smoke" in text
+    # how fast the host was, before and after the runs, in the report and the run log
+    speed = re.search(
+        rf"\*\*Host speed\*\*.*before the runs: python ({NUM}) ms, duckdb ({NUM}) ms;"
+        rf" after them: python {NUM} ms, duckdb {NUM} ms",
+        text,
+    )
+    assert speed is not None and all(float(v.replace(",", "")) > 0 for v in speed.groups()), text
+    assert re.search(rf"\(host speed: python {NUM} ms, duckdb {NUM} ms\)", text), text
     rows = _table_rows(text)
     assert set(rows) == set(PROGRAMS), text
     for program, cells in rows.items():

@@ -19,12 +19,14 @@ which only holds a plan — is removed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import re
 import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -35,6 +37,7 @@ from bulkbatch.files import private_dir
 from bulkbatch.identity import lookup, register
 from bulkbatch.options import option
 from bulkbatch.spec import RunSpec
+from bulkbatch.stages.load import LoadInfo, LoadOptions
 from bulkbatch.stages.sources import resolve_sources
 from bulkbatch.state import RunState
 
@@ -43,7 +46,9 @@ __all__ = [
     "check_inputs_unchanged",
     "discard",
     "file_fingerprints",
+    "load_options",
     "open_run",
+    "stored_load_info",
 ]
 
 
@@ -209,3 +214,28 @@ def discard(state: RunState) -> None:
     shutil.rmtree(state.run_dir / ".spill", ignore_errors=True)
     with contextlib.suppress(OSError):
         state.run_dir.rmdir()  # only when nothing else is left
+
+
+def load_options(spec: RunSpec) -> LoadOptions:
+    """The load stage's options, from the run's spec."""
+    a = spec.audience
+    return LoadOptions(
+        sources=a.sources,
+        format=a.format,  # type: ignore[arg-type]  # checked against the option's choices
+        delimiter=a.delimiter,
+        quote=a.quote,
+        encoding=a.encoding,
+    )
+
+
+def stored_load_info(state: RunState) -> LoadInfo:
+    """The load stage's report of a run loaded before, from its state."""
+    fields = {f.name for f in dataclasses.fields(LoadInfo)}
+    values: dict[str, Any] = {
+        "rows": int(state.inputs.get("rows", 0)),
+        "files": tuple(state.inputs.get("files", ())),
+        "columns": tuple(state.inputs.get("columns", ())),
+        "fingerprint": "",
+        "seconds": float(state.timings.get("load", 0.0)),
+    }
+    return LoadInfo(**{k: v for k, v in values.items() if k in fields})

@@ -20,7 +20,7 @@ from bulkbatch.options import option
 from bulkbatch.progress import Progress, ProgressEvent
 from bulkbatch.state import RunState
 
-__all__ = ["bind_base_url", "client_for"]
+__all__ = ["bind_base_url", "client_for", "client_stats"]
 
 
 def _norm(url: str) -> str:
@@ -81,3 +81,14 @@ async def client_for(
     async with CourierClient(settings, on_retry=on_retry) as client:
         _insecure_notice(client, progress)
         yield client
+
+
+def client_stats(client: CourierClient) -> dict[str, object]:
+    """What the run's client did, for ``state.progress["client"]``."""
+    stats = client.stats
+    return {
+        "requests": stats.requests,
+        "retries": stats.retries,
+        "throttled": stats.throttled,
+        "status_counts": {str(k): v for k, v in stats.status_counts.items()},
+    }

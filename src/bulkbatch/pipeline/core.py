@@ -13,11 +13,10 @@ a 1M-person run).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import anyio
 import duckdb
@@ -28,16 +27,22 @@ from bulkbatch.db import DB_FILE, in_thread, open_run_db
 from bulkbatch.errors import StateError
 from bulkbatch.identity import audience_fingerprint, campaign_id, shard_family
 from bulkbatch.ledger import LedgerWriter
-from bulkbatch.pipeline.begin import adopt_registered, check_inputs_unchanged
-from bulkbatch.pipeline.connect import client_for
+from bulkbatch.pipeline.begin import (
+    adopt_registered,
+    check_inputs_unchanged,
+    load_options,
+    stored_load_info,
+)
+from bulkbatch.pipeline.connect import client_for, client_stats
 from bulkbatch.pipeline.shared import SharedCampaign
 from bulkbatch.progress import Progress, ProgressEvent
 from bulkbatch.spec import RunSpec
 from bulkbatch.stages import once
 from bulkbatch.stages.cancel import CancelInfo, cancel_messages
 from bulkbatch.stages.delivery import load_webhook_outcomes, stragglers
-from bulkbatch.stages.load import LoadInfo, LoadOptions, load_frame, load_inputs
+from bulkbatch.stages.load import LoadInfo, load_frame, load_inputs
 from bulkbatch.stages.plan import PlanInfo, PlanOptions, build_plan
+from bulkbatch.stages.plan.report import ensure_plan_file, plan_file_meanwhile
 from bulkbatch.stages.plan.report import write_files as write_plan_files
 from bulkbatch.stages.results import ResultsInfo, write_results, write_summary
 from bulkbatch.stages.send import (
@@ -136,7 +141,7 @@ class Pipeline:
         """Read the inputs into table ``inputs`` (once)."""
         state = self.state
         if state.done("load"):
-            return _stored_load_info(state)
+            return stored_load_info(state)
         self._event("load", message="loading inputs")
         started = time.monotonic()
         if self.frame is not None:
@@ -146,7 +151,7 @@ class Pipeline:
             )
         elif self.spec.audience.sources:
             check_inputs_unchanged(state)
-            opts = _load_options(self.spec)
+            opts = load_options(self.spec)
             info = await in_thread(self.con, lambda: load_inputs(self.con, opts), state.run_dir)
         else:
             raise StateError(
@@ -185,8 +190,9 @@ class Pipeline:
             shard=shard,
         )
 
-    async def plan(self) -> PlanInfo:
+    async def plan(self, *, defer_plan_file: bool = False) -> PlanInfo:
         """Map, validate, dedupe and cut the audience; fix the campaign id (once).
+        ``defer_plan_file`` (a send): a small plan's ``plan.parquet`` is written while it runs.
 
         :raises Adopted: another run directory on this machine already holds this campaign
         """
@@ -198,12 +204,14 @@ class Pipeline:
         started = time.monotonic()
         options = self._plan_options()
         info = await in_thread(
-            self.con, lambda: build_plan(self.con, options, state.run_dir), state.run_dir
+            self.con,
+            lambda: build_plan(self.con, options, state.run_dir, defer_plan_file=defer_plan_file),
+            state.run_dir,
         )
         state.plan = info.to_dict()
         state.plan["max_job_size"] = options.max_job_size
         state.message = self.spec.campaign.message()
-        fingerprint = info.audience  # taken as plan.parquet was written
+        fingerprint = info.audience  # taken as plan.parquet was written; None: left for later
         if fingerprint is None:
             fingerprint = await in_thread(
                 self.con, lambda: audience_fingerprint(self.con), state.run_dir
@@ -229,7 +237,7 @@ class Pipeline:
             other = await anyio.to_thread.run_sync(shared.adopt)
         if other is not None:
             raise Adopted(other, state)
-        await self._claim_once_per(options.batch_size)
+        await self._claim_once_per(options.batch_size, plan_file=info.audience is not None)
         jobs = await in_thread(self.con, lambda: plan_jobs(self.con), state.run_dir)
         state.jobs = [
             JobState(job_no=j, users=n, first_batch=lo, last_batch=hi) for j, n, lo, hi in jobs
@@ -251,7 +259,7 @@ class Pipeline:
                 self._event("notice", message=text, extra={"plan": kind})
         return info
 
-    async def _claim_once_per(self, batch_size: int) -> None:
+    async def _claim_once_per(self, batch_size: int, *, plan_file: bool) -> None:
         key = self.spec.once_per
         state = self.state
         if not key:
@@ -264,7 +272,7 @@ class Pipeline:
         def claim() -> once.ClaimResult:
             result = once.claim_plan(self.con, ledger, key, campaign, run_dir, batch_size)
             if result.skipped:
-                write_plan_files(self.con, state.run_dir)
+                write_plan_files(self.con, state.run_dir, plan_file=plan_file)
             return result
 
         result = await in_thread(self.con, claim, state.run_dir)
@@ -274,12 +282,12 @@ class Pipeline:
     # -- send ------------------------------------------------------------------------------
     async def send(self) -> SendInfo:
         """Create, ingest, verify and run every job (once); tracking is left to :meth:`track`."""
-        await self.plan()
+        await self.plan(defer_plan_file=True)
         return await self._network(track=False)
 
     async def track(self) -> TrackInfo:
         """Wait for every run job to finish and page its per-user results (once)."""
-        await self.plan()
+        await self.plan(defer_plan_file=True)
         if not self.state.done("send"):
             await self._network(track=True)
         elif not self.state.done("track"):
@@ -298,24 +306,12 @@ class Pipeline:
         started = time.monotonic()
         await anyio.to_thread.run_sync(ensure_ledger, con)
         async with client_for(state, settings, self.progress) as client:
-            async with LedgerWriter(con) as ledger:
+            async with (
+                LedgerWriter(con) as ledger,
+                plan_file_meanwhile(con, state.run_dir) as write_plan_file,
+            ):
                 on_ack = ingest_progress(state, self.progress, client)
                 pagers = anyio.CapacityLimiter(tracked_at_once(client))
-
-                async def finish(job: JobState, verify: bool) -> None:
-                    if verify:
-                        await verify_job(con, client, state, job)
-                    if not job.run:
-                        await run_job(client, state, job)
-                        self._event(
-                            "run",
-                            message=f"job {job.job_id} started",
-                            extra={"job_no": job.job_no, "jobs": len(state.jobs)},
-                        )
-                    await self._record_once_per(job)
-                    if track and self.spec.tracking.wait and not job.paged:
-                        async with pagers:
-                            await self._track_job(client, job, ledger)
 
                 lanes = ingest_lanes(settings.concurrency)
                 slots = anyio.CapacityLimiter(lanes)
@@ -346,20 +342,48 @@ class Pipeline:
                                 await ledger.flush()
                             verify = not job.ingested
                         pending -= 1
-                        if pending == 0 and not state.done("send"):
-                            state.mark("send", time.monotonic() - started)
-                    await finish(job, verify)
+                        if pending == 0:  # every batch is in: the client has a core to spare
+                            write_plan_file()
+                            if not state.done("send"):
+                                state.mark("send", time.monotonic() - started)
+                    await self._finish_job(client, ledger, pagers, job, verify, track)
 
                 async with anyio.create_task_group() as tg:
                     for job in state.jobs:
                         tg.start_soon(send_job, job)
                 if not state.done("send"):
                     state.mark("send", time.monotonic() - started)
-            state.progress["client"] = _client_stats(client)
+            state.progress["client"] = client_stats(client)
             if track:  # the ledger closed: every page is committed, and DuckDB has its cap
                 await self._finish_tracking(client, started)
         state.save()
         return SendInfo.of(state, time.monotonic() - started)
+
+    async def _finish_job(
+        self,
+        client: CourierClient,
+        ledger: LedgerWriter,
+        pagers: anyio.CapacityLimiter,
+        job: JobState,
+        verify: bool,
+        track: bool,
+    ) -> None:
+        """After a job's last batch: verify it (when this run ingested it), run it once, then
+        wait for it and page it (with ``track``)."""
+        state = self.state
+        if verify:
+            await verify_job(self.con, client, state, job)
+        if not job.run:
+            await run_job(client, state, job)
+            self._event(
+                "run",
+                message=f"job {job.job_id} started",
+                extra={"job_no": job.job_no, "jobs": len(state.jobs)},
+            )
+        await self._record_once_per(job)
+        if track and self.spec.tracking.wait and not job.paged:
+            async with pagers:
+                await self._track_job(client, job, ledger)
 
     async def _track_job(self, client: CourierClient, job: JobState, ledger: LedgerWriter) -> None:
         await wait_for_job(
@@ -390,7 +414,11 @@ class Pipeline:
         started = time.monotonic()
         await anyio.to_thread.run_sync(ensure_ledger, con)
         async with client_for(state, self.settings, self.progress) as client:
-            async with LedgerWriter(con) as ledger:
+            async with (
+                LedgerWriter(con) as ledger,
+                plan_file_meanwhile(con, state.run_dir) as write_plan_file,
+            ):
+                write_plan_file()
                 pagers = anyio.CapacityLimiter(tracked_at_once(client))
 
                 async def one(job: JobState) -> None:
@@ -451,6 +479,8 @@ class Pipeline:
         tracking = self.spec.tracking
         profile = tracking.include_profile if include_profile is None else include_profile
         await anyio.to_thread.run_sync(ensure_ledger, self.con)
+        # A send that stopped while it wrote plan.parquet (or could not write it) left none.
+        await in_thread(self.con, lambda: ensure_plan_file(self.con, state.run_dir), state.run_dir)
         if webhooks is not None:
             store = webhooks
             known = await in_thread(
@@ -540,7 +570,7 @@ class Pipeline:
                 "the campaign after all, run the send again with a new --run-id."
             )
         await self.load()
-        await self.plan()
+        await self.plan(defer_plan_file=True)
         await anyio.to_thread.run_sync(ensure_ledger, self.con)
         shared = SharedCampaign.for_run(
             self.spec.once_per_ledger, self.state, self.settings.base_url
@@ -559,36 +589,3 @@ class Pipeline:
         if self.state.done("results") and (self.state.run_dir / "results.parquet").exists():
             return None
         return await self.results()
-
-
-def _client_stats(client: CourierClient) -> dict[str, object]:
-    stats = client.stats
-    return {
-        "requests": stats.requests,
-        "retries": stats.retries,
-        "throttled": stats.throttled,
-        "status_counts": {str(k): v for k, v in stats.status_counts.items()},
-    }
-
-
-def _load_options(spec: RunSpec) -> LoadOptions:
-    a = spec.audience
-    return LoadOptions(
-        sources=a.sources,
-        format=a.format,  # type: ignore[arg-type]  # checked against the option's choices
-        delimiter=a.delimiter,
-        quote=a.quote,
-        encoding=a.encoding,
-    )
-
-
-def _stored_load_info(state: RunState) -> LoadInfo:
-    fields = {f.name for f in dataclasses.fields(LoadInfo)}
-    values: dict[str, Any] = {
-        "rows": int(state.inputs.get("rows", 0)),
-        "files": tuple(state.inputs.get("files", ())),
-        "columns": tuple(state.inputs.get("columns", ())),
-        "fingerprint": "",
-        "seconds": float(state.timings.get("load", 0.0)),
-    }
-    return LoadInfo(**{k: v for k, v in values.items() if k in fields})

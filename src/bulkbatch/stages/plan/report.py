@@ -3,12 +3,16 @@ notes, a sample of users as sent; and the plan files written into the run direct
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import anyio
 import duckdb
 import orjson
 import pyarrow.parquet as pq
@@ -29,7 +33,16 @@ from bulkbatch.options import option
 from bulkbatch.stages.plan.filters import first_line
 from bulkbatch.stages.plan.model import ADDRESS_TARGETS, PlanOptions, content_variables
 
-__all__ = ["PLAN_FILES", "PlanFiles", "PlanInfo", "make_report", "write_files"]
+__all__ = [
+    "LATER_MAX_USERS",
+    "PLAN_FILES",
+    "PlanFiles",
+    "PlanInfo",
+    "ensure_plan_file",
+    "make_report",
+    "plan_file_meanwhile",
+    "write_files",
+]
 
 SAMPLE_USERS = 3
 DUP_GROUPS = 5
@@ -345,29 +358,141 @@ _QUEUED = 2
 writer is the slower side, so more ahead only hold memory."""
 
 
-def _write_plan_file(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+def _write_plan_file(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    *,
+    fold: bool = True,
+    share: bool = True,
+    stop: threading.Event | None = None,
+) -> str | None:
     """``plan.parquet``, in the table's order, streamed through pyarrow's Parquet writer
     under :data:`PLAN_FILE_SHARE` of the cap: the user JSON is written without dictionary or
     statistics, which cannot help a reader. Returns the audience fingerprint, folded from the
     same scan (the writer is the slower side, so DuckDB's MD5s cost little wall time: at 10M,
-    the file and the fingerprint took 8.8-9.2 s together, 9.4-10.3 s one after the other)."""
+    the file and the fingerprint took 8.8-9.2 s together, 9.4-10.3 s one after the other).
+
+    ``fold=False``: the file alone (the run took the fingerprint already); ``share=False``:
+    under whatever share of the cap is in force (a send's, which :func:`plan_file_meanwhile`
+    must not change under it); ``stop`` set ends it early. The file is written under a
+    temporary name and renamed when complete, so a write that stops or fails half way leaves
+    no partial ``plan.parquet``.
+    """
     columns = "row_number, job_no, batch_no, recipient, user_json"
     schema = con.sql(f"SELECT {columns} FROM plan LIMIT 0").to_arrow_table().schema
-    fold = AudienceFold()
-    with (
-        memory_share(con, PLAN_FILE_SHARE),
-        pq.ParquetWriter(
-            path,
-            schema,
-            use_dictionary=["job_no", "batch_no"],
-            write_statistics=["row_number", "job_no", "batch_no", "recipient"],
-            **ARROW_PARQUET,
-        ) as writer,
-    ):
-        for batch in prefetched_batches(con, [audience_terms_sql(columns)], _QUEUED):
-            fold.add(batch.column("_bb_h1"), batch.column("_bb_h2"))
-            writer.write_batch(batch.select(schema.names))
-    return fold.hexdigest()
+    audience = AudienceFold() if fold else None
+    query = audience_terms_sql(columns) if fold else f"SELECT {columns} FROM plan"
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with (
+            memory_share(con, PLAN_FILE_SHARE) if share else contextlib.nullcontext(),
+            pq.ParquetWriter(
+                partial,
+                schema,
+                use_dictionary=["job_no", "batch_no"],
+                write_statistics=["row_number", "job_no", "batch_no", "recipient"],
+                **ARROW_PARQUET,
+            ) as writer,
+        ):
+            for batch in prefetched_batches(con, [query], _QUEUED):
+                if stop is not None and stop.is_set():
+                    break
+                if audience is not None:
+                    audience.add(batch.column("_bb_h1"), batch.column("_bb_h2"))
+                writer.write_batch(batch.select(schema.names))
+        if stop is not None and stop.is_set():
+            raise _Stopped
+        os.replace(partial, path)
+    except BaseException as exc:
+        if partial.is_file():
+            partial.unlink()
+        if isinstance(exc, _Stopped):
+            return None
+        raise
+    return None if audience is None else audience.hexdigest()
+
+
+LATER_MAX_USERS = 2_000_000
+"""The most users whose ``plan.parquet`` a send writes while it sends
+(:func:`plan_file_meanwhile`); a larger plan's is written before, as ``bulkbatch plan`` does.
+Beside the network stages the writer's scan fills DuckDB's share of the cap with the plan's
+blocks, and its Arrow batches add to that: at 10M the send's peak RSS (in process,
+``bench/rss_timeline.py``) rose from 426 MiB (the results) to 474 MiB (the ingest), over the
+450 MiB bound, for no wall time (the 10M send is CPU-bound: 241.8 s either way). At 1M the
+plan's own peak stays the send's (410-418 MiB), and the file is off the path to the first
+request: 1M at 150 ms, alternating with the code before, 45.0, 45.1, 44.5 s against 45.7,
+44.9, 45.7 (the plan 3.89-3.92 s against 4.57-4.65)."""
+
+
+class _Stopped(Exception):
+    """The write of ``plan.parquet`` was asked to stop."""
+
+
+def ensure_plan_file(con: duckdb.DuckDBPyConnection, run_dir: Path) -> None:
+    """Write ``plan.parquet`` into ``run_dir`` if a send left none (it stopped, or could not
+    write it, while :func:`plan_file_meanwhile` was writing it)."""
+    path = run_dir / PLAN_FILES[0]
+    if not path.exists():
+        _write_plan_file(con, path, fold=False)
+
+
+@contextlib.asynccontextmanager
+async def plan_file_meanwhile(
+    con: duckdb.DuckDBPyConnection, run_dir: Path
+) -> AsyncIterator[Callable[[], None]]:
+    """Write ``plan.parquet`` on a thread of its own during the body, if ``run_dir`` has none
+    (a send of up to :data:`LATER_MAX_USERS` users plans without it); the body calls what
+    this yields to start it when the run can spare a core (the send: once every batch is in),
+    and leaving starts it if the body did not, then waits for it. A body that fails or is
+    stopped ends it at its next batch.
+
+    Why: the file is for people, and the send reads the ``plan`` table, so it need not stand
+    between the plan and the first request. At 10M its writer (pyarrow, one thread) took 9.4-
+    9.8 s of the plan with the fingerprint folded in, against 3.8-4.0 s for the fingerprint's
+    own pass. Started with the send, it took CPU from an ingest that already shares the
+    machine's two cores with the emulator (1M at 150 ms: 0.5 s off the plan, 0.26 s off the
+    run, three pairs); once every batch is in, the client mostly waits on the network (0.6 s
+    off the run).
+
+    :raises PlanError: the file could not be written (the send itself is unaffected; a resume
+        writes it again)
+    """
+    path = run_dir / PLAN_FILES[0]
+    if path.exists():
+        yield lambda: None
+        return
+    stop = threading.Event()
+    failed: list[BaseException] = []
+    cur = con.cursor()  # the run's other threads use their own cursors meanwhile
+
+    def work() -> None:
+        try:
+            _write_plan_file(cur, path, fold=False, share=False, stop=stop)
+        except BaseException as exc:  # noqa: BLE001 - reported once the body is done
+            failed.append(exc)
+
+    thread = threading.Thread(target=work, name="bulkbatch-plan-file", daemon=True)
+
+    def begin() -> None:
+        if thread.ident is None:
+            thread.start()
+
+    try:
+        yield begin
+        begin()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        if thread.ident is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(thread.join)
+        cur.close()
+    if failed:
+        raise PlanError(
+            f"Cannot write {path}: {first_line(failed[0])}. The send is not affected; check "
+            "the disk, then 'bulkbatch resume' writes the file and the results."
+        ) from None
 
 
 def _write_reviews(con: duckdb.DuckDBPyConnection, paths: Mapping[str, str]) -> None:
@@ -390,22 +515,27 @@ def _write_reviews(con: duckdb.DuckDBPyConnection, paths: Mapping[str, str]) -> 
 
 class PlanFiles(NamedTuple):
     """What :func:`write_files` wrote: the files' paths by name, and the audience fingerprint
-    taken on the way."""
+    taken on the way (None when ``plan.parquet`` was left for later)."""
 
     paths: dict[str, str]
-    audience: str
+    audience: str | None
 
 
-def write_files(con: duckdb.DuckDBPyConnection, run_dir: Path) -> PlanFiles:
+def write_files(
+    con: duckdb.DuckDBPyConnection, run_dir: Path, *, plan_file: bool = True
+) -> PlanFiles:
     """Write ``plan.parquet``, ``rejects.parquet`` and ``duplicates.parquet`` (each with the
-    input columns, for fixing or reviewing them) into ``run_dir``.
+    input columns, for fixing or reviewing them) into ``run_dir``. ``plan_file=False`` leaves
+    ``plan.parquet`` (and the fingerprint taken with it) to :func:`plan_file_meanwhile`.
 
     :raises PlanError: the directory is not writable
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: str(run_dir / name) for name in PLAN_FILES}
     try:
-        audience = _write_plan_file(con, Path(paths["plan.parquet"]))
+        audience = _write_plan_file(con, Path(paths["plan.parquet"])) if plan_file else None
+        if not plan_file:  # an older one would not be this plan's
+            Path(paths["plan.parquet"]).unlink(missing_ok=True)
         _write_reviews(con, paths)
     except duckdb.OutOfMemoryException:
         raise  # not an unwritable directory: the pipeline reports the memory budget

@@ -167,7 +167,11 @@ def test_a_failing_body_stops_the_write_and_leaves_no_partial_file(tmp_path: Pat
     con = _planned_db(tmp_path / "run.duckdb", 3_000_000)
 
     async def main() -> None:
-        async with plan_file_meanwhile(con, tmp_path):
+        async with plan_file_meanwhile(con, tmp_path) as begin:
+            begin()
+            with anyio.fail_after(30):  # until the writer has begun (a file, not an event)
+                while not (tmp_path / "plan.parquet.partial").exists():  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
             raise RuntimeError("the send failed")
 
     with pytest.raises(RuntimeError, match="the send failed"):

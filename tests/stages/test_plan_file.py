@@ -38,27 +38,34 @@ def _frame(n: int) -> pl.DataFrame:
     )
 
 
+def _send(frame: pl.DataFrame, run_dir: Path, **layout: int) -> tuple[bulkbatch.Run, bool]:
+    """A send against an emulator; whether ``plan.parquet`` was there when its plan ended."""
+    seen: list[bool] = []
+
+    def progress(event: ProgressEvent) -> None:
+        if event.stage == "plan" and event.message.endswith("to send"):  # the plan is done
+            seen.append((run_dir / "plan.parquet").exists())
+
+    with bulkbatch.Emulator(progression="immediate") as emu:
+        run = bulkbatch.send(
+            frame,
+            event="welcome",
+            settings=FAST.with_(base_url=emu.url),
+            run_dir=run_dir,
+            progress=progress,
+            **layout,
+        )
+    assert len(seen) == 1
+    return run, seen[0]
+
+
 def test_a_send_writes_the_plans_file_and_keeps_the_campaign(tmp_path: Path) -> None:
     frame = _frame(300)
     layout = {"batch_size": 50, "max_job_size": 100}
     planned = bulkbatch.plan(frame, event="welcome", run_dir=tmp_path / "p", **layout)
-    seen: dict[str, bool] = {}
-
-    def progress(event: ProgressEvent) -> None:
-        if event.stage == "plan" and event.message.endswith("to send"):  # the plan is done
-            seen["planned"] = (tmp_path / "s" / "plan.parquet").exists()
-
-    with bulkbatch.Emulator(progression="immediate") as emu:
-        sent = bulkbatch.send(
-            frame,
-            event="welcome",
-            settings=FAST.with_(base_url=emu.url),
-            run_dir=tmp_path / "s",
-            progress=progress,
-            **layout,
-        )
+    sent, file_when_planned = _send(frame, tmp_path / "s", **layout)
     assert sent.summary()["accounting_ok"] is True
-    assert seen == {"planned": False}  # left for the send
+    assert file_when_planned is False  # left for the send
     # the same campaign: the fingerprint taken without the file is the one taken with it
     assert sent.campaign == planned.campaign
     assert (tmp_path / "s" / "plan.parquet").read_bytes() == (
@@ -74,24 +81,9 @@ def test_a_large_plans_file_is_written_before_the_send(
     """Above LATER_MAX_USERS the writer's buffers beside the network stages would raise the
     peak RSS (at 10M over its bound), so the file is written in the plan, as before."""
     monkeypatch.setattr(build, "LATER_MAX_USERS", 100)
-    frame = _frame(150)
-    seen: dict[str, bool] = {}
-
-    def progress(event: ProgressEvent) -> None:
-        if event.stage == "plan" and event.message.endswith("to send"):  # the plan is done
-            seen["planned"] = (tmp_path / "s" / "plan.parquet").exists()
-
-    with bulkbatch.Emulator(progression="immediate") as emu:
-        run = bulkbatch.send(
-            frame,
-            event="welcome",
-            settings=FAST.with_(base_url=emu.url),
-            run_dir=tmp_path / "s",
-            batch_size=50,
-            progress=progress,
-        )
+    run, file_when_planned = _send(_frame(150), tmp_path / "s", batch_size=50)
     assert run.summary()["accounting_ok"] is True
-    assert seen == {"planned": True}
+    assert file_when_planned is True
     assert run.read_plan().height == 150
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -22,7 +23,7 @@ import pytest
 import bulkbatch
 from bulkbatch.errors import PlanError
 from bulkbatch.progress import ProgressEvent
-from bulkbatch.stages.plan import build
+from bulkbatch.stages.plan import report
 from bulkbatch.stages.plan.report import _write_plan_file, plan_file_meanwhile
 
 FAST = bulkbatch.Settings(poll_interval=0.02, start_rate=2000)
@@ -75,15 +76,28 @@ def test_a_send_writes_the_plans_file_and_keeps_the_campaign(tmp_path: Path) -> 
     assert not list((tmp_path / "s").glob("*.partial"))
 
 
-def test_a_large_plans_file_is_written_before_the_send(
+def test_the_writer_gives_the_heap_back_before_it_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Above LATER_MAX_USERS the writer's buffers beside the network stages would raise the
-    peak RSS (at 10M over its bound), so the file is written in the plan, as before."""
-    monkeypatch.setattr(build, "LATER_MAX_USERS", 100)
+    """The writer runs beside the network stages at any size: on its own thread it first
+    returns glibc's free heap (at 10M the send's peak RSS went over its bound without it).
+    The DuckDB share it writes under: ``tests/pipeline/test_memory.py``."""
+    calls: list[tuple[str, str]] = []
+
+    def give_back() -> bool:
+        calls.append(("give_back", threading.current_thread().name))
+        return True
+
+    def write(*args: Any, **kwargs: Any) -> str | None:
+        calls.append(("write", threading.current_thread().name))
+        return _write_plan_file(*args, **kwargs)
+
+    monkeypatch.setattr(report, "give_back", give_back)
+    monkeypatch.setattr(report, "_write_plan_file", write)
     run, file_when_planned = _send(_frame(150), tmp_path / "s", batch_size=50)
     assert run.summary()["accounting_ok"] is True
-    assert file_when_planned is True
+    assert file_when_planned is False
+    assert calls[:2] == [("give_back", "bulkbatch-plan-file"), ("write", "bulkbatch-plan-file")]
     assert run.read_plan().height == 150
 
 

@@ -192,7 +192,7 @@ class Pipeline:
 
     async def plan(self, *, defer_plan_file: bool = False) -> PlanInfo:
         """Map, validate, dedupe and cut the audience; fix the campaign id (once).
-        ``defer_plan_file`` (a send): a small plan's ``plan.parquet`` is written while it runs.
+        ``defer_plan_file`` (a send): ``plan.parquet`` is written while it runs.
 
         :raises Adopted: another run directory on this machine already holds this campaign
         """

@@ -38,7 +38,7 @@ from bulkbatch.stages.plan.mapping import (
 )
 from bulkbatch.stages.plan.model import ADDRESS_TARGETS, PlanOptions
 from bulkbatch.stages.plan.queries import Queries, build_queries, keys_sql, order_sql, users_sql
-from bulkbatch.stages.plan.report import LATER_MAX_USERS, PlanInfo, make_report, write_files
+from bulkbatch.stages.plan.report import PlanInfo, make_report, write_files
 from bulkbatch.stages.plan.shard import ShardInfo, apply_shard
 
 __all__ = ["build_plan"]
@@ -333,10 +333,9 @@ def build_plan(
 
     Creates ``plan``, ``rejects`` and ``duplicates``; writes ``plan.parquet``,
     ``rejects.parquet`` and ``duplicates.parquet`` into ``run_dir`` when given
-    (``defer_plan_file``, a send's plan of up to
-    :data:`~bulkbatch.stages.plan.report.LATER_MAX_USERS` users: not ``plan.parquet``, which
-    the send writes while it runs, with :func:`~bulkbatch.stages.plan.report.plan_file_meanwhile`;
-    ``PlanInfo.audience`` is then None).
+    (``defer_plan_file``, a send's plan: not ``plan.parquet``, which the send writes while it
+    runs, with :func:`~bulkbatch.stages.plan.report.plan_file_meanwhile`; ``PlanInfo.audience``
+    is then None).
 
     How (for speed and flat memory): validation, deduplication and the batch/job numbering
     run on a narrow key table (``row_number``, ``recipient``, reason); the user JSON is built
@@ -387,8 +386,7 @@ def build_plan(
         info = dataclasses.replace(info, shard=shard.to_dict())
     if run_dir is None:
         return info
-    later = defer_plan_file and info.to_send <= LATER_MAX_USERS
-    files = write_files(con, Path(run_dir), plan_file=not later)
+    files = write_files(con, Path(run_dir), plan_file=not defer_plan_file)
     return dataclasses.replace(
         info, duplicates_file=files.paths["duplicates.parquet"], audience=files.audience
     )

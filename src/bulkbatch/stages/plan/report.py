@@ -28,13 +28,13 @@ from bulkbatch.db import (
     quote_literal,
 )
 from bulkbatch.errors import AccountingError, PlanError
+from bulkbatch.heap import give_back
 from bulkbatch.identity import AudienceFold, audience_terms_sql
 from bulkbatch.options import option
 from bulkbatch.stages.plan.filters import first_line
 from bulkbatch.stages.plan.model import ADDRESS_TARGETS, PlanOptions, content_variables
 
 __all__ = [
-    "LATER_MAX_USERS",
     "PLAN_FILES",
     "PlanFiles",
     "PlanInfo",
@@ -412,16 +412,15 @@ def _write_plan_file(
     return None if audience is None else audience.hexdigest()
 
 
-LATER_MAX_USERS = 2_000_000
-"""The most users whose ``plan.parquet`` a send writes while it sends
-(:func:`plan_file_meanwhile`); a larger plan's is written before, as ``bulkbatch plan`` does.
-Beside the network stages the writer's scan fills DuckDB's share of the cap with the plan's
-blocks, and its Arrow batches add to that: at 10M the send's peak RSS (in process,
-``bench/rss_timeline.py``) rose from 426 MiB (the results) to 474 MiB (the ingest), over the
-450 MiB bound, for no wall time (the 10M send is CPU-bound: 241.8 s either way). At 1M the
-plan's own peak stays the send's (410-418 MiB), and the file is off the path to the first
-request: 1M at 150 ms, alternating with the code before, 45.0, 45.1, 44.5 s against 45.7,
-44.9, 45.7 (the plan 3.89-3.92 s against 4.57-4.65)."""
+BESIDE_SHARE = 1 / 2
+BESIDE_FIXED = 8 * 2**20
+"""What :func:`plan_file_meanwhile`'s writer leaves DuckDB of the share in force (the network
+phase's, :data:`bulkbatch.ledger.NETWORK_SHARE`) while it runs: half, plus 8 MB (so under a
+small cap it takes nothing away). The scan would otherwise keep the plan's blocks cached up to
+the whole share, beside the network stages' own memory. In 10M sends (``bench/rss_timeline.py``,
+with the heap given back) the writer's stretch peaked at 397-411 MiB under half, against 425-443
+under all of it, and the send's peak was then the plan's or the results' (415-424 MiB); the
+writer took 14.9 s against 14.4, and the pages' commits fit."""
 
 
 class _Stopped(Exception):
@@ -441,10 +440,9 @@ async def plan_file_meanwhile(
     con: duckdb.DuckDBPyConnection, run_dir: Path
 ) -> AsyncIterator[Callable[[], None]]:
     """Write ``plan.parquet`` on a thread of its own during the body, if ``run_dir`` has none
-    (a send of up to :data:`LATER_MAX_USERS` users plans without it); the body calls what
-    this yields to start it when the run can spare a core (the send: once every batch is in),
-    and leaving starts it if the body did not, then waits for it. A body that fails or is
-    stopped ends it at its next batch.
+    (a send plans without it); the body calls what this yields to start it when the run can
+    spare a core (the send: once every batch is in), and leaving starts it if the body did
+    not, then waits for it. A body that fails or is stopped ends it at its next batch.
 
     Why: the file is for people, and the send reads the ``plan`` table, so it need not stand
     between the plan and the first request. At 10M its writer (pyarrow, one thread) took 9.4-
@@ -453,6 +451,17 @@ async def plan_file_meanwhile(
     machine's two cores with the emulator (1M at 150 ms: 0.5 s off the plan, 0.26 s off the
     run, three pairs); once every batch is in, the client mostly waits on the network (0.6 s
     off the run).
+
+    The writer first gives glibc's free heap back (:func:`~bulkbatch.heap.give_back`): the
+    load, the plan and the ingest leave it fragmented, and the writer's Arrow buffers
+    (``malloc``'d by DuckDB) would grow it further. In 10M sends (``bench/rss_timeline.py``)
+    the writer beside the pages raised RSS from ~350 to 451-457 MiB without it, over the
+    450 MiB bound, and to 395-443 MiB with it. It also lowers DuckDB's cap while it writes
+    (:data:`BESIDE_SHARE`). 10M sends, alternating with the code that wrote the file first
+    above 2M users: load + plan 54.5-55.7 s against 59.4-61.8, peak 416-425 MiB against
+    435-455, wall 228.6-232.1 s against 223.9-231.6. The wall time there is the cost: the
+    fingerprint's own pass is work the file's scan hid, and at no latency the send shares
+    the two cores with the emulator; against a distant API the client mostly waits.
 
     :raises PlanError: the file could not be written (the send itself is unaffected; a resume
         writes it again)
@@ -467,7 +476,9 @@ async def plan_file_meanwhile(
 
     def work() -> None:
         try:
-            _write_plan_file(cur, path, fold=False, share=False, stop=stop)
+            give_back()
+            with memory_share(cur, BESIDE_SHARE, BESIDE_FIXED):
+                _write_plan_file(cur, path, fold=False, share=False, stop=stop)
         except BaseException as exc:  # noqa: BLE001 - reported once the body is done
             failed.append(exc)
 

@@ -199,3 +199,29 @@ def test_a_file_that_cannot_be_written_is_one_clear_error_after_the_body(tmp_pat
     with pytest.raises(PlanError, match=r"Cannot write .*plan\.parquet.*resume"):
         anyio.run(main)
     assert body_done == [True]
+
+
+def test_a_writer_out_of_memory_says_how_to_give_it_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer runs under half the network phase's share: if DuckDB runs out there, the
+    error says so and how to give it more, not to check the disk."""
+    con = _planned_db(tmp_path / "run.duckdb", 1_000)
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> None:
+        raise duckdb.OutOfMemoryException(
+            "Out of Memory Error: could not allocate block of size 256.0 KiB (40.0 MiB/40.0 MiB used)"
+        )
+
+    monkeypatch.setattr(report, "_write_plan_file", out_of_memory)
+
+    async def main() -> None:
+        async with plan_file_meanwhile(con, tmp_path):
+            pass
+
+    with pytest.raises(PlanError) as caught:
+        anyio.run(main)
+    message = str(caught.value)
+    assert "memory budget" in message and "BULKBATCH_MEMORY_LIMIT=" in message
+    assert f"'bulkbatch resume {tmp_path}'" in message
+    assert "disk" not in message

@@ -19,9 +19,11 @@ import pyarrow.parquet as pq
 
 from bulkbatch.db import (
     ARROW_PARQUET,
+    MEMORY_LIMIT_ENV,
     PARQUET_OPTIONS,
     SCAN_SHARE,
     fetch_one,
+    memory_limit,
     memory_share,
     prefetched_batches,
     quote_ident,
@@ -500,10 +502,23 @@ async def plan_file_meanwhile(
                 await anyio.to_thread.run_sync(thread.join)
         cur.close()
     if failed:
-        raise PlanError(
-            f"Cannot write {path}: {first_line(failed[0])}. The send is not affected; check "
-            "the disk, then 'bulkbatch resume' writes the file and the results."
-        ) from None
+        raise _not_written(path, run_dir, failed[0]) from None
+
+
+def _not_written(path: Path, run_dir: Path, exc: BaseException) -> PlanError:
+    """The one error of a ``plan.parquet`` the writer could not write: DuckDB out of its
+    memory (the writer runs under :data:`BESIDE_SHARE`) or anything else (the disk)."""
+    after = f"then 'bulkbatch resume {run_dir}' writes the file and the results."
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return PlanError(
+            f"DuckDB ran out of its {memory_limit()} memory budget writing {path} "
+            f"({first_line(exc)}). "
+            f"The send is not affected; give it more with {MEMORY_LIMIT_ENV}=2GB, {after}"
+        )
+    return PlanError(
+        f"Cannot write {path}: {first_line(exc)}. The send is not affected; check the disk, "
+        + after
+    )
 
 
 def _write_reviews(con: duckdb.DuckDBPyConnection, paths: Mapping[str, str]) -> None:

@@ -226,8 +226,9 @@ class LedgerWriter:
         WAL, and one commit per 100-user page was a third of a 1M run's CPU. A full group and
         :meth:`flush` cut the wait short, and a flush that came before this task could begin
         to linger (``put`` then ``flush``, as after a job's last page or batch) means no
-        linger at all, only what is queued already: it had waited the whole linger (0.5 s on
-        the run's critical path, twice per job, ``tests/test_ledger.py``).
+        linger at all, only what is queued already: such a flush had waited the whole linger
+        (0.5 s after a job's last batch and after its last page, when the writer task sat
+        idle at the put; the last job's are on the run's critical path; ``tests/test_ledger.py``).
         """
         group: list[Record] = [first]
         if self._flush_to > self._committed:  # a flush waits for this group

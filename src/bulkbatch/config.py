@@ -51,8 +51,9 @@ page after the next within a job, so one job of 1M users is 10,000 sequential ro
 JOBS_PER_PAGER = 4
 """Jobs are ingested a few at a time (``stages.send.ingest_lanes``) and each is paged once it
 has run, one page after the next, so the last job to finish ingesting is paged alone after
-all ingesting is done: the smaller the jobs, the shorter that tail. With 50 ms per request, 1M users in 16 jobs spent ~38 s paging after
-the last ingest (625 sequential pages); in 64 jobs the tail is ~156 pages. Frozen: the job
+all ingesting is done: the smaller the jobs, the shorter that tail. With 50 ms per request,
+1M users in 16 jobs spent ~38 s paging after the last ingest (625 sequential pages); in 64
+jobs the tail is ~156 pages. Frozen: the job
 size is part of the campaign id, so a retry after an upgrade must cut the same jobs (more
 jobs than read slots page faster against a distant API: README, *More jobs than read
 slots*)."""

@@ -365,20 +365,22 @@ def _write_plan_file(
     path: Path,
     *,
     fold: bool = True,
-    share: bool = True,
+    share: float = PLAN_FILE_SHARE,
+    fixed: int = 0,
     stop: threading.Event | None = None,
 ) -> str | None:
     """``plan.parquet``, in the table's order, streamed through pyarrow's Parquet writer
-    under :data:`PLAN_FILE_SHARE` of the cap: the user JSON is written without dictionary or
-    statistics, which cannot help a reader. Returns the audience fingerprint, folded from the
-    same scan (the writer is the slower side, so DuckDB's MD5s cost little wall time: at 10M,
-    the file and the fingerprint took 8.8-9.2 s together, 9.4-10.3 s one after the other).
+    under ``share`` of the cap (:data:`PLAN_FILE_SHARE`): the user JSON is written without
+    dictionary or statistics, which cannot help a reader. Returns the audience fingerprint,
+    folded from the same scan (the writer is the slower side, so DuckDB's MD5s cost little
+    wall time: at 10M, the file and the fingerprint took 8.8-9.2 s together, 9.4-10.3 s one
+    after the other).
 
-    ``fold=False``: the file alone (the run took the fingerprint already); ``share=False``:
-    under whatever share of the cap is in force (a send's, which :func:`plan_file_meanwhile`
-    must not change under it); ``stop`` set ends it early. The file is written under a
-    temporary name and renamed when complete, so a write that stops or fails half way leaves
-    no partial ``plan.parquet``.
+    ``fold=False``: the file alone (the run took the fingerprint already); ``share`` and
+    ``fixed``: of the cap in force (:func:`~bulkbatch.db.memory_share`; a send's writer takes
+    :data:`BESIDE_SHARE` of the network phase's); ``stop`` set ends it early. The file is
+    written under a temporary name and renamed when complete, so a write that stops or fails
+    half way leaves no partial ``plan.parquet``.
     """
     columns = "row_number, job_no, batch_no, recipient, user_json"
     schema = con.sql(f"SELECT {columns} FROM plan LIMIT 0").to_arrow_table().schema
@@ -387,7 +389,7 @@ def _write_plan_file(
     partial = path.with_name(path.name + ".partial")
     try:
         with (
-            memory_share(con, PLAN_FILE_SHARE) if share else contextlib.nullcontext(),
+            memory_share(con, share, fixed),
             pq.ParquetWriter(
                 partial,
                 schema,
@@ -479,8 +481,9 @@ async def plan_file_meanwhile(
     def work() -> None:
         try:
             give_back()
-            with memory_share(cur, BESIDE_SHARE, BESIDE_FIXED):
-                _write_plan_file(cur, path, fold=False, share=False, stop=stop)
+            _write_plan_file(
+                cur, path, fold=False, share=BESIDE_SHARE, fixed=BESIDE_FIXED, stop=stop
+            )
         except BaseException as exc:  # noqa: BLE001 - reported once the body is done
             failed.append(exc)
 

@@ -113,3 +113,29 @@ def test_a_scratch_file_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -
             build_plan(con, OPTIONS, run_dir)
     finally:
         con.close()
+
+
+def test_the_review_files_leave_no_table_behind(tmp_path: Path) -> None:
+    """rejects.parquet and duplicates.parquet take their input columns from one TEMP table:
+    each row is the table's row joined with its input row, and the TEMP table is gone."""
+    con = duckdb.connect()
+    try:
+        load_inputs(con, LoadOptions((str(SAMPLE),)))
+        build_plan(con, OPTIONS, tmp_path / "run")
+        left = con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE '\\_bb%' ESCAPE '\\'"
+        ).fetchall()
+        for table, keys in (("rejects", "reason"), ("duplicates", "kept_row_number")):
+            path = str(tmp_path / "run" / f"{table}.parquet")
+            written = con.execute(
+                f"SELECT row_number, {keys}, email FROM read_parquet(?) ORDER BY row_number",
+                [path],
+            ).fetchall()
+            expected = con.execute(
+                f"SELECT t.row_number, t.{keys}, i.email FROM {table} t "
+                "JOIN inputs i USING (row_number) ORDER BY t.row_number"
+            ).fetchall()
+            assert written == expected and written, table
+    finally:
+        con.close()
+    assert left == []

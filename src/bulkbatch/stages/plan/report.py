@@ -535,7 +535,9 @@ def _write_reviews(con: duckdb.DuckDBPyConnection, paths: Mapping[str, str]) -> 
     The input columns of both tables' rows are taken in one scan of ``inputs``, into a TEMP
     table each file joins; a join of each table with ``inputs`` scanned every column of every
     row twice (10M rows, 195,000 duplicates and 4,915 rejects: 1.26-1.41 s against 1.84-1.86,
-    the same files; bench/RESULTS.md, round 28 of #19)."""
+    the same files; bench/RESULTS.md, round 28 of #19). The TEMP table holds only those rows,
+    a few per cent of most audiences; DuckDB spills it to its temporary directory when it
+    does not fit."""
     with memory_share(con, SCAN_SHARE):
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {_REVIEWED} AS SELECT * FROM inputs WHERE row_number "

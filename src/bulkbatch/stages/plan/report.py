@@ -417,14 +417,16 @@ def _write_plan_file(
 
 
 BESIDE_SHARE = 1 / 2
-BESIDE_FIXED = 8 * 2**20
 """What :func:`plan_file_meanwhile`'s writer leaves DuckDB of the share in force (the network
-phase's, :data:`bulkbatch.ledger.NETWORK_SHARE`) while it runs: half, plus 8 MB (so under a
-small cap it takes nothing away). The scan would otherwise keep the plan's blocks cached up to
-the whole share, beside the network stages' own memory. In 10M sends (``bench/rss_timeline.py``,
-with the heap given back) the writer's stretch peaked at 397-411 MiB under half, against 425-443
+phase's, :data:`bulkbatch.ledger.NETWORK_SHARE`) while it runs: half, plus
+:data:`BESIDE_FIXED`. The scan would otherwise keep the plan's blocks cached up to the whole
+share, beside the network stages' own memory. In 10M sends (``bench/rss_timeline.py``, with
+the heap given back) the writer's stretch peaked at 397-411 MiB under half, against 425-443
 under all of it, and the send's peak was then the plan's or the results' (415-424 MiB); the
 writer took 14.9 s against 14.4, and the pages' commits fit."""
+BESIDE_FIXED = 8 * 2**20
+"""Bytes added to :data:`BESIDE_SHARE` of the share in force (never more than that share), so
+under a small cap the writer takes nothing away."""
 
 
 class _Stopped(Exception):

@@ -60,6 +60,7 @@ from common import (
     temp_dir,
 )
 from cpu_report import cpu_lines
+from goals import goal_rows
 from results_file import write_report
 
 PROGRAMS = ("bulkbatch", "naive", "floor")
@@ -618,7 +619,9 @@ def _targets(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) ->
                 f"{'yes' if bb['emu_share'] < 0.8 else '**no**'} |"
             )
             any_row = True
-    if not any_row:
+    goals = goal_rows(summ)
+    lines += goals
+    if not any_row and not goals:
         lines.append("| (no size ≥ 1M measured) | | | |")
     rss = {
         rows: summ[(rows, "none", "bulkbatch")]["rss"]

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,6 +145,64 @@ def test_the_peak_rss_target_is_450_mib_at_10m_and_600_below() -> None:
     assert rss == [
         "| peak RSS ≤ 600 MiB | 1M, none | 500 MiB | yes |",
         "| peak RSS ≤ 450 MiB | 10M, none | 500 MiB | **no** |",
+    ]
+
+
+def _cell(
+    walls: list[float], load_plans: tuple[float, ...] = (), results: float = 0.0
+) -> dict[str, Any]:
+    """A summarised cell (``bench.run.summarize``'s shape) with the runs' load + plan."""
+    from types import SimpleNamespace
+
+    records = [
+        SimpleNamespace(report={"timings": {"load": 1.0, "plan": t - 1.0}}) for t in load_plans
+    ]
+    return {
+        "n": len(walls),
+        "wall": sorted(walls)[len(walls) // 2],
+        "min": min(walls),
+        "max": max(walls),
+        "records": records,
+        "stages": {"results": results} if results else {},
+    }
+
+
+def test_the_targets_table_judges_each_goal_of_issue_19_it_has_cells_for() -> None:
+    import argparse
+
+    from bench.run import _targets
+
+    summ = {
+        (200_000, "latency20", "bulkbatch"): _cell([7.0, 7.1, 6.9]),
+        (200_000, "latency20", "naive"): _cell([80.0]),
+        (1_000_000, "latency150", "bulkbatch"): _cell([44.1, 45.3, 44.2], (4.9, 5.0, 5.1)),
+        (10_000_000, "none", "bulkbatch"): _cell([240.0], (56.0,), results=15.1),
+        (10_000_000, "none", "floor"): _cell([300.0]),
+    }
+    for cell in summ.values():
+        cell.update(rss=400.0, emu_share=0.3)
+    args = argparse.Namespace(
+        sizes=[200_000, 1_000_000, 10_000_000], scenarios=["none", "latency20", "latency150"]
+    )
+    rows = [line for line in _targets(args, summ) if line.startswith("| #19")]
+    assert rows == [
+        "| #19: ≥ 10× faster than the naive SDK script | 200k, latency20 | 11.4× | yes |",
+        "| #19: ≤ 45 s | 1M, latency150 | 44.2 s (44.1–45.3) | yes |",
+        "| #19: ≤ 1.3× the floor | 10M, none | 0.80× | yes |",
+        "| #19: load + plan ≤ 60 s | 10M, none | 56.0 s | yes |",
+        (
+            "| #19: load + plan ≤ 11× the 1M time | 10M, none | 11.20× (10.98–11.43; "
+            "1M 4.90–5.10 s) | **no** |"
+        ),
+        "| #19: results ≤ 20 s | 10M, none | 15.1 s | yes |",
+    ]
+    # without its cells a goal is left out, not judged on nothing
+    del summ[(200_000, "latency20", "naive")], summ[(1_000_000, "latency150", "bulkbatch")]
+    rows = [line for line in _targets(args, summ) if line.startswith("| #19")]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| #19: ≤ 1.3× the floor",
+        "| #19: load + plan ≤ 60 s",
+        "| #19: results ≤ 20 s",
     ]
 
 

@@ -1,0 +1,132 @@
+"""The goals of issue #19 ("Fast at every size") as rows of the report's Targets table.
+
+A row appears when the run measured the cells it needs, so ``make bench`` (1M and 10M, no
+latency, and the latency cells) shows every goal it can judge, and a narrower run shows
+the ones it covers. Until round 29 these were worked out by hand from three separate runs.
+
+* 200k people at 20 ms: ≥ 10× faster than the naive SDK script (both measured; the extra
+  cells run bulkbatch and the floor only, so this takes ``--sizes 200k --scenarios
+  latency20 --latency-sizes 200k --programs bulkbatch,naive,floor
+  --naive-max-rows-latency 200k``).
+* 1M people at 150 ms: ≤ 45 s (the ≤ 1.25× latency bound is in the analysis below the
+  table: it needs each run's job layout).
+* 10M people, no latency: ≤ 1.3× the floor; load + plan ≤ 60 s and ≤ 11× the 1M time
+  (any 1M cell of the same run: load and plan do not wait on the network); results ≤ 20 s.
+  Peak RSS ≤ 450 MiB has its own row.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+Summary = dict[tuple[int, str, str], dict[str, Any]]
+
+NAIVE_SPEEDUP_200K = 10.0
+WALL_1M_150 = 45.0
+FLOOR_RATIO_10M = 1.3
+LOAD_PLAN_10M = 60.0
+LINEAR_10M = 11.0
+RESULTS_10M = 20.0
+
+_200K, _1M, _10M = 200_000, 1_000_000, 10_000_000
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _cell(summ: Summary, rows: int, scenario: str, program: str) -> dict[str, Any] | None:
+    s = summ.get((rows, scenario, program))
+    return s if s and s["n"] else None
+
+
+def load_plan(cell: dict[str, Any]) -> list[float]:
+    """Each measured run's load + plan seconds (bulkbatch's own stage timings)."""
+    out = []
+    for rec in cell.get("records", []):
+        timings = rec.report.get("timings", {})
+        if "load" in timings and "plan" in timings:
+            out.append(float(timings["load"]) + float(timings["plan"]))
+    return out
+
+
+def _reference_1m(summ: Summary) -> list[float]:
+    """Load + plan of the 1M runs: the no-latency cell's, else every 1M cell's."""
+    none = _cell(summ, _1M, "none", "bulkbatch")
+    if none and load_plan(none):
+        return load_plan(none)
+    return [
+        t
+        for key in sorted(summ)
+        if key[0] == _1M and key[2] == "bulkbatch" and summ[key]["n"]
+        for t in load_plan(summ[key])
+    ]
+
+
+def _naive_200k(summ: Summary) -> list[str]:
+    bb = _cell(summ, _200K, "latency20", "bulkbatch")
+    naive = _cell(summ, _200K, "latency20", "naive")
+    if not bb or not naive:
+        return []
+    speedup = naive["wall"] / bb["wall"]
+    return [
+        (
+            f"| #19: ≥ {NAIVE_SPEEDUP_200K:g}× faster than the naive SDK script | 200k, latency20 "
+            f"| {speedup:.1f}× | {_met(speedup >= NAIVE_SPEEDUP_200K)} |"
+        )
+    ]
+
+
+def _wall_1m_150(summ: Summary) -> list[str]:
+    bb = _cell(summ, _1M, "latency150", "bulkbatch")
+    if not bb:
+        return []
+    return [
+        (
+            f"| #19: ≤ {WALL_1M_150:g} s | 1M, latency150 | {bb['wall']:.1f} s "
+            f"({bb['min']:.1f}–{bb['max']:.1f}) | {_met(bb['wall'] <= WALL_1M_150)} |"
+        )
+    ]
+
+
+def _ten_million(summ: Summary) -> list[str]:
+    bb = _cell(summ, _10M, "none", "bulkbatch")
+    if not bb:
+        return []
+    out = []
+    floor = _cell(summ, _10M, "none", "floor")
+    if floor:
+        ratio = bb["wall"] / floor["wall"]
+        out.append(
+            f"| #19: ≤ {FLOOR_RATIO_10M:g}× the floor | 10M, none | {ratio:.2f}× "
+            f"| {_met(ratio <= FLOOR_RATIO_10M)} |"
+        )
+    big = load_plan(bb)
+    if big:
+        took = statistics.median(big)
+        out.append(
+            f"| #19: load + plan ≤ {LOAD_PLAN_10M:g} s | 10M, none | {took:.1f} s "
+            f"| {_met(took <= LOAD_PLAN_10M)} |"
+        )
+        small = _reference_1m(summ)
+        if small:
+            ratio = took / statistics.median(small)
+            spread = f"{took / max(small):.2f}–{took / min(small):.2f}"
+            out.append(
+                f"| #19: load + plan ≤ {LINEAR_10M:g}× the 1M time | 10M, none | {ratio:.2f}× "
+                f"({spread}; 1M {min(small):.2f}–{max(small):.2f} s) "
+                f"| {_met(ratio <= LINEAR_10M)} |"
+            )
+    results = bb.get("stages", {}).get("results")
+    if results is not None:
+        out.append(
+            f"| #19: results ≤ {RESULTS_10M:g} s | 10M, none | {results:.1f} s "
+            f"| {_met(results <= RESULTS_10M)} |"
+        )
+    return out
+
+
+def goal_rows(summ: Summary) -> list[str]:
+    """Table rows (``| target | scenario | value | met? |``) for the #19 goals measured."""
+    return [*_naive_200k(summ), *_wall_1m_150(summ), *_ten_million(summ)]

@@ -30,16 +30,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import shlex
-import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,42 +41,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     HERE,
-    ROOT,
-    SPEED_TASKS,
     Emulator,
     audience,
     git_head,
     host_speed,
     log,
-    machine,
     measure,
     prefix_audience,
     temp_dir,
 )
-from cpu_report import cpu_lines
-from goals import goal_rows
+from profiling import profile_bulkbatch, run_micro
+from records import (
+    NAIVE_VARIABLE,
+    PROGRAMS,
+    SCENARIOS,
+    Record,
+    human,
+    load_records,
+    save_records,
+)
+from report import log_line, render
 from results_file import write_report
 
-PROGRAMS = ("bulkbatch", "naive", "floor")
-SCENARIOS: dict[str, str | None] = {
-    "none": None,
-    "latency20": "latency_ms=20",
-    "latency50": "latency_ms=50",
-    "latency150": "latency_ms=150",
-}
-SCENARIO_TEXT = {
-    "none": "emulator answers at once",
-    "latency20": "emulator adds 20 ms to every request (a nearby region)",
-    "latency50": "emulator adds 50 ms to every request (what a user over the internet sees)",
-    "latency150": "emulator adds 150 ms to every request (another continent)",
-}
-# Stages whose cost grows with the number of users (the rest is fixed per run).
-NAIVE_VARIABLE = ("read", "build", "ingest", "page", "write")
-BB_STAGES = ("load", "plan", "send", "track", "results")
-MIB_TARGET = 600  # peak RSS from 1M rows up (the first speed issue's bound)
-MIB_TARGET_10M = 450  # #19 tightened it at 10M
-SPEEDUP_TARGET = 10.0
-FLOOR_TARGET = 3.0
 CELL_PROGRAMS = ("bulkbatch", "floor")
 """Programs measured in the extra ``--cells`` (the naive script at 150 ms would take hours)."""
 QUICK_CELLS = "200k:latency20,1M:latency150"
@@ -115,39 +95,6 @@ def parse_reps(text: str | int) -> dict[int, int]:
 
 def reps_for(reps: dict[int, int], rows: int) -> int:
     return reps.get(rows, reps.get(0, 1))
-
-
-def human(n: int) -> str:
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
-    if n >= 1_000 and n % 1_000 == 0:
-        return f"{n // 1_000}k"
-    return f"{n:,}"
-
-
-@dataclass
-class Record:
-    program: str
-    rows: int
-    scenario: str
-    rep: int
-    wall_s: float
-    peak_rss_mib: float
-    returncode: int
-    emulator_cpu_s: float
-    emulator_share: float
-    cpu_s: float = 0.0
-    load_before: float = 0.0
-    load_after: float = 0.0
-    report: dict[str, Any] = field(default_factory=dict)
-    prefix_rows: int | None = None  # measured on a prefix, wall extrapolated
-    measured_wall_s: float | None = None
-    command: str = ""
-    error: str = ""
-
-    @property
-    def extrapolated(self) -> bool:
-        return self.prefix_rows is not None
 
 
 def bulkbatch_cmd() -> list[str]:
@@ -290,635 +237,6 @@ def plan_runs(args: argparse.Namespace) -> list[tuple[int, str, str, int, int | 
                     n = min(n, args.naive_reps)
                 out.extend((rows, scenario, program, rep, prefix) for rep in range(n))
     return out
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def _med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def _fmt_s(x: float) -> str:
-    return "—" if math.isnan(x) else f"{x:,.1f}"
-
-
-def stage_times(r: Record) -> dict[str, float]:
-    """A run's stage seconds. bulkbatch's *track* is timed from the start of sending (a job
-    is paged while later jobs ingest), so when the stages add up to more than the wall it
-    is cut to the part after the last ingest, and the stages add up again."""
-    src = "timings" if r.program == "bulkbatch" else "stages"
-    st = {k: float(v) for k, v in r.report.get(src, {}).items()}
-    if r.program == "bulkbatch" and sum(st.get(k, 0.0) for k in BB_STAGES) > r.wall_s:
-        st["track"] = max(0.0, st.get("track", 0.0) - st.get("send", 0.0))
-    return st
-
-
-def summarize(records: list[Record]) -> dict[tuple[int, str, str], dict[str, Any]]:
-    groups: dict[tuple[int, str, str], list[Record]] = defaultdict(list)
-    for r in records:
-        groups[(r.rows, r.scenario, r.program)].append(r)
-    out = {}
-    for key, recs in groups.items():
-        ok = [r for r in recs if not r.error]
-        walls = [r.wall_s for r in ok]
-        stages: dict[str, float] = {}
-        src = "timings" if key[2] == "bulkbatch" else "stages"
-        names: list[str] = []
-        for r in ok:
-            for k in r.report.get(src, {}):
-                if k not in names:
-                    names.append(k)
-        timings = [stage_times(r) for r in ok]
-        for k in names:
-            stages[k] = _med([float(t[k]) for t in timings if k in t])
-        out[key] = {
-            "n": len(ok),
-            "failed": len(recs) - len(ok),
-            "wall": _med(walls),
-            "min": min(walls) if walls else float("nan"),
-            "max": max(walls) if walls else float("nan"),
-            "rss": max((r.peak_rss_mib for r in ok), default=float("nan")),
-            "emu_share": _med([r.emulator_share for r in ok]),
-            "emu_cpu": _med([r.emulator_cpu_s for r in ok]),
-            "cpu": _med([r.cpu_s for r in ok]),
-            "load": max((max(r.load_before, r.load_after) for r in ok), default=float("nan")),
-            "extrapolated": any(r.extrapolated for r in ok),
-            "prefix_rows": next((r.prefix_rows for r in ok if r.extrapolated), None),
-            "measured_wall": _med([r.measured_wall_s or 0.0 for r in ok if r.extrapolated]),
-            "stages": stages,
-            "records": ok,
-        }
-    return out
-
-
-def _program_row(program: str, rows: int, s: dict[str, Any]) -> str:
-    if s["n"] == 0:
-        return f"| {program} | failed ({s['failed']} runs) | — | — | — | — | — | 0 |"
-    if s["extrapolated"]:
-        wall = (
-            f"**≈ {_fmt_s(s['wall'])} (extrapolated** from a {s['prefix_rows']:,}-row prefix "
-            f"measured at {_fmt_s(s['measured_wall'])} s)"
-        )
-        rss = f"— (prefix: {s['rss']:,.0f})"
-        runs = "1 (prefix)"
-    else:
-        wall = f"{_fmt_s(s['wall'])} ({_fmt_s(s['min'])}–{_fmt_s(s['max'])})"
-        rss = f"{s['rss']:,.0f}"
-        runs = str(s["n"])
-    ups = rows / s["wall"] if s["wall"] > 0 else float("nan")
-    share = f"{100 * s['emu_share']:.0f} %"
-    cpu = f"{s['cpu']:,.1f}"
-    if s["extrapolated"]:
-        share += " (prefix)"
-        cpu += " (prefix)"
-    return (
-        f"| {program} | {wall} | {ups:,.0f} | {rss} | {cpu} | {share} | {s['load']:.1f} | {runs} |"
-    )
-
-
-def _ratio_lines(rows: int, scen: str, summ: dict[tuple[int, str, str], Any]) -> list[str]:
-    bb = summ.get((rows, scen, "bulkbatch"))
-    nv = summ.get((rows, scen, "naive"))
-    fl = summ.get((rows, scen, "floor"))
-    lines = []
-    if bb and bb["n"]:
-        if nv and nv["n"]:
-            sp = nv["wall"] / bb["wall"]
-            tag = " (naive extrapolated)" if nv["extrapolated"] else ""
-            lines.append(
-                f"- bulkbatch / naive wall: {bb['wall'] / nv['wall']:.3f} — bulkbatch is "
-                f"**{sp:.1f}×** faster than the naive SDK script{tag} (target ≥ {SPEEDUP_TARGET:g}×)"
-            )
-        if fl and fl["n"] and nv and nv["n"]:
-            lines.append(
-                f"- floor vs naive: the no-logic floor is {nv['wall'] / fl['wall']:.1f}× faster "
-                "than the naive script — the most any client could gain in this scenario"
-            )
-        if fl and fl["n"]:
-            lines.append(
-                f"- bulkbatch / floor wall: **{bb['wall'] / fl['wall']:.2f}×** "
-                f"(target ≤ {FLOOR_TARGET:g}×)"
-            )
-    return lines
-
-
-def _stage_table(rows: int, scen: str, summ: dict[tuple[int, str, str], Any]) -> list[str]:
-    out = []
-    bb = summ.get((rows, scen, "bulkbatch"))
-    if bb and bb["n"]:
-        st = bb["stages"]
-        known = sum(st.get(k, 0.0) for k in BB_STAGES)
-        cells = " | ".join(_fmt_s(st.get(k, float("nan"))) for k in BB_STAGES)
-        recs = bb["records"]
-        client = recs[len(recs) // 2].report.get("client", {})
-        out += [
-            (
-                "bulkbatch per stage (median s; *track* is what tracking took after the last "
-                "ingest, since jobs are paged while later jobs ingest; *other* = wall − stages: "
-                "interpreter start, imports, run setup):"
-            ),
-            "",
-            "| load | plan | send | track | results | other | wall | requests | retries | 429s |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            (
-                f"| {cells} | {_fmt_s(bb['wall'] - known)} | {_fmt_s(bb['wall'])} "
-                f"| {client.get('requests', '—')} | {client.get('retries', '—')} "
-                f"| {client.get('throttled', '—')} |"
-            ),
-            "",
-        ]
-    for prog in ("naive", "floor"):
-        s = summ.get((rows, scen, prog))
-        if s and s["n"] and s["stages"]:
-            pre = f" (on the {s['prefix_rows']:,}-row prefix)" if s["extrapolated"] else ""
-            parts = ", ".join(f"{k} {v:.1f}" for k, v in s["stages"].items())
-            out.append(f"- {prog} stages{pre}, s: {parts}")
-    if out and out[-1]:
-        out.append("")
-    return out
-
-
-def _floor_jobs_text(records: list[Record]) -> str:
-    """'16 at 1M, 10 at 100k': the jobs each measured floor run used, from its own report."""
-    seen: dict[int, set[int]] = defaultdict(set)
-    for r in records:
-        if r.program == "floor" and r.report.get("jobs"):
-            seen[r.rows].add(int(r.report["jobs"]))
-    parts = [
-        f"{'/'.join(str(j) for j in sorted(jobs))} at {human(rows)}"
-        for rows, jobs in sorted(seen.items())
-    ]
-    return ", ".join(parts) or "none measured"
-
-
-def render(
-    args: argparse.Namespace,
-    records: list[Record],
-    micro: dict[str, str],
-    profiles: dict[str, str],
-    started: float,
-    speed: dict[str, dict[str, float]] | None = None,
-) -> str:
-    info = machine()
-    summ = summarize(records)
-    cmdline = args.cmdline
-    lines = [
-        "# bulkbatch end-to-end benchmark",
-        "",
-        (
-            f"Measured by `{cmdline}`; written {time.strftime('%Y-%m-%d %H:%M %Z')} "
-            f"(git {args.measured_at}; "
-            + (
-                f"re-rendered at git {git_head()} from `{Path(args.render).name}` by "
-                "`bench/run.py --render`, notes added after the measurements). "
-                if args.render
-                else f"the runner took {(time.time() - started) / 60:.1f} min). "
-            )
-            + "This section is rewritten by every run (between the markers, "
-            "`bench/results_file.py`); the notes outside it are written by hand and kept."
-        ),
-        "",
-        (
-            f"**Machine:** {info['cores']} cores ({info['cpu']}), {info['memory']} RAM, {info['os']}. "
-            f"Python {info['python']}, duckdb {info['duckdb']}, httpx {info['httpx']}, "
-            f"pyarrow {info['pyarrow']}, trycourier {info['trycourier']}."
-        ),
-        "",
-        *([_speed_text(speed), ""] if speed else []),
-        (
-            "**Method.** Audiences: `bulkbatch.synth.generate(rows, duplicate_rate=0.02, seed=0)` "
-            "(Parquet, ~0.05 % rows without any address). Every measurement is a fresh subprocess "
-            "against a fresh emulator process (`python -m bulkbatch emulator --port 0 "
-            "--progression immediate`, plus `--faults latency_ms=N` in the latencyN scenarios). "
-            "Wall time is the subprocess's; peak RSS is the sum over its process tree, polled "
-            "with psutil every 50 ms; *emulator CPU* is the emulator's user+system CPU seconds "
-            "during the run (psutil `cpu_times` before/after) divided by the wall time "
-            "(100 % = one of the cores). *program CPU s* is the program's user+system CPU "
-            "(`wait4` rusage, children included), which contention on the host does not inflate "
-            "the way it inflates wall time; *host load* is the highest 1-minute load average seen "
-            "at the start/end of the runs (the machine has "
-            f"{info['cores']} cores; other work on it slows wall times). "
-            "Wall cells: median (min–max) of *runs*. "
-            "users/s = input rows / median wall."
-        ),
-        "",
-        "Commands measured (`AUDIENCE`, `TMP` vary; `COURIER_BASE_URL` = the emulator):",
-        "",
-        (
-            "- bulkbatch: `bulkbatch --quiet send AUDIENCE --event welcome --run-dir TMP/run "
-            f"--json --poll-interval 0.2{' ' + ' '.join(args.bb_extra) if args.bb_extra else ''}`"
-        ),
-        (
-            "- naive: `python bench/naive_sdk.py AUDIENCE TMP/naive.parquet` — trycourier SDK as "
-            "documented: pandas read, dicts built in Python, `add_users` 1000 at a time "
-            "sequentially, `run_job`, poll `retrieve_job`, page `list_users`, pyarrow Parquet."
-        ),
-        (
-            "- floor: `python bench/floor.py AUDIENCE --out TMP/f.parquet --jobs JOBS` — DuckDB "
-            "`to_json` per user streamed in 1000-row Arrow batches, bodies joined and POSTed with "
-            "httpx (concurrency 8, `content=`) round-robin over JOBS bulk jobs, run, poll, page "
-            "every job's `/users` side by side with raw httpx + orjson, write 3 columns to "
-            "Parquet. No validation, dedupe, ledger, retries or rate limiting. "
-            + (
-                "JOBS is the number of jobs bulkbatch's default split makes "
-                f"({_floor_jobs_text(records)}), so the floor prices bulkbatch's logic on the "
-                "same request pattern."
-                if args.floor_jobs == "auto"
-                else f"JOBS = {args.floor_jobs}."
-            )
-        ),
-        "",
-    ]
-    if any(s["extrapolated"] for s in summ.values()):
-        lines += [
-            (
-                "**Extrapolated cells** (marked ≈, bold): the naive script at that size was too slow "
-                "to run in full, so it ran once on the first N rows of the same audience and its "
-                "size-dependent stages (read, build, ingest, page, write) were scaled linearly by "
-                "rows/N; fixed costs (import, create, run+poll) were kept. These are estimates, not "
-                "measurements."
-            ),
-            "",
-        ]
-    lines += ["## Results", ""]
-    for rows in args.sizes:
-        for scen in args.scenarios:
-            if not any((rows, scen, p) in summ for p in args.programs):
-                continue
-            lines += [
-                f"### {rows:,} rows — {scen}: {SCENARIO_TEXT[scen]}",
-                "",
-                (
-                    "| program | wall s, median (min–max) | users/s | peak RSS MiB "
-                    "| program CPU s | emulator CPU | host load | runs |"
-                ),
-                "|---|---:|---:|---:|---:|---:|---:|---:|",
-            ]
-            lines += [
-                _program_row(p, rows, summ[(rows, scen, p)])
-                for p in args.programs
-                if (rows, scen, p) in summ
-            ]
-            lines.append("")
-            lines += _ratio_lines(rows, scen, summ)
-            lines.append("")
-            lines += _stage_table(rows, scen, summ)
-    lines += _targets(args, summ)
-    lines += cpu_lines(args.sizes, args.scenarios, summ)
-    lines += _where_time_goes(args, summ)
-    if profiles:
-        lines += ["## Profiles (py-spy)", ""]
-        for title, text in profiles.items():
-            lines += [f"### {title}", "", text, ""]
-    if micro:
-        lines += ["## Micro-benchmarks", ""]
-        for title, text in micro.items():
-            lines += [f"### {title}", "", text.strip(), ""]
-    failures = [r for r in records if r.error]
-    if failures:
-        lines += ["## Failed runs", ""]
-        lines += [
-            f"- {r.program} {r.rows:,} {r.scenario} rep {r.rep}: exit {r.returncode}: {r.error}"
-            for r in failures
-        ]
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _targets(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -> list[str]:
-    lines = ["## Targets", "", "| target | scenario | value | met? |", "|---|---|---:|:---:|"]
-    any_row = False
-    for rows in args.sizes:
-        for scen in args.scenarios:
-            bb = summ.get((rows, scen, "bulkbatch"))
-            if not bb or not bb["n"]:
-                continue
-            nv = summ.get((rows, scen, "naive"))
-            fl = summ.get((rows, scen, "floor"))
-            where = f"{human(rows)}, {scen}"
-            if nv and nv["n"] and rows >= 1_000_000:
-                sp = nv["wall"] / bb["wall"]
-                est = " (naive ≈ extrapolated)" if nv["extrapolated"] else ""
-                ok = "yes" if sp >= SPEEDUP_TARGET else "**no**"
-                lines.append(f"| ≥ 10× faster than naive SDK | {where} | {sp:.1f}×{est} | {ok} |")
-                any_row = True
-            if fl and fl["n"] and rows >= 1_000_000:
-                r = bb["wall"] / fl["wall"]
-                ok = "yes" if r <= FLOOR_TARGET else "**no**"
-                lines.append(f"| within 3× of the floor | {where} | {r:.2f}× | {ok} |")
-                any_row = True
-            if rows >= 1_000_000:
-                target = MIB_TARGET_10M if rows >= 10_000_000 else MIB_TARGET
-                ok = "yes" if bb["rss"] <= target else "**no**"
-                lines.append(f"| peak RSS ≤ {target} MiB | {where} | {bb['rss']:,.0f} MiB | {ok} |")
-                any_row = True
-            lines.append(
-                f"| emulator not the bottleneck | {where} | {100 * bb['emu_share']:.0f} % "
-                "of a core during bulkbatch | "
-                f"{'yes' if bb['emu_share'] < 0.8 else '**no**'} |"
-            )
-            any_row = True
-    goals = goal_rows(summ)
-    lines += goals
-    if not any_row and not goals:
-        lines.append("| (no size ≥ 1M measured) | | | |")
-    rss = {
-        rows: summ[(rows, "none", "bulkbatch")]["rss"]
-        for rows in args.sizes
-        if (rows, "none", "bulkbatch") in summ and summ[(rows, "none", "bulkbatch")]["n"]
-    }
-    if len(rss) > 1:
-        parts = ", ".join(f"{human(k)}: {v:,.0f} MiB" for k, v in sorted(rss.items()))
-        lines += ["", f"bulkbatch peak RSS by input size (flat is the aim): {parts}."]
-    return [*lines, ""]
-
-
-def _where_time_goes(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -> list[str]:
-    lines = ["## Where bulkbatch's time goes", ""]
-    lines += [
-        (
-            "| rows | scenario | load | plan | send | track | results | other | wall "
-            "| track s per 100-user page |"
-        ),
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    found = False
-    for rows in args.sizes:
-        for scen in args.scenarios:
-            bb = summ.get((rows, scen, "bulkbatch"))
-            if not bb or not bb["n"]:
-                continue
-            found = True
-            st = bb["stages"]
-            known = sum(st.get(k, 0.0) for k in BB_STAGES)
-            pages = max(1, rows // 100)
-            cells = " | ".join(
-                f"{_fmt_s(st.get(k, float('nan')))} ({100 * st.get(k, 0) / bb['wall']:.0f} %)"
-                for k in BB_STAGES
-            )
-            lines.append(
-                f"| {rows:,} | {scen} | {cells} | {_fmt_s(bb['wall'] - known)} "
-                f"| {_fmt_s(bb['wall'])} | {1000 * st.get('track', 0) / pages:.1f} ms |"
-            )
-            fl = summ.get((rows, scen, "floor"))
-            if fl and fl["n"] and "page" in fl["stages"]:
-                lines.append(
-                    f"| | floor, same scenario | read+ingest {_fmt_s(fl['stages'].get('ingest', 0))}"
-                    f" | | | page {_fmt_s(fl['stages']['page'])} | "
-                    f"write {_fmt_s(fl['stages'].get('write', 0))} | | {_fmt_s(fl['wall'])} "
-                    f"| {1000 * fl['stages']['page'] / pages:.1f} ms |"
-                )
-    if not found:
-        return []
-    lines.append("")
-    lines += _analysis(args, summ)
-    lines += ["", *args.notes, ""] if args.notes else [""]
-    return lines
-
-
-def latency_bound(report: dict[str, Any], latency: float) -> tuple[float, int, int]:
-    """``(seconds, writes, reads)``: the least time bulkbatch's network stages (send +
-    track) could take if every request took exactly ``latency``, at the concurrency it used
-    (``--concurrency`` writes, ``READ_FACTOR`` × that reads): the first create and its
-    check, every batch through the write slots, then the last job's verify, run, first poll
-    and its pages one after another (a job's pages are sequential) — or, if longer, every
-    page through the read slots."""
-    from bulkbatch.client.concurrency import READ_FACTOR
-    from bulkbatch.client.paging import PAGE_SIZE
-    from bulkbatch.config import DEFAULT_CONCURRENCY, MAX_BATCH_SIZE
-
-    users = [int(j.get("users", 0)) for j in report.get("jobs", [])] or [0]
-    writes = DEFAULT_CONCURRENCY
-    reads = READ_FACTOR * writes
-    batches = sum(-(-u // MAX_BATCH_SIZE) for u in users)
-    pages = sum(-(-u // PAGE_SIZE) for u in users)
-    chain = 2 + -(-batches // writes) + 3 + -(-max(users) // PAGE_SIZE)
-    capacity = 2 + -(-pages // reads)
-    return latency * max(chain, capacity), writes, reads
-
-
-def _bound_text(rec: Record, latency: float) -> str:
-    bound, writes, reads = latency_bound(rec.report, latency)
-    st = rec.report.get("timings", {})
-    network = float(st.get("track", 0.0))
-    if not bound or not network:
-        return ""
-    return (
-        f"Network stages (send + track, timed together) {network:,.1f} s against a latency "
-        f"bound of {bound:,.1f} s at the concurrency used ({writes} writes, up to {reads} "
-        f"reads): **{network / bound:.2f}×** the bound (target ≤ 1.25×); the whole run "
-        f"{rec.wall_s:,.1f} s against {bound + rec.wall_s - network:,.1f} s with the other "
-        f"stages as measured: {rec.wall_s / (bound + rec.wall_s - network):.2f}×."
-    )
-
-
-def _scenario_latency(scen: str) -> float:
-    """Seconds the scenario adds to every request (``latency_ms=N``), 0 for none."""
-    faults = SCENARIOS.get(scen) or ""
-    for part in faults.split(","):
-        key, _, value = part.partition("=")
-        if key == "latency_ms":
-            return float(value) / 1000
-    return 0.0
-
-
-def _analysis(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -> list[str]:
-    """Plain-language reading of the stage timings (generated from the numbers above)."""
-    out = []
-    for rows in args.sizes:
-        for scen in args.scenarios:
-            bb = summ.get((rows, scen, "bulkbatch"))
-            if not bb or not bb["n"]:
-                continue
-            st, wall = bb["stages"], bb["wall"]
-            pages = max(1, rows // 100)
-            fl = summ.get((rows, scen, "floor"))
-            top = max(BB_STAGES, key=lambda k: st.get(k, 0.0))
-            recs = bb["records"]
-            jobs = len(recs[len(recs) // 2].report.get("jobs", [])) or 1
-            fl_jobs = 1
-            if fl and fl["n"]:
-                fl_jobs = int(fl["records"][0].report.get("jobs", 1) or 1)
-            text = (
-                f"- **{human(rows)}, {scen}:** the biggest stage is *{top}* "
-                f"({_fmt_s(st.get(top, 0.0))} s, {100 * st.get(top, 0.0) / wall:.0f} % of wall). "
-                f"track = the paging left after the last ingest, of ~{pages:,} 100-user pages "
-                f"over {jobs} job{'s' if jobs > 1 else ''} paged side by side "
-                f"(~{pages // jobs:,} sequential pages per job): "
-                f"{1000 * st.get('track', 0.0) / pages:.2f} ms of wall per page"
-            )
-            if fl and fl["n"] and "page" in fl["stages"]:
-                text += (
-                    f" vs {1000 * fl['stages']['page'] / pages:.2f} ms for the floor's bare "
-                    f"httpx+orjson paging of {fl_jobs} job{'s' if fl_jobs > 1 else ''}"
-                )
-            latency = _scenario_latency(scen)
-            if latency:
-                text += (
-                    f" (the {1000 * latency:g} ms latency alone is "
-                    f"{latency * pages / jobs:,.0f} s of sequential paging per job)"
-                )
-            send = st.get("send", 0.0)
-            if send > 0:
-                text += f"; send ingests {rows / send:,.0f} rows/s"
-                if fl and fl["n"] and fl["stages"].get("ingest"):
-                    text += f" (floor: {rows / fl['stages']['ingest']:,.0f} rows/s, read included)"
-            lp = st.get("load", 0.0) + st.get("plan", 0.0)
-            text += f"; load + plan {_fmt_s(lp)} s."
-            if latency:
-                text += " " + _bound_text(recs[len(recs) // 2], latency)
-            out.append(text)
-    if out:
-        out += [
-            "",
-            (
-                "Paging `GET /bulk/{job}/users` is sequential by construction (each page's cursor "
-                "comes from the previous page), so with per-request latency L one job cannot be "
-                "paged faster than L × users/100. The only lever is several jobs paged "
-                "concurrently (`--max-job-size`)."
-            ),
-        ]
-    return out
-
-
-# ----------------------------------------------------------------------------- micro + profile
-
-
-MICRO = {
-    "bench_plan.py (load + plan only)": ["bench/bench_plan.py", "--jobs", "auto"],
-    "bench_emulator.py (emulator ingest throughput)": ["bench/bench_emulator.py"],
-    "chaos.py (kills, faults and an emulator restart; nothing lost or twice)": [
-        "bench/chaos.py",
-        "--faults",
-        "rate_limit=200,error_rate=0.05,drop_rate=0.03,latency_ms=5,seed=13",
-        "--users",
-        "1000000",
-    ],
-    "bench_ratelimit.py (rate limiter vs server limit)": [
-        "bench/bench_ratelimit.py",
-        "--rates",
-        "50,200",
-        "--duration",
-        "15",
-    ],
-}
-
-
-def run_micro(quick: bool) -> dict[str, str]:
-    out = {}
-    for title, argv in MICRO.items():
-        script = ROOT / argv[0]
-        if not script.exists():
-            continue
-        cmd = [sys.executable, str(script), *argv[1:]]
-        if quick and argv[0].endswith("bench_plan.py"):
-            cmd.append("--quick")
-        if quick and argv[0].endswith("chaos.py"):
-            cmd[-1] = "100000"
-        log(f"micro-benchmark: {shlex.join(cmd[1:])}")
-        try:
-            p = subprocess.run(
-                cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=1800
-            )
-            body = p.stdout.strip() or "(no output)"
-            if p.returncode != 0:
-                body += f"\n\n(exit {p.returncode}: {(p.stderr.strip().splitlines() or [''])[-1]})"
-        except subprocess.TimeoutExpired:
-            body = "(timed out after 30 min)"
-        out[title] = f"`{shlex.join(['python', *argv])}`\n\n{body}"
-    return out
-
-
-def profile_bulkbatch(rows: int, scenario: str, bb_extra: list[str], top: int = 25) -> str:
-    """py-spy record of one bulkbatch run; top functions by inclusive and self samples."""
-    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(pyspy).exists():
-        return "py-spy is not installed (`.venv/bin/pip install py-spy`); no profile taken."
-    path = audience(rows)
-    with temp_dir("bench-prof-") as work, Emulator(faults=SCENARIOS[scenario]) as emu:
-        raw = work / "profile.txt"
-        cmd = [
-            pyspy,
-            "record",
-            "--rate",
-            "50",
-            "--format",
-            "raw",
-            "--subprocesses",
-            "--output",
-            str(raw),
-            "--",
-            *program_cmd("bulkbatch", path, work, bb_extra),
-        ]
-        env = {"COURIER_BASE_URL": emu.url, "COURIER_API_KEY": "bench"}
-        m = measure(cmd, env=env, emulator=emu)
-        if not raw.exists():
-            return f"py-spy failed (exit {m.returncode}): {m.stderr.strip()[-300:]}"
-        text = raw.read_text()
-    incl: Counter[str] = Counter()
-    self_: Counter[str] = Counter()
-    total = 0
-    for line in text.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
-        frames = [f.split(" (")[0] + _loc(f) for f in stack.split(";")]
-        frames = [f for f in frames if not f.startswith("process ")]
-        total += n
-        for f in set(frames):
-            incl[f] += n
-        if frames:
-            self_[frames[-1]] += n
-    if total == 0:
-        return "py-spy recorded no samples."
-    start = m.stdout.find("{")
-    try:
-        report = json.loads(m.stdout[start:]) if start >= 0 else {}
-    except ValueError:
-        report = {}
-    timings = report.get("timings", {})
-    stages = f"; stages {timings}" if timings else ""
-    out = [
-        (
-            f"`py-spy record --rate 50 --subprocesses` of bulkbatch at {rows:,} rows, {scenario} "
-            f"(wall {m.wall_s:.1f} s under the profiler{stages}). Samples are CPU "
-            f"samples of all threads (idle threads not counted): {total:,} samples."
-        ),
-        "",
-        (
-            "bulkbatch functions by inclusive share (time in DuckDB/C code called from a "
-            "function counts as that function's self time):"
-        ),
-        "",
-        "| function | inclusive | self |",
-        "|---|---:|---:|",
-    ]
-    skip = ("<module>", "run (", "_run_module_as_main", "_run_code", "main (")
-    shown = 0
-    for fn, n in incl.most_common():
-        if "(bulkbatch/" not in fn or any(fn.startswith(s) for s in skip) or n / total > 0.97:
-            continue
-        out.append(f"| `{fn}` | {100 * n / total:.1f} % | {100 * self_[fn] / total:.1f} % |")
-        shown += 1
-        if shown >= top:
-            break
-    out += ["", "All functions by self share:", "", "| function | self |", "|---|---:|"]
-    for fn, n in self_.most_common(15):
-        out.append(f"| `{fn}` | {100 * n / total:.1f} % |")
-    return "\n".join(out)
-
-
-def _loc(frame: str) -> str:
-    """'fn (path/to/file.py:12)' -> ' (file.py)'; keeps module context without line noise."""
-    if " (" not in frame:
-        return ""
-    loc = frame.rsplit(" (", 1)[1].rstrip(")")
-    file = loc.split(":")[0]
-    parts = Path(file).parts
-    file = "/".join(parts[parts.index("bulkbatch") :]) if "bulkbatch" in parts else Path(file).name
-    return f" ({file})"
 
 
 # ----------------------------------------------------------------------------- main
@@ -1074,65 +392,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _speed_text(speed: dict[str, dict[str, float]]) -> str:
-    """The report's line on how fast the host was (:func:`common.host_speed`)."""
-    when = [
-        f"{label} {', '.join(f'{name} {ms:,.0f} ms' for name, ms in speed[key].items())}"
-        for key, label in (("start", "before the runs:"), ("end", "after them:"))
-        if key in speed
-    ]
-    tasks = "; ".join(f"*{name}*: {text}" for name, text in SPEED_TASKS.items())
-    return (
-        f"**Host speed** (fixed single-thread tasks, best of 3, lower is faster; {tasks}): "
-        + "; ".join(when)
-        + ". The host's speed moves from hour to hour; compare runs of different hours "
-        "through these, not through wall or CPU seconds alone."
-    )
-
-
-def log_line(
-    args: argparse.Namespace,
-    records: list[Record],
-    speed: dict[str, dict[str, float]] | None = None,
-) -> str:
-    """One line for the report's run log: when, which commit, the command, each cell, and
-    the host's speed before the runs."""
-    summ = summarize(records)
-    cells = []
-    for (rows, scen, program), s in sorted(summ.items()):
-        if s["n"]:
-            est = " ≈" if s["extrapolated"] else ""
-            cells.append(
-                f"{human(rows)} {scen} {program}{est} {_fmt_s(s['wall'])} s "
-                f"(CPU {s['cpu']:,.1f} s, load {s['load']:.1f})"
-            )
-        else:
-            cells.append(f"{human(rows)} {scen} {program} failed")
-    when = time.strftime("%Y-%m-%d %H:%M %Z")
-    line = f"{when}, git {args.measured_at}, `{args.cmdline}`: " + ("; ".join(cells) or "none")
-    start = (speed or {}).get("start")
-    if start:
-        line += " (host speed: " + ", ".join(f"{k} {v:,.0f} ms" for k, v in start.items()) + ")"
-    return line
-
-
-def _save(path: Path, args: argparse.Namespace, records: list[Record], **extra: Any) -> None:
-    data = {
-        "argv": args.cmdline,
-        "git": args.measured_at,
-        "records": [asdict(r) for r in records],
-        **extra,
-    }
-    path.write_text(json.dumps(data, indent=1, default=str))
-
-
-def _load(path: Path) -> tuple[list[Record], dict[str, Any]]:
-    data = json.loads(path.read_text())
-    if isinstance(data, list):  # first format: the records only
-        data = {"records": data}
-    return [Record(**r) for r in data["records"]], data
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.measured_at = git_head()
@@ -1142,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     saved: dict[str, Any] = {}
     speed: dict[str, dict[str, float]] = {}
     if args.render:
-        records, saved = _load(Path(args.render))
+        records, saved = load_records(Path(args.render))
         args.cmdline = saved.get("argv") or args.cmdline
         args.measured_at = saved.get("git") or "unknown"
         args.sizes = sorted({r.rows for r in records})
@@ -1182,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"emulator {100 * rec.emulator_share:.0f} %{extra}"
             )
             records.append(rec)
-            _save(raw_path, args, records, speed=speed)
+            save_records(raw_path, args, records, speed=speed)
         speed["end"] = host_speed()
         log(f"host speed after the runs: {speed['end']} ms")
     profiles: dict[str, str] = dict(saved.get("profiles", {}))
@@ -1191,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         scen = scen or "none"
         log(f"profiling bulkbatch at {size} {scen} with py-spy ...")
         profiles[f"bulkbatch, {human(parse_size(size))} rows, {scen}"] = profile_bulkbatch(
-            parse_size(size), scen, args.bb_extra
+            parse_size(size),
+            scen,
+            lambda path, work: program_cmd("bulkbatch", path, work, args.bb_extra),
         )
     micro: dict[str, str] = dict(saved.get("micro", {}))
     if args.micro:
@@ -1209,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         micro[title] = f"`{cmd} --latency-ms {SHARD_LATENCY_MS:g}`\n\n{body}"
     minutes = (time.time() - started) / 60
     if not args.render or profiles or micro:
-        _save(raw_path, args, records, profiles=profiles, micro=micro, minutes=minutes, speed=speed)
+        save_records(
+            raw_path, args, records, profiles=profiles, micro=micro, minutes=minutes, speed=speed
+        )
     text = render(args, records, micro, profiles, started, speed)
     write_report(
         Path(args.out),

@@ -136,7 +136,7 @@ def test_a_failure_is_reported_by_its_error_not_a_trailing_warning() -> None:
 def test_the_peak_rss_target_is_450_mib_at_10m_and_600_below() -> None:
     import argparse
 
-    from bench.run import _targets
+    from report import _targets
 
     bb = {"n": 1, "wall": 1.0, "rss": 500.0, "emu_share": 0.3}
     args = argparse.Namespace(sizes=[1_000_000, 10_000_000], scenarios=["none"])
@@ -151,7 +151,7 @@ def test_the_peak_rss_target_is_450_mib_at_10m_and_600_below() -> None:
 def _cell(
     walls: list[float], load_plans: tuple[float, ...] = (), results: float = 0.0
 ) -> dict[str, Any]:
-    """A summarised cell (``bench.run.summarize``'s shape) with the runs' load + plan."""
+    """A summarised cell (``records.summarize``'s shape) with the runs' load + plan."""
     from types import SimpleNamespace
 
     records = [
@@ -170,7 +170,7 @@ def _cell(
 def test_the_targets_table_judges_each_goal_of_issue_19_it_has_cells_for() -> None:
     import argparse
 
-    from bench.run import _targets
+    from report import _targets
 
     summ = {
         (200_000, "latency20", "bulkbatch"): _cell([7.0, 7.1, 6.9]),

@@ -81,3 +81,11 @@ def assert_one_clear_line(exc: BaseException) -> str:
     for banned in ONE_LINE_BANNED:
         assert banned.lower() not in text.lower(), text
     return text
+
+
+def err(
+    status: int, message: str = "boom", headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """An error answer shaped like Courier's: ``{"message", "type"}``."""
+    body = {"message": message, "type": "invalid_request_error"}
+    return httpx.Response(status, json=body, headers=headers)

@@ -1,8 +1,9 @@
-"""CourierClient over httpx.MockTransport: status mapping, retries, keys, secrets."""
+"""CourierClient over httpx.MockTransport: status mapping, retries, keys, secrets.
+
+Retry-After parsing and its cap are in ``test_retry_after.py``."""
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,10 +20,8 @@ from bulkbatch.client.courier import (
     MessagesPage,
     RetryEvent,
     UsersPage,
-    parse_retry_after,
 )
 from bulkbatch.client.ratelimit import AdaptiveLimiter
-from bulkbatch.client.retry import RetryPolicy
 from bulkbatch.config import Settings
 from bulkbatch.errors import (
     ApiError,
@@ -39,14 +38,7 @@ from bulkbatch.errors import (
     Terminal,
     UsageError,
 )
-from tests.client.support import JOB, SECRET, ManualClock, Recorder, make_client
-
-
-def err(
-    status: int, message: str = "boom", headers: dict[str, str] | None = None
-) -> httpx.Response:
-    body = {"message": message, "type": "invalid_request_error"}
-    return httpx.Response(status, json=body, headers=headers)
+from tests.client.support import JOB, SECRET, ManualClock, Recorder, err, make_client
 
 
 @pytest.fixture
@@ -416,49 +408,6 @@ async def test_every_attempt_takes_a_limiter_token_and_reports() -> None:
     ) as client:
         await client.run_job(JOB)
     assert spy.log == ["acquire", "429:0.25", "acquire", "acquire", "ok"]
-
-
-# -- Retry-After parsing ----------------------------------------------------------------------
-
-
-def test_parse_retry_after_forms() -> None:
-    assert parse_retry_after(httpx.Headers({"Retry-After": "3"})) == 3.0
-    assert parse_retry_after(httpx.Headers({"Retry-After": "1.5"})) == 1.5
-    assert parse_retry_after(httpx.Headers({"retry-after-ms": "1500", "Retry-After": "9"})) == 1.5
-    assert parse_retry_after(httpx.Headers({"retry-after-ms": "x", "Retry-After": "9"})) == 9.0
-    assert parse_retry_after(httpx.Headers({})) is None
-    assert parse_retry_after(httpx.Headers({"Retry-After": "soon"})) is None
-    assert parse_retry_after(httpx.Headers({"Retry-After": "-4"})) == 0.0
-    date = email.utils.formatdate(1_700_000_030, usegmt=True)
-    assert parse_retry_after(httpx.Headers({"Retry-After": date}), now=1_700_000_000) == 30.0
-    # The server's Date header is the reference when present.
-    server_now = email.utils.formatdate(1_700_000_020, usegmt=True)
-    headers = httpx.Headers({"Retry-After": date, "Date": server_now})
-    assert parse_retry_after(headers, now=0.0) == 10.0
-    past = email.utils.formatdate(1_600_000_000, usegmt=True)
-    assert parse_retry_after(httpx.Headers({"Retry-After": past}), now=1_700_000_000) == 0.0
-
-
-@pytest.mark.anyio
-async def test_http_date_retry_after_reaches_the_error() -> None:
-    when = email.utils.formatdate(1_700_000_005, usegmt=True)
-    now = email.utils.formatdate(1_700_000_000, usegmt=True)
-    rec = Recorder(err(429, headers={"Retry-After": when, "Date": now}))
-    async with make_client(rec, max_attempts=1) as client:
-        with pytest.raises(RateLimited) as info:
-            await client.run_job(JOB)
-    assert info.value.retry_after == 5.0
-
-
-@pytest.mark.anyio
-async def test_huge_retry_after_is_capped_by_the_policy() -> None:
-    rec = Recorder(err(429, headers={"Retry-After": "86400"}), httpx.Response(202))
-    clock = ManualClock()
-    policy = RetryPolicy(max_attempts=3, max_retry_after=60.0)
-    async with make_client(rec, clock=clock, policy=policy) as client:
-        await client.run_job(JOB)
-    assert max(clock.sleeps) <= 60.0
-    assert sum(clock.sleeps) <= 120.0
 
 
 # -- secrets ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,9 @@ from tests.support import CHECKED_PIDS, EmulatorProcess
 
 # Never the developer's own campaign registry or once-per ledger, even in fixtures wider than
 # a test (each test then gets its own directory, below).
-os.environ["BULKBATCH_DATA_DIR"] = tempfile.mkdtemp(prefix="bulkbatch-test-data-")
+# Removed at the end of this process's session (below).
+DATA_DIR = Path(tempfile.mkdtemp(prefix="bulkbatch-test-data-"))
+os.environ["BULKBATCH_DATA_DIR"] = str(DATA_DIR)
 
 # Every emulator started by the suite validates its responses against the vendored spec:
 # in-process ones (``bulkbatch.Emulator``, ``send(emulator=True)``, tests/emulator fixtures)
@@ -106,4 +109,6 @@ def emulator_process(tmp_path: Path) -> Iterator[EmulatorProcess]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """This process's own temp files go (tests/test_suite_hygiene.py)."""
     CONTRACT_LOG.unlink(missing_ok=True)
+    shutil.rmtree(DATA_DIR, ignore_errors=True)

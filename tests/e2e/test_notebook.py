@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -41,6 +42,11 @@ def venv_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     from ipykernel.kernelspec import install
 
     prefix = tmp_path / "jupyter-prefix"
+    # install() writes the spec into a tempfile.mkdtemp() and removes only the spec inside it:
+    # that empty directory goes under this test's own, not the machine's /tmp.
+    spec_tmp = tmp_path / "spec-tmp"
+    spec_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spec_tmp))
     install(prefix=str(prefix), kernel_name="python3", display_name="bulkbatch venv")
     monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
     # A headless kernel: no GUI backend from the developer's environment.
@@ -54,7 +60,14 @@ def venv_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.mark.timeout(420)
-def test_quickstart_executes_and_plots(venv_kernel: str, tmp_path: Path) -> None:
+def test_quickstart_executes_and_plots(
+    venv_kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The notebook keeps its runs in a fresh temp directory for the reader to look at; here
+    # that directory is under this test's own, so executing it leaves nothing in /tmp.
+    kernel_tmp = tmp_path / "kernel-tmp"
+    kernel_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(kernel_tmp))
     nb = nbformat.read(QUICKSTART, as_version=4)
     run = copy.deepcopy(nb)
     # One extra cell, only in this in-memory copy: which interpreter ran the notebook.
@@ -96,6 +109,9 @@ def test_quickstart_executes_and_plots(venv_kernel: str, tmp_path: Path) -> None
         for out in cell.get("outputs", [])
     )
     assert "'ingested':" in shown and "DELIVERED" in shown
+
+    # Its runs went to the kernel's temp directory (this test's), not the machine's /tmp.
+    assert [p.name.startswith("bulkbatch-quickstart-") for p in kernel_tmp.iterdir()] == [True]
 
     # Executing it left nothing behind in the repository, and did not touch the file.
     assert _untracked(NOTEBOOKS) == before

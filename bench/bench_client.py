@@ -85,12 +85,20 @@ async def _bulkbatch(url: str, job_ids: list[str], users: int, concurrency: int)
     return pages
 
 
-async def _lean(url: str, job_ids: list[str], users: int, concurrency: int) -> int:
-    """The page loop tracking runs: ``list_user_statuses`` (typed decoding of the kept fields)."""
+async def _lean(
+    url: str,
+    job_ids: list[str],
+    users: int,
+    concurrency: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> int:
+    """The page loop tracking runs: ``list_user_statuses`` (typed decoding of the kept fields).
+    With a ``transport``, the client's requests go through it instead of over aiohttp
+    (``bench/bench_http2.py``)."""
     from bulkbatch.client.paging import UsersPaging
 
     pages = 0
-    async with CourierClient(_settings(url, concurrency)) as client:
+    async with CourierClient(_settings(url, concurrency), transport=transport) as client:
 
         async def one(job_id: str) -> None:
             nonlocal pages

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -15,7 +17,14 @@ from hypothesis import strategies as st
 
 from bulkbatch.errors import StateError, leaf_errors
 from bulkbatch.ledger import BatchAck, LedgerWriter, PageRecord
-from bulkbatch.state import JobState, RunState, atomic_write_bytes, ensure_ledger, open_run_db
+from bulkbatch.state import (
+    JobState,
+    RunState,
+    Started,
+    atomic_write_bytes,
+    ensure_ledger,
+    open_run_db,
+)
 
 jobs = st.builds(
     JobState,
@@ -56,6 +65,51 @@ def test_state_round_trips(
     state = RunState(run_dir=run_dir, run_id=run_id, jobs=jobs, plan=plan, emulator=emulator)
     state.save()
     assert RunState.load(run_dir) == state
+
+
+def test_a_stage_records_its_wall_time_and_the_processs_cpu_time(tmp_path: Path) -> None:
+    state = RunState(run_dir=tmp_path, run_id="r")
+    started = Started()
+    burn = time.process_time() + 0.05
+    while time.process_time() < burn:
+        pass
+    time.sleep(0.05)  # waiting costs wall time, not CPU time
+    state.mark("plan", started)
+    assert state.done("plan")
+    assert state.timings["plan"] >= 0.1
+    assert 0.05 <= state.cpu["plan"] < state.timings["plan"]
+    assert RunState.load(tmp_path).cpu == state.cpu
+
+    state.mark("send")  # no timing: only that it finished
+    assert state.done("send") and "send" not in state.timings and "send" not in state.cpu
+
+
+def test_a_stage_counts_the_cpu_of_every_thread_of_the_process(tmp_path: Path) -> None:
+    """DuckDB plans on threads of its own: their CPU is the stage's too."""
+    import threading
+
+    def burn() -> None:
+        end = time.thread_time() + 0.1
+        while time.thread_time() < end:
+            pass
+
+    state = RunState(run_dir=tmp_path, run_id="r")
+    started = Started()
+    worker = threading.Thread(target=burn)
+    worker.start()
+    worker.join()
+    state.mark("plan", started)
+    assert state.cpu["plan"] >= 0.1
+    assert state.cpu["plan"] <= state.timings["plan"] * (os.cpu_count() or 1) + 0.02
+
+
+def test_a_state_written_before_cpu_times_were_kept_still_loads(tmp_path: Path) -> None:
+    state = RunState(run_dir=tmp_path, run_id="r", timings={"load": 1.5})
+    old = state.to_dict()
+    del old["cpu"]
+    (tmp_path / "state.json").write_bytes(orjson.dumps(old))
+    loaded = RunState.load(tmp_path)
+    assert loaded.timings == {"load": 1.5} and loaded.cpu == {}
 
 
 def test_missing_and_foreign_run_dirs_name_the_fix(tmp_path: Path) -> None:

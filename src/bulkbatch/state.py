@@ -33,6 +33,7 @@ __all__ = [
     "STATE_FILE",
     "JobState",
     "RunState",
+    "Started",
     "atomic_write_bytes",
     "ensure_ledger",
     "open_run_db",
@@ -109,6 +110,19 @@ class JobState:
         return self.last_batch - self.first_batch + 1
 
 
+@dataclass(frozen=True)
+class Started:
+    """When a stage started: the wall clock and this process's CPU time, every thread's
+    (DuckDB's own included), to mark the stage with both when it finishes."""
+
+    wall: float = field(default_factory=time.monotonic)
+    cpu: float = field(default_factory=time.process_time)
+
+    def seconds(self) -> float:
+        """Wall seconds since the start."""
+        return time.monotonic() - self.wall
+
+
 @dataclass
 class RunState:
     """What ``state.json`` holds. Load with :meth:`load`, change, then :meth:`save`."""
@@ -138,6 +152,12 @@ class RunState:
     jobs: list[JobState] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    """Wall seconds each stage took (``send`` and ``track`` overlap: both count from the
+    first request)."""
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds this process spent while each stage ran, every thread's (summary.json's
+    ``cpu_seconds``): near the wall time times the cores, the stage was bound by this
+    machine; far below it, by waiting (the network, Courier)."""
     replayed: bool = False
     """Courier already had this campaign's jobs (the same campaign was sent before)."""
     canceled: float | None = None
@@ -195,7 +215,7 @@ class RunState:
             state = cls(run_dir=run_dir, jobs=jobs, **raw)
         except TypeError as exc:
             raise _bad_shape(path, str(exc).split("() ")[-1]) from None
-        for name in ("spec", "plan", "inputs", "stages", "progress"):
+        for name in ("spec", "plan", "inputs", "stages", "progress", "timings", "cpu"):
             if not isinstance(getattr(state, name), dict):
                 raise _bad_shape(path, f"{name!r} is not an object")
         _check_spec(path, state.spec)
@@ -228,10 +248,12 @@ class RunState:
         """The first stage not finished yet (None: all finished)."""
         return next((s for s in STAGES if not self.done(s)), None)
 
-    def mark(self, stage: str, seconds: float | None = None) -> None:
+    def mark(self, stage: str, started: Started | None = None) -> None:
+        """``stage`` finished now; with ``started``, record its wall and CPU seconds."""
         self.stages[stage] = time.time()
-        if seconds is not None:
-            self.timings[stage] = round(seconds, 3)
+        if started is not None:
+            self.timings[stage] = round(started.seconds(), 3)
+            self.cpu[stage] = round(time.process_time() - started.cpu, 3)
         self.save()
 
     def job(self, job_no: int) -> JobState:

@@ -27,6 +27,7 @@ import pytest
 import bulkbatch
 from bulkbatch.errors import StateError
 from bulkbatch.html_report import _throughput, mask_text, mask_value, write_report
+from bulkbatch.html_report.markup import _seconds
 from tests.support import SAMPLE
 
 HOLD_LOCK = (
@@ -181,6 +182,12 @@ def test_report_of_a_finished_run(
     assert "Why messages were not delivered" in page.text
     assert page.number("funnel", "UNROUTABLE") == delivery.get("UNROUTABLE", 0)
     assert page.number("funnel", "ENQUEUED") == counts["ingested"]
+
+    # Each stage's wall and CPU time, as summary.json has them (#19: CPU per request).
+    stages = ("load", "plan", "send", "track", "results")
+    assert set(summary["timings"]) == set(summary["cpu_seconds"]) == set(stages)
+    for stage in stages:
+        assert page.data["cpu"][stage] == _seconds(summary["cpu_seconds"][stage]), stage
 
     # Jobs, duplicates, throughput.
     for job in summary["jobs"]:

@@ -178,11 +178,21 @@ def _timings(f: _Facts) -> str:
                 _e(stage),
                 _e(_when(s.stages.get(stage))) if done else '<span class="note">not yet</span>',
                 _e(_seconds(s.timings.get(stage))) if stage in s.timings else "–",
+                (
+                    f'<span data-cpu="{_e(stage)}">{_e(_seconds(s.cpu[stage]))}</span>'
+                    if stage in s.cpu
+                    else "–"
+                ),
             ]
         )
     total = sum(s.timings.values())
-    rows.append(["<strong>total</strong>", "", f"<strong>{_e(_seconds(total))}</strong>"])
-    return _section("timings", "Stages", _table(["stage", "finished", "took"], rows, {2}))
+    rows.append(["<strong>total</strong>", "", f"<strong>{_e(_seconds(total))}</strong>", ""])
+    headers = ["stage", "finished", "took", "CPU (every thread)"]
+    note = (
+        '<p class="note">CPU near the time a stage took times the cores: this machine was '
+        "the bound. Far below it: the stage waited, on the network or on Courier.</p>"
+    )
+    return _section("timings", "Stages", _table(headers, rows, {2, 3}) + note)
 
 
 def _rejects(f: _Facts) -> str:

@@ -63,7 +63,7 @@ from bulkbatch.stages.track import (
     tracked_at_once,
     wait_for_job,
 )
-from bulkbatch.state import JobState, RunState, ensure_ledger
+from bulkbatch.state import JobState, RunState, Started, ensure_ledger
 
 __all__ = ["Adopted", "Pipeline"]
 
@@ -143,7 +143,7 @@ class Pipeline:
         if state.done("load"):
             return stored_load_info(state)
         self._event("load", message="loading inputs")
-        started = time.monotonic()
+        started = Started()
         if self.frame is not None:
             frame = self.frame
             info: LoadInfo = await in_thread(
@@ -159,7 +159,7 @@ class Pipeline:
                 "its rows were stored; start it again with bulkbatch.send(frame, ...)."
             )
         state.inputs.update(rows=info.rows, files=list(info.files), columns=list(info.columns))
-        state.mark("load", time.monotonic() - started)
+        state.mark("load", started)
         self._event("load", info.rows, info.rows, "rows")
         return info
 
@@ -201,7 +201,7 @@ class Pipeline:
             return PlanInfo.from_dict(state.plan)
         await self.load()
         self._event("plan", message="planning")
-        started = time.monotonic()
+        started = Started()
         options = self._plan_options()
         info = await in_thread(
             self.con,
@@ -244,7 +244,7 @@ class Pipeline:
         ]
         state.plan["jobs"] = len(state.jobs)
         state.plan["batches"] = sum(j.batches for j in state.jobs)
-        state.mark("plan", time.monotonic() - started)
+        state.mark("plan", started)
         self._event(
             "plan",
             info.rows_read,
@@ -300,10 +300,10 @@ class Pipeline:
             # Nothing to send: every row was rejected, filtered or a duplicate.
             for stage in ("send", "track"):
                 if not state.done(stage):
-                    state.mark(stage, 0.0)
+                    state.mark(stage, Started())
             return SendInfo.of(state, 0.0)
         state.progress["users_acked"] = await anyio.to_thread.run_sync(acked_users, con)
-        started = time.monotonic()
+        started = Started()
         await anyio.to_thread.run_sync(ensure_ledger, con)
         async with client_for(state, settings, self.progress) as client:
             async with (
@@ -345,19 +345,19 @@ class Pipeline:
                         if pending == 0:  # every batch is in: the client has a core to spare
                             write_plan_file()
                             if not state.done("send"):
-                                state.mark("send", time.monotonic() - started)
+                                state.mark("send", started)
                     await self._finish_job(client, ledger, pagers, job, verify, track)
 
                 async with anyio.create_task_group() as tg:
                     for job in state.jobs:
                         tg.start_soon(send_job, job)
                 if not state.done("send"):
-                    state.mark("send", time.monotonic() - started)
+                    state.mark("send", started)
             state.progress["client"] = client_stats(client)
             if track:  # the ledger closed: every page is committed, and DuckDB has its cap
                 await self._finish_tracking(client, started)
         state.save()
-        return SendInfo.of(state, time.monotonic() - started)
+        return SendInfo.of(state, started.seconds())
 
     async def _finish_job(
         self,
@@ -396,7 +396,7 @@ class Pipeline:
         )
         await page_users(self.con, client, self.state, job, ledger, progress=self.progress)
 
-    async def _finish_tracking(self, client: CourierClient, started: float) -> None:
+    async def _finish_tracking(self, client: CourierClient, started: Started) -> None:
         """The Messages API pass (``--messages``), once every job is paged. Called after the
         ledger is closed: it reads every message id, which needs DuckDB's whole cap (at 10M,
         a quarter of it ran out of memory)."""
@@ -407,11 +407,11 @@ class Pipeline:
             await fetch_messages(
                 self.con, client, concurrency=self.settings.concurrency, progress=self.progress
             )
-        state.mark("track", time.monotonic() - started)
+        state.mark("track", started)
 
     async def _track_only(self) -> None:
         state, con = self.state, self.con
-        started = time.monotonic()
+        started = Started()
         await anyio.to_thread.run_sync(ensure_ledger, con)
         async with client_for(state, self.settings, self.progress) as client:
             async with (
@@ -488,7 +488,7 @@ class Pipeline:
             )
             self._event("webhooks", known, None, "messages", message=f"{known:,} from {store}")
         await self._refresh_messages(messages, reconcile)
-        started = time.monotonic()
+        started = Started()
         self._event("results", message="writing results.parquet")
         info = await in_thread(
             self.con,
@@ -496,7 +496,7 @@ class Pipeline:
             state.run_dir,
         )
         if out is None:
-            state.mark("results", time.monotonic() - started)
+            state.mark("results", started)
             write_summary(state, info)  # again, now with this stage's timing in it
         return info
 

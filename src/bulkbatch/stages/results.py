@@ -518,6 +518,7 @@ def summary_dict(state: RunState, info: ResultsInfo) -> dict[str, Any]:
             for j in state.jobs
         ],
         "timings": state.timings,
+        "cpu_seconds": state.cpu,
         "elapsed_seconds": round(elapsed, 3),
         "client": state.progress.get("client", {}),
     }

@@ -209,15 +209,20 @@ def measure(
     return {"requests": pages, "wall": wall, "cpu": cpu, "ms": 1000 * cpu / pages}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def paging_arguments(doc: str, programs: str) -> argparse.ArgumentParser:
+    """The flags of the paging benchmarks (this one and ``bench_http2.py``)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=16)
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--programs", default="bulkbatch,lean,ledger,httpx,aiohttp")
+    p.add_argument("--programs", default=programs)
     p.add_argument("--reps", type=int, default=3)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = paging_arguments(__doc__, ",".join(PROGRAMS)).parse_args()
     faults = f"latency_ms={args.latency_ms:g}" if args.latency_ms else None
     with Emulator(faults=faults) as emu:
         job_ids = _setup(emu.url, args.jobs, args.users)

@@ -43,7 +43,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_client import _lean, _setup
+from bench_client import _lean, _setup, paging_arguments
 from common import log
 
 
@@ -150,13 +150,7 @@ def _row(program: str, runs: list[dict[str, float | str]]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--jobs", type=int, default=16)
-    p.add_argument("--users", type=int, default=10_000)
-    p.add_argument("--latency-ms", type=float, default=20.0)
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--programs", default=",".join(PROGRAMS))
-    p.add_argument("--reps", type=int, default=3)
+    p = paging_arguments(__doc__, ",".join(PROGRAMS))
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--faults", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -244,6 +244,23 @@ def test_status_reads_state_without_the_database(runner: CliRunner, tmp_path: Pa
     assert re.match(r"run r \(.*\): planned; 'bulkbatch send' with the same input and ", text)
 
 
+def test_status_shows_what_each_finished_stage_took_and_its_cpu(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """Whether a slow run waited (on Courier, the network) or worked (this machine)."""
+    run_dir = tmp_path / "r"
+    bulkbatch.plan(SAMPLE, event="welcome", run_dir=run_dir)
+    state = RunState.load(run_dir)
+    assert set(state.timings) == set(state.cpu) == {"load", "plan"}
+    st = orjson.loads(runner.invoke(cli, ["status", str(run_dir), "--json"]).output)
+    assert st["timings"] == state.timings and st["cpu_seconds"] == state.cpu
+    text = runner.invoke(cli, ["status", str(run_dir)]).output
+    took = ", ".join(
+        f"{s} {state.timings[s]:.1f} s (CPU {state.cpu[s]:.1f} s)" for s in ("load", "plan")
+    )
+    assert f"\n  stages: {took}\n" in text + "\n"
+
+
 def test_status_of_a_stopped_send_says_what_is_next(runner: CliRunner, tmp_path: Path) -> None:
     run_dir = tmp_path / "r"
     bulkbatch.plan(SAMPLE, event="welcome", run_dir=run_dir)

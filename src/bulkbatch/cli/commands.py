@@ -250,7 +250,9 @@ def resume(
 def status(
     ctx: click.Context, run_dir: Path, refresh: bool, watch: bool, interval: float, as_json: bool
 ) -> None:
-    """Show where a run stands: its stage, users acknowledged, jobs by status.
+    """Show where a run stands: its stage, users acknowledged, jobs by status, and what each
+    finished stage took, in wall time and in CPU time (CPU far below the wall time: the
+    stage waited on Courier or the network).
 
     Reads state.json, so it works while another process is sending. --refresh and --watch
     ask Courier (COURIER_API_KEY) for the jobs' current counts.

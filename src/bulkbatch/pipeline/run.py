@@ -21,7 +21,7 @@ from bulkbatch._sync import run_sync
 from bulkbatch.client.security import clean_api_key
 from bulkbatch.config import Settings
 from bulkbatch.errors import StateError
-from bulkbatch.models import FINAL_JOB_STATUSES
+from bulkbatch.models import FINAL_JOB_STATUSES, STAGES
 from bulkbatch.pipeline.connect import bind_base_url, client_for
 from bulkbatch.pipeline.core import Pipeline
 from bulkbatch.progress import NullProgress, Progress, ProgressEvent
@@ -45,7 +45,9 @@ class RunStatus:
 
     ``stage``: ``next: <stage>`` (stopped before it), ``planned`` (a ``bulkbatch plan`` run:
     resuming it plans only, ``bulkbatch send`` sends it), ``sending``, ``finished`` or
-    ``canceled``."""
+    ``canceled``. ``timings`` and ``cpu_seconds``: each finished stage's wall seconds and
+    this process's CPU seconds in it (``send`` and ``track`` both count from the first
+    request)."""
 
     run_id: str
     run_dir: Path
@@ -59,6 +61,8 @@ class RunStatus:
     canceled: bool = False
     event: str = ""
     created_at: float = 0.0
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -96,7 +100,15 @@ class RunStatus:
                 f"  jobs {len(self.jobs)}: {parts or 'none created'}{tail}; received "
                 f"{received:,}, enqueued {enqueued:,}"
             )
+        if self.timings:
+            lines.append("  stages: " + ", ".join(self._took(s) for s in self.timings))
         return "\n".join(lines)
+
+    def _took(self, stage: str) -> str:
+        cpu = self.cpu_seconds.get(stage)
+        return f"{stage} {self.timings[stage]:.1f} s" + (
+            f" (CPU {cpu:.1f} s)" if cpu is not None else ""
+        )
 
     __str__ = render
 
@@ -139,6 +151,8 @@ def status_of(state: RunState) -> RunStatus:
         canceled=state.canceled is not None,
         event=str(state.message.get("event") or state.spec.get("event") or ""),
         created_at=state.created_at,
+        timings={s: state.timings[s] for s in STAGES if s in state.timings},
+        cpu_seconds={s: state.cpu[s] for s in STAGES if s in state.cpu},
     )
 
 

@@ -52,27 +52,50 @@ def test_too_large_first_row_does_not_shadow_a_later_valid_one(con):
     )
 
 
-@pytest.mark.parametrize("plan_rows", [build.PLAN_ROWS, 333], ids=["one-pass", "batch-ranges"])
+@pytest.mark.parametrize("plan_rows", [build.PLAN_ROWS, 333], ids=["one-pass", "row-ranges"])
 @pytest.mark.parametrize(("max_job_size", "batch_size"), [(None, 7), (300, 7), (250, 1000)])
 def test_numbering_and_physical_order_match_a_reference(
     con, monkeypatch, max_job_size, batch_size, plan_rows
 ):
-    # batch-ranges: plan is written in passes over ranges of whole batches (big audiences)
+    # row-ranges: plan is written in passes over ranges of input rows (big audiences)
+    passes = _recorded_passes(monkeypatch)
     monkeypatch.setattr(build, "PLAN_ROWS", plan_rows)
-    _check_numbering(con, 2000, max_job_size, batch_size)
+    _check_numbering(con, 2000, max_job_size, batch_size, passes)
+    assert len(passes) == (1 if plan_rows > 2000 else 5)
 
 
 def test_physical_order_holds_over_many_chunks_and_threads(con, monkeypatch):
-    """Passes of many vectors each, with four threads: ``plan`` still comes out in batch
-    order. (Pins the order the pass gets from its sort of the joined input, which the JSON
-    projection over it must keep; without a sort this fails.)"""
+    """Passes of many vectors each, with four threads: each pass of ``plan`` still comes out
+    in batch order. (Pins the order the pass gets from its sort of the joined input, which the
+    JSON projection over it must keep; without a sort this fails.)"""
+    passes = _recorded_passes(monkeypatch)
     monkeypatch.setattr(build, "PLAN_ROWS", 45_000)
     con.execute("SET threads = 4")
-    _check_numbering(con, 120_000, 20_000, 1000)
+    _check_numbering(con, 120_000, 20_000, 1000, passes)
+    assert len(passes) == 3
+
+
+def _recorded_passes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The ``[lo, hi)`` ranges of input rows ``_write_plan`` makes its passes over."""
+    passes: list[tuple[int, int]] = []
+    ranges = build.key_ranges
+
+    def recording(con: Any, table: str, column: str, rows: int) -> list[tuple[int, int]]:
+        out = ranges(con, table, column, rows)
+        if (table, column) == ("_bb_order", "row_number"):
+            passes.extend(out)
+        return out
+
+    monkeypatch.setattr(build, "key_ranges", recording)
+    return passes
 
 
 def _check_numbering(
-    con: duckdb.DuckDBPyConnection, n: int, max_job_size: int | None, batch_size: int
+    con: duckdb.DuckDBPyConnection,
+    n: int,
+    max_job_size: int | None,
+    batch_size: int,
+    passes: list[tuple[int, int]],
 ) -> None:
     # duplicates and no-address rows
     ids = [f"u{i % (n * 17 // 20)}" if i % 11 else "" for i in range(n)]
@@ -95,5 +118,13 @@ def _check_numbering(
         for i in range(0, len(job), batch_size):
             expected += [(row, uid, job_no, batch) for row, uid in job[i : i + batch_size]]
             batch += 1
-    stored = con.execute("SELECT row_number, recipient, job_no, batch_no FROM plan").fetchall()
-    assert stored == expected
+    columns = "row_number, recipient, job_no, batch_no"
+    ordered = con.execute(f"SELECT {columns} FROM plan ORDER BY batch_no, row_number").fetchall()
+    assert ordered == expected
+
+    # Stored pass after pass, each pass's rows (a range of input rows) in batch order.
+    def pass_of(row: int) -> int:
+        return next(i for i, (lo, hi) in enumerate(passes) if lo <= row < hi)
+
+    stored = con.execute(f"SELECT {columns} FROM plan").fetchall()
+    assert stored == sorted(expected, key=lambda r: (pass_of(r[0]), r[3], r[0]))

@@ -93,7 +93,9 @@ never shadows a valid later one). Duplicates share a recipient; ``first`` keeps 
 
 Batches and jobs
 ----------------
-``plan`` is stored in ``batch_no, row_number`` order. With one job, users are cut in
+``plan`` is stored in ``batch_no, row_number`` order within each pass that wrote it (one up
+to 2M users; beyond, one per range of input rows: read it ``ORDER BY batch_no, row_number``).
+With one job, users are cut in
 ``row_number`` order into batches of ``batch_size``; ``batch_no`` counts from 0. With
 ``max_job_size``, users are ordered by ``md5(recipient)`` (stable across versions) and cut
 into jobs of at most ``max_job_size``; within each job, batches follow ``row_number``; only the

@@ -258,32 +258,42 @@ _PLAN_COLUMNS = (
 )
 
 
-# Users per pass that writes ``plan`` (a range of whole batches), under the default memory
+# Users per pass that writes ``plan`` (a range of input rows), under the default memory
 # cap; scaled with the cap in force. At 10M, building every user's JSON into a temp table and
 # then one sort of it on one thread (two ran out of the 320MB cap) took 34 + 51 s; passes of
-# 1M users, 58 s; of 2.5M, 50 s. Each pass scans the whole audience once more. Sized from
+# 1M users, 58 s; of 2.5M, 50 s (passes over batch ranges, each of which scanned the whole
+# audience; since round 30 each pass reads only its range of input rows). Sized from
 # the whole cap although the plan runs under BUILD_SHARE of it: under a 256MB cap, passes
 # scaled down with it (7 instead of 5 at 10M) took 32.9 s against 31.4-31.7 s for 2M users.
 PLAN_ROWS = 2_000_000
 
 
 def _write_plan(con: duckdb.DuckDBPyConnection, q: Queries, audience: str, per_pass: int) -> None:
-    """Create ``plan`` in ``batch_no, row_number`` order, building each user's JSON once,
-    only for the users to send.
+    """Create ``plan``, building each user's JSON once, only for the users to send: in
+    ``batch_no, row_number`` order within each pass, and in one pass up to :data:`PLAN_ROWS`.
 
-    One statement per range of whole batches (:data:`PLAN_ROWS` users): a hash join of the
-    audience with that range of the narrow ``_bb_order`` (so the join builds on the range
-    only), the range sorted on every thread, the JSON built in that order, appended. The
-    ranges follow each other in batch order, so the table ends up in order, with no sort of
-    every user's JSON at once (gigabytes at 10M) and no temp copy of it.
+    One statement per range of input rows holding about :data:`PLAN_ROWS` users to send: a
+    hash join of that range of the audience (contiguous in ``inputs``, stored in
+    ``row_number`` order) with the same range of the narrow ``_bb_order`` (so the join builds
+    on the range only), the range sorted on every thread, the JSON built in that order,
+    appended. ``plan`` is then a few sorted runs, one per pass, and each of their row groups
+    covers a narrow range of batches: a read of a batch range (the send's, which orders its
+    rows itself) finds its rows through zone maps in each run. No sort of every user's JSON at
+    once (gigabytes at 10M) and no temp copy of it.
+
+    Passes over ranges of whole *batches* instead (the table in one order, until round 30 of
+    #19) each picked its users out of every row of ``inputs``, since batches follow
+    md5(recipient): at 10M the five took 24.7 s against 20.9, while the send's reads of 16
+    batches at a time took 7.0 s from either table (``bench/RESULTS.md``).
     """
     with compressed_with(con, "zstd"):
-        for i, (lo, hi) in enumerate(key_ranges(con, "_bb_order", "batch_no", per_pass)):
+        for i, (lo, hi) in enumerate(key_ranges(con, "_bb_order", "row_number", per_pass)):
+            rows = f"row_number >= {lo} AND row_number < {hi}"
             source = (
                 f"(SELECT * FROM {audience} "
                 "JOIN (SELECT row_number AS __bb_row, job_no AS __bb_job, batch_no AS __bb_batch "
-                f"FROM _bb_order WHERE batch_no >= {lo} AND batch_no < {hi}) o "
-                "ON o.__bb_row = row_number ORDER BY __bb_batch, row_number)"
+                f"FROM _bb_order WHERE {rows}) o "
+                f"ON o.__bb_row = row_number WHERE {rows} ORDER BY __bb_batch, row_number)"
             )
             # Sorted before the JSON is built: the sort moves the input columns, not the
             # users' JSON (2.5 times wider); the projections over it keep its order (DuckDB's

@@ -16,11 +16,11 @@ def recut_plan(cur: duckdb.DuckDBPyConnection, batch_size: int) -> None:
     """Renumber jobs and batches after rows left the plan, keeping the documented layout:
     batches contiguous from 0, never spanning jobs, at most ``batch_size`` users each.
 
-    In place, in one transaction: ``plan`` is stored in ``batch_no, row_number`` order and the
-    new numbers follow that order, so deleting the skipped rows and updating the others'
-    numbers (two INTEGER columns) leaves it in order, with its users' JSON untouched. At 10M
-    users with 1,000 skipped, a rewrite of the table sorted by the new numbers took 83 s
-    (every user's JSON sorted at once); this takes under 7 s. Only a narrow table
+    In place, in one transaction: each pass of ``plan`` is stored in ``batch_no, row_number``
+    order and the new numbers follow that order, so deleting the skipped rows and updating
+    the others' numbers (two INTEGER columns) leaves each pass in order, with its users' JSON
+    untouched. At 10M users with 1,000 skipped, a rewrite of the table sorted by the new
+    numbers took 83 s (every user's JSON sorted at once); this takes under 7 s. Only a narrow table
     (``row_number`` and the new numbers) is computed and sorted.
     """
     cur.execute("BEGIN TRANSACTION")

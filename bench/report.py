@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -262,39 +263,46 @@ def render(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _targets(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -> list[str]:
-    lines = ["## Targets", "", "| target | scenario | value | met? |", "|---|---|---:|:---:|"]
-    any_row = False
+def _measured(
+    args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]
+) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Each cell (size, scenario) of the run in which bulkbatch was measured, with its summary."""
     for rows in args.sizes:
         for scen in args.scenarios:
             bb = summ.get((rows, scen, "bulkbatch"))
-            if not bb or not bb["n"]:
-                continue
-            nv = summ.get((rows, scen, "naive"))
-            fl = summ.get((rows, scen, "floor"))
-            where = f"{human(rows)}, {scen}"
-            if nv and nv["n"] and rows >= 1_000_000:
-                sp = nv["wall"] / bb["wall"]
-                est = " (naive ≈ extrapolated)" if nv["extrapolated"] else ""
-                ok = "yes" if sp >= SPEEDUP_TARGET else "**no**"
-                lines.append(f"| ≥ 10× faster than naive SDK | {where} | {sp:.1f}×{est} | {ok} |")
-                any_row = True
-            if fl and fl["n"] and rows >= 1_000_000:
-                r = bb["wall"] / fl["wall"]
-                ok = "yes" if r <= FLOOR_TARGET else "**no**"
-                lines.append(f"| within 3× of the floor | {where} | {r:.2f}× | {ok} |")
-                any_row = True
-            if rows >= 1_000_000:
-                target = MIB_TARGET_10M if rows >= 10_000_000 else MIB_TARGET
-                ok = "yes" if bb["rss"] <= target else "**no**"
-                lines.append(f"| peak RSS ≤ {target} MiB | {where} | {bb['rss']:,.0f} MiB | {ok} |")
-                any_row = True
-            lines.append(
-                f"| emulator not the bottleneck | {where} | {100 * bb['emu_share']:.0f} % "
-                "of a core during bulkbatch | "
-                f"{'yes' if bb['emu_share'] < 0.8 else '**no**'} |"
-            )
+            if bb and bb["n"]:
+                yield rows, scen, bb
+
+
+def _targets(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -> list[str]:
+    lines = ["## Targets", "", "| target | scenario | value | met? |", "|---|---|---:|:---:|"]
+    any_row = False
+    for rows, scen, bb in _measured(args, summ):
+        nv = summ.get((rows, scen, "naive"))
+        fl = summ.get((rows, scen, "floor"))
+        where = f"{human(rows)}, {scen}"
+        if nv and nv["n"] and rows >= 1_000_000:
+            sp = nv["wall"] / bb["wall"]
+            est = " (naive ≈ extrapolated)" if nv["extrapolated"] else ""
+            ok = "yes" if sp >= SPEEDUP_TARGET else "**no**"
+            lines.append(f"| ≥ 10× faster than naive SDK | {where} | {sp:.1f}×{est} | {ok} |")
             any_row = True
+        if fl and fl["n"] and rows >= 1_000_000:
+            r = bb["wall"] / fl["wall"]
+            ok = "yes" if r <= FLOOR_TARGET else "**no**"
+            lines.append(f"| within 3× of the floor | {where} | {r:.2f}× | {ok} |")
+            any_row = True
+        if rows >= 1_000_000:
+            target = MIB_TARGET_10M if rows >= 10_000_000 else MIB_TARGET
+            ok = "yes" if bb["rss"] <= target else "**no**"
+            lines.append(f"| peak RSS ≤ {target} MiB | {where} | {bb['rss']:,.0f} MiB | {ok} |")
+            any_row = True
+        lines.append(
+            f"| emulator not the bottleneck | {where} | {100 * bb['emu_share']:.0f} % "
+            "of a core during bulkbatch | "
+            f"{'yes' if bb['emu_share'] < 0.8 else '**no**'} |"
+        )
+        any_row = True
     goals = goal_rows(summ)
     lines += goals
     if not any_row and not goals:
@@ -320,31 +328,27 @@ def _where_time_goes(args: argparse.Namespace, summ: dict[tuple[int, str, str], 
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     found = False
-    for rows in args.sizes:
-        for scen in args.scenarios:
-            bb = summ.get((rows, scen, "bulkbatch"))
-            if not bb or not bb["n"]:
-                continue
-            found = True
-            st = bb["stages"]
-            known = sum(st.get(k, 0.0) for k in BB_STAGES)
-            pages = max(1, rows // 100)
-            cells = " | ".join(
-                f"{fmt_s(st.get(k, float('nan')))} ({100 * st.get(k, 0) / bb['wall']:.0f} %)"
-                for k in BB_STAGES
-            )
+    for rows, scen, bb in _measured(args, summ):
+        found = True
+        st = bb["stages"]
+        known = sum(st.get(k, 0.0) for k in BB_STAGES)
+        pages = max(1, rows // 100)
+        cells = " | ".join(
+            f"{fmt_s(st.get(k, float('nan')))} ({100 * st.get(k, 0) / bb['wall']:.0f} %)"
+            for k in BB_STAGES
+        )
+        lines.append(
+            f"| {rows:,} | {scen} | {cells} | {fmt_s(bb['wall'] - known)} "
+            f"| {fmt_s(bb['wall'])} | {1000 * st.get('track', 0) / pages:.1f} ms |"
+        )
+        fl = summ.get((rows, scen, "floor"))
+        if fl and fl["n"] and "page" in fl["stages"]:
             lines.append(
-                f"| {rows:,} | {scen} | {cells} | {fmt_s(bb['wall'] - known)} "
-                f"| {fmt_s(bb['wall'])} | {1000 * st.get('track', 0) / pages:.1f} ms |"
+                f"| | floor, same scenario | read+ingest {fmt_s(fl['stages'].get('ingest', 0))}"
+                f" | | | page {fmt_s(fl['stages']['page'])} | "
+                f"write {fmt_s(fl['stages'].get('write', 0))} | | {fmt_s(fl['wall'])} "
+                f"| {1000 * fl['stages']['page'] / pages:.1f} ms |"
             )
-            fl = summ.get((rows, scen, "floor"))
-            if fl and fl["n"] and "page" in fl["stages"]:
-                lines.append(
-                    f"| | floor, same scenario | read+ingest {fmt_s(fl['stages'].get('ingest', 0))}"
-                    f" | | | page {fmt_s(fl['stages']['page'])} | "
-                    f"write {fmt_s(fl['stages'].get('write', 0))} | | {fmt_s(fl['wall'])} "
-                    f"| {1000 * fl['stages']['page'] / pages:.1f} ms |"
-                )
     if not found:
         return []
     lines.append("")
@@ -402,49 +406,45 @@ def _scenario_latency(scen: str) -> float:
 def _analysis(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) -> list[str]:
     """Plain-language reading of the stage timings (generated from the numbers above)."""
     out = []
-    for rows in args.sizes:
-        for scen in args.scenarios:
-            bb = summ.get((rows, scen, "bulkbatch"))
-            if not bb or not bb["n"]:
-                continue
-            st, wall = bb["stages"], bb["wall"]
-            pages = max(1, rows // 100)
-            fl = summ.get((rows, scen, "floor"))
-            top = max(BB_STAGES, key=lambda k: st.get(k, 0.0))
-            recs = bb["records"]
-            jobs = len(recs[len(recs) // 2].report.get("jobs", [])) or 1
-            fl_jobs = 1
-            if fl and fl["n"]:
-                fl_jobs = int(fl["records"][0].report.get("jobs", 1) or 1)
-            text = (
-                f"- **{human(rows)}, {scen}:** the biggest stage is *{top}* "
-                f"({fmt_s(st.get(top, 0.0))} s, {100 * st.get(top, 0.0) / wall:.0f} % of wall). "
-                f"track = the paging left after the last ingest, of ~{pages:,} 100-user pages "
-                f"over {jobs} job{'s' if jobs > 1 else ''} paged side by side "
-                f"(~{pages // jobs:,} sequential pages per job): "
-                f"{1000 * st.get('track', 0.0) / pages:.2f} ms of wall per page"
+    for rows, scen, bb in _measured(args, summ):
+        st, wall = bb["stages"], bb["wall"]
+        pages = max(1, rows // 100)
+        fl = summ.get((rows, scen, "floor"))
+        top = max(BB_STAGES, key=lambda k: st.get(k, 0.0))
+        recs = bb["records"]
+        jobs = len(recs[len(recs) // 2].report.get("jobs", [])) or 1
+        fl_jobs = 1
+        if fl and fl["n"]:
+            fl_jobs = int(fl["records"][0].report.get("jobs", 1) or 1)
+        text = (
+            f"- **{human(rows)}, {scen}:** the biggest stage is *{top}* "
+            f"({fmt_s(st.get(top, 0.0))} s, {100 * st.get(top, 0.0) / wall:.0f} % of wall). "
+            f"track = the paging left after the last ingest, of ~{pages:,} 100-user pages "
+            f"over {jobs} job{'s' if jobs > 1 else ''} paged side by side "
+            f"(~{pages // jobs:,} sequential pages per job): "
+            f"{1000 * st.get('track', 0.0) / pages:.2f} ms of wall per page"
+        )
+        if fl and fl["n"] and "page" in fl["stages"]:
+            text += (
+                f" vs {1000 * fl['stages']['page'] / pages:.2f} ms for the floor's bare "
+                f"httpx+orjson paging of {fl_jobs} job{'s' if fl_jobs > 1 else ''}"
             )
-            if fl and fl["n"] and "page" in fl["stages"]:
-                text += (
-                    f" vs {1000 * fl['stages']['page'] / pages:.2f} ms for the floor's bare "
-                    f"httpx+orjson paging of {fl_jobs} job{'s' if fl_jobs > 1 else ''}"
-                )
-            latency = _scenario_latency(scen)
-            if latency:
-                text += (
-                    f" (the {1000 * latency:g} ms latency alone is "
-                    f"{latency * pages / jobs:,.0f} s of sequential paging per job)"
-                )
-            send = st.get("send", 0.0)
-            if send > 0:
-                text += f"; send ingests {rows / send:,.0f} rows/s"
-                if fl and fl["n"] and fl["stages"].get("ingest"):
-                    text += f" (floor: {rows / fl['stages']['ingest']:,.0f} rows/s, read included)"
-            lp = st.get("load", 0.0) + st.get("plan", 0.0)
-            text += f"; load + plan {fmt_s(lp)} s."
-            if latency:
-                text += " " + _bound_text(recs[len(recs) // 2], latency)
-            out.append(text)
+        latency = _scenario_latency(scen)
+        if latency:
+            text += (
+                f" (the {1000 * latency:g} ms latency alone is "
+                f"{latency * pages / jobs:,.0f} s of sequential paging per job)"
+            )
+        send = st.get("send", 0.0)
+        if send > 0:
+            text += f"; send ingests {rows / send:,.0f} rows/s"
+            if fl and fl["n"] and fl["stages"].get("ingest"):
+                text += f" (floor: {rows / fl['stages']['ingest']:,.0f} rows/s, read included)"
+        lp = st.get("load", 0.0) + st.get("plan", 0.0)
+        text += f"; load + plan {fmt_s(lp)} s."
+        if latency:
+            text += " " + _bound_text(recs[len(recs) // 2], latency)
+        out.append(text)
     if out:
         out += [
             "",

@@ -303,7 +303,7 @@ def _targets(args: argparse.Namespace, summ: dict[tuple[int, str, str], Any]) ->
             f"{'yes' if bb['emu_share'] < 0.8 else '**no**'} |"
         )
         any_row = True
-    goals = goal_rows(summ)
+    goals = goal_rows(summ, getattr(args, "demo", None))
     lines += goals
     if not any_row and not goals:
         lines.append("| (no size ≥ 1M measured) | | | |")

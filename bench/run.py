@@ -23,6 +23,10 @@ latency) is run once on a prefix of the audience and extrapolated per stage; the
 The report goes to ``bench/RESULTS.md`` (``--out``) between its generated-section markers,
 and the run log there gets one line per run; the hand-written sections around them are kept
 (``bench/results_file.py``). Raw measurements go to ``bench/out/`` as JSON.
+
+Runs alternate between sizes (``--order interleaved``: each program's 1M, 10M, 1M, 1M), so
+the 10M/1M load + plan ratio compares neighbouring minutes on a host whose speed drifts.
+After the cells, ``bulkbatch --quiet demo`` is timed (``--demo-reps``; ``bench/demo_cell.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import demo_cell
 from common import (
     HERE,
     Emulator,
@@ -214,9 +219,12 @@ def run_one(
     return rec
 
 
-def plan_runs(args: argparse.Namespace) -> list[tuple[int, str, str, int, int | None]]:
+Run = tuple[int, str, str, int, int | None]
+
+
+def plan_runs(args: argparse.Namespace) -> list[Run]:
     """(rows, scenario, program, rep, prefix_rows) for every measurement, in run order."""
-    out = []
+    out: list[Run] = []
     for rows in args.sizes:
         for scenario in args.scenarios:
             if (rows, scenario) in args.cells:
@@ -236,6 +244,25 @@ def plan_runs(args: argparse.Namespace) -> list[tuple[int, str, str, int, int | 
                 if program == "naive" and args.naive_reps:
                     n = min(n, args.naive_reps)
                 out.extend((rows, scenario, program, rep, prefix) for rep in range(n))
+    return interleave(out) if args.order == "interleaved" else out
+
+
+def interleave(runs: list[Run]) -> list[Run]:
+    """The same runs, each program's runs of one scenario alternating between sizes.
+
+    The 10M/1M load + plan goal divides two cells' times, and this host's speed drifts by
+    ~10 % within minutes (round 30), so 1M runs measured a quarter of an hour before 10M
+    skew the ratio. Alternating (1M, 10M, 1M, 1M for reps 1M:3,10M:1) puts the middle 1M
+    run, the median, right after the 10M one.
+    """
+    groups: dict[tuple[str, str], dict[int, list[Run]]] = {}
+    for run in runs:
+        groups.setdefault((run[1], run[2]), {}).setdefault(run[0], []).append(run)
+    out: list[Run] = []
+    for by_size in groups.values():
+        queues = [by_size[rows] for rows in sorted(by_size)]
+        while any(queues):
+            out.extend(q.pop(0) for q in queues if q)
     return out
 
 
@@ -289,12 +316,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bulk jobs the floor spreads users over: auto (default) = as many as bulkbatch's "
         "default split, so both use the same request pattern; 1 = one job paged sequentially",
     )
+    p.add_argument(
+        "--order",
+        choices=("interleaved", "size"),
+        default="interleaved",
+        help="run order: interleaved (default) alternates each program's runs between sizes "
+        "(1M, 10M, 1M, 1M), so the 10M/1M ratio compares neighbouring minutes; size runs "
+        "every size's cells before the next size's",
+    )
     p.add_argument("--timeout", type=float, help="kill a measured program after N seconds")
     p.add_argument(
         "--shards",
         help=f"the sharding cell at this size: {SHARDS} processes (send --shard i/{SHARDS}) "
         f"vs one, one emulator at {SHARD_LATENCY_MS:g} ms ('none' to skip; default 1M, "
         "200k with --quick, none for --smoke or chosen cells)",
+    )
+    p.add_argument(
+        "--demo-reps",
+        type=int,
+        help="runs of `bulkbatch --quiet demo` (2,000 people; #19: ≤ 5 s) after the cells "
+        "(default 3, 1 for --smoke, 0 when cells, sizes, scenarios or programs are chosen)",
     )
     micro = p.add_mutually_exclusive_group()
     micro.add_argument("--micro", action="store_true", default=None, help="run bench_*.py too")
@@ -326,18 +367,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         defaults = {"sizes": "5k", "reps": 1, "scenarios": "none", "latency_sizes": "5k",
                     "latency_reps": 1, "naive": "0", "naive_lat": "0", "micro": False,
-                    "timeout": 300.0, "cells": "", "shards": "none"}  # fmt: skip
+                    "timeout": 300.0, "cells": "", "shards": "none", "demo": 1}  # fmt: skip
     elif args.quick:
         defaults = {"sizes": "100k,1M", "reps": 1, "scenarios": "none,latency50",
                     "latency_sizes": "100k", "latency_reps": 1, "naive": "100k",
                     "naive_lat": "100k", "micro": False, "timeout": None,
-                    "shards": "200k"}  # fmt: skip
+                    "shards": "200k", "demo": 3}  # fmt: skip
     else:
         # 3 repetitions at 1M, one at 10M (a 10M cell takes 5-15 minutes here).
         defaults = {"sizes": "1M,10M", "reps": "1M:3,10M:1", "scenarios": "none,latency50",
                     "latency_sizes": "all", "latency_reps": "200k:3,1M:3,10M:1", "naive": "1M",
                     "naive_lat": "100k", "micro": True, "timeout": None,
-                    "naive_reps": 1, "shards": "1M"}  # fmt: skip
+                    "naive_reps": 1, "shards": "1M", "demo": 3}  # fmt: skip
     cells_text = args.cells if args.cells is not None else defaults.get("cells", QUICK_CELLS)
     args.cells = [
         (parse_size(size), scen)
@@ -386,6 +427,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.section = (
             "custom" if custom else "smoke" if args.smoke else "quick" if args.quick else "full"
         )
+    if args.demo_reps is None:
+        args.demo_reps = 0 if custom or args.render else defaults["demo"]
     if args.shards is None:
         args.shards = "none" if custom or args.render else defaults["shards"]
     args.shards = None if args.shards == "none" else parse_size(args.shards)
@@ -410,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time() - float(saved.get("minutes", 0)) * 60
         raw_path = Path(args.render)
         speed = dict(saved.get("speed", {}))
+        args.demo = saved.get("demo")
     else:
         runs = plan_runs(args)
         log(f"{len(runs)} measurements planned; report -> {args.out}")
@@ -444,6 +488,11 @@ def main(argv: list[str] | None = None) -> int:
             save_records(raw_path, args, records, speed=speed)
         speed["end"] = host_speed()
         log(f"host speed after the runs: {speed['end']} ms")
+        args.demo = None
+    if args.demo_reps:
+        log(f"the demo, {args.demo_reps} run(s) ...")
+        args.demo = demo_cell.measure(bulkbatch_cmd(), args.demo_reps, args.timeout)
+        log(f"    demo: {args.demo}")
     profiles: dict[str, str] = dict(saved.get("profiles", {}))
     for spec in [s for s in (args.profile or "").split(",") if s]:
         size, _, scen = spec.partition(":")
@@ -469,9 +518,16 @@ def main(argv: list[str] | None = None) -> int:
         body = bench_shards.run(args.shards, SHARDS, SHARD_LATENCY_MS, args.timeout)
         micro[title] = f"`{cmd} --latency-ms {SHARD_LATENCY_MS:g}`\n\n{body}"
     minutes = (time.time() - started) / 60
-    if not args.render or profiles or micro:
+    if not args.render or profiles or micro or args.demo_reps:
         save_records(
-            raw_path, args, records, profiles=profiles, micro=micro, minutes=minutes, speed=speed
+            raw_path,
+            args,
+            records,
+            profiles=profiles,
+            micro=micro,
+            minutes=minutes,
+            speed=speed,
+            demo=args.demo,
         )
     text = render(args, records, micro, profiles, started, speed)
     write_report(

@@ -78,6 +78,9 @@ def test_smoke_run_writes_a_table_with_the_three_programs(tmp_path: Path) -> Non
     assert "bulkbatch / floor wall:" in text
     assert "## Where bulkbatch's time goes" in text
     assert "## Failed runs" not in text
+    # the demo is timed in the same run and judged against #19's 5 s
+    demo_row = rf"\| #19: the demo ≤ 5 s \| 2,000 people, `bulkbatch --quiet demo` \| {NUM} s "
+    assert re.search(demo_row + rf"\({NUM}–{NUM}, 1 run\) \| (yes|\*\*no\*\*) \|", text), text
 
 
 def test_help_lists_the_flags() -> None:
@@ -110,6 +113,49 @@ def test_full_mode_runs_three_reps_at_1m_and_one_at_10m_in_both_scenarios() -> N
     assert prefixes[(1_000_000, "none")] is None  # the naive script runs in full at 1M
     assert prefixes[(10_000_000, "none")] == 1_000_000
     assert prefixes[(1_000_000, "latency50")] == 100_000
+
+
+def test_each_program_s_runs_alternate_between_sizes_so_1m_brackets_10m() -> None:
+    from bench.run import parse_args, plan_runs
+
+    def sizes(argv: list[str], program: str = "bulkbatch") -> list[int]:
+        runs = plan_runs(parse_args(argv))
+        return [r for r, scen, prog, _, _ in runs if scen == "none" and prog == program]
+
+    m, ten = 1_000_000, 10_000_000
+    # the median of the three 1M runs is the one right after the 10M run
+    assert sizes([]) == [m, ten, m, m]
+    assert sizes([], "floor") == [m, ten, m, m]
+    assert sizes(["--reps", "1M:4,10M:2", "--sizes", "1M,10M"]) == [m, ten, m, ten, m, m]
+    assert sizes(["--order", "size"]) == [m, m, m, ten]
+    # the same runs either way
+    assert sorted(plan_runs(parse_args([]))) == sorted(plan_runs(parse_args(["--order", "size"])))
+
+
+def test_the_demo_is_timed_in_full_quick_and_smoke_runs_not_in_chosen_cells() -> None:
+    from bench.run import parse_args
+
+    assert parse_args([]).demo_reps == 3
+    assert parse_args(["--quick"]).demo_reps == 3
+    assert parse_args(["--smoke"]).demo_reps == 1
+    assert parse_args(["--sizes", "1M", "--cells", "none"]).demo_reps == 0
+    assert parse_args(["--cells", "none", "--demo-reps", "2"]).demo_reps == 2
+
+
+def test_the_demo_row_judges_the_median_and_reports_a_failure() -> None:
+    from goals import goal_rows
+
+    where = "| #19: the demo ≤ 5 s | 2,000 people, `bulkbatch --quiet demo` |"
+    assert goal_rows({}, {"walls": [3.4, 3.2, 5.6], "error": None}) == [
+        f"{where} 3.40 s (3.20–5.60, 3 runs) | yes |"
+    ]
+    assert goal_rows({}, {"walls": [5.2, 5.1, 4.0], "error": None}) == [
+        f"{where} 5.10 s (4.00–5.20, 3 runs) | **no** |"
+    ]
+    assert goal_rows({}, {"walls": [3.0], "error": "exit 1: Error: port in use"}) == [
+        f"{where} failed after 1 run(s): exit 1: Error: port in use | **no** |"
+    ]
+    assert goal_rows({}, None) == []
 
 
 def test_reps_parse_per_size() -> None:

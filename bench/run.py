@@ -5,6 +5,8 @@
                                                 # vs 1 process at 1M (~1.5 h)
     .venv/bin/python bench/run.py --quick       # 100k and 1M, 1 rep, latency at 100k, the
                                                 # extra cells and 4 shards at 200k
+    .venv/bin/python bench/run.py --goals       # the cells #19's goals are judged on, and
+                                                # the demo (~16 min)
     .venv/bin/python bench/run.py --smoke --out /tmp/R.md   # 5k rows, seconds (for the tests)
     .venv/bin/python bench/run.py --sizes 1M --scenarios none,latency50 --reps 3
 
@@ -71,6 +73,33 @@ from results_file import write_report
 CELL_PROGRAMS = ("bulkbatch", "floor")
 """Programs measured in the extra ``--cells`` (the naive script at 150 ms would take hours)."""
 QUICK_CELLS = "200k:latency20,1M:latency150"
+GOAL_CELLS: tuple[tuple[int, str, tuple[str, ...], int], ...] = (
+    (200_000, "latency20", ("bulkbatch", "naive", "floor"), 3),
+    (1_000_000, "latency150", ("bulkbatch",), 3),
+    (1_000_000, "none", ("bulkbatch",), 3),
+    (10_000_000, "none", ("bulkbatch", "floor"), 1),
+)
+"""``--goals``: (size, scenario, programs, reps) of exactly the cells issue #19's goals are
+judged on (``bench/goals.py``); the naive script runs once, in full. About 16 minutes here."""
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": {"sizes": "5k", "reps": 1, "scenarios": "none", "latency_sizes": "5k",
+              "latency_reps": 1, "naive": "0", "naive_lat": "0", "micro": False,
+              "timeout": 300.0, "cells": "", "shards": "none", "demo": 1},
+    # --goals: the runs are GOAL_CELLS; these only name the report's sizes and scenarios
+    "goals": {"sizes": "200k,1M,10M", "reps": 1, "scenarios": "none,latency20,latency150",
+              "latency_sizes": "all", "latency_reps": 1, "naive": "0", "naive_lat": "0",
+              "micro": False, "timeout": None, "cells": "", "shards": "none", "demo": 3},
+    "quick": {"sizes": "100k,1M", "reps": 1, "scenarios": "none,latency50",
+              "latency_sizes": "100k", "latency_reps": 1, "naive": "100k",
+              "naive_lat": "100k", "micro": False, "timeout": None,
+              "shards": "200k", "demo": 3},
+    # 3 repetitions at 1M, one at 10M (a 10M cell takes 5-15 minutes here).
+    "full": {"sizes": "1M,10M", "reps": "1M:3,10M:1", "scenarios": "none,latency50",
+             "latency_sizes": "all", "latency_reps": "200k:3,1M:3,10M:1", "naive": "1M",
+             "naive_lat": "100k", "micro": True, "timeout": None,
+             "naive_reps": 1, "shards": "1M", "demo": 3},
+}  # fmt: skip
+"""Each mode's defaults for the options not given on the command line."""
 SHARDS = 4
 """Processes in the sharding cell (``bench/bench_shards.py``)."""
 SHARD_LATENCY_MS = 50.0
@@ -225,6 +254,12 @@ Run = tuple[int, str, str, int, int | None]
 def plan_runs(args: argparse.Namespace) -> list[Run]:
     """(rows, scenario, program, rep, prefix_rows) for every measurement, in run order."""
     out: list[Run] = []
+    if args.goals:
+        for rows, scenario, programs, reps in GOAL_CELLS:
+            for program in programs:
+                n = 1 if program == "naive" else reps
+                out.extend((rows, scenario, program, rep, None) for rep in range(n))
+        return interleave(out) if args.order == "interleaved" else out
     for rows in args.sizes:
         for scenario in args.scenarios:
             if (rows, scenario) in args.cells:
@@ -282,6 +317,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="100k + 1M, 1 rep, latency50 at 100k, plus 200k at 20 ms and 1M at 150 ms",
     )
     mode.add_argument("--smoke", action="store_true", help="5k rows, 1 rep, no micro (tests)")
+    mode.add_argument(
+        "--goals",
+        action="store_true",
+        help="only the cells issue #19's goals are judged on (200k at 20 ms with the naive "
+        "script, 1M at 150 ms, 1M and 10M with no latency, the 10M floor, the demo; ~16 min)",
+    )
     p.add_argument("--sizes", help="comma list, e.g. 100k,1M,10M")
     p.add_argument(
         "--reps", help="repetitions per measurement (median): 3, or per size: 1M:3,10M:1"
@@ -364,21 +405,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         [".venv/bin/python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)]
     )
 
-    if args.smoke:
-        defaults = {"sizes": "5k", "reps": 1, "scenarios": "none", "latency_sizes": "5k",
-                    "latency_reps": 1, "naive": "0", "naive_lat": "0", "micro": False,
-                    "timeout": 300.0, "cells": "", "shards": "none", "demo": 1}  # fmt: skip
-    elif args.quick:
-        defaults = {"sizes": "100k,1M", "reps": 1, "scenarios": "none,latency50",
-                    "latency_sizes": "100k", "latency_reps": 1, "naive": "100k",
-                    "naive_lat": "100k", "micro": False, "timeout": None,
-                    "shards": "200k", "demo": 3}  # fmt: skip
-    else:
-        # 3 repetitions at 1M, one at 10M (a 10M cell takes 5-15 minutes here).
-        defaults = {"sizes": "1M,10M", "reps": "1M:3,10M:1", "scenarios": "none,latency50",
-                    "latency_sizes": "all", "latency_reps": "200k:3,1M:3,10M:1", "naive": "1M",
-                    "naive_lat": "100k", "micro": True, "timeout": None,
-                    "naive_reps": 1, "shards": "1M", "demo": 3}  # fmt: skip
+    mode = next((m for m in ("smoke", "goals", "quick") if getattr(args, m)), "full")
+    defaults = MODE_DEFAULTS[mode]
     cells_text = args.cells if args.cells is not None else defaults.get("cells", QUICK_CELLS)
     args.cells = [
         (parse_size(size), scen)
@@ -423,10 +451,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     given = (sys.argv[1:] if argv is None else argv) if not args.render else []
     chosen = ("--sizes", "--scenarios", "--cells", "--programs", "--latency-sizes")
     custom = any(a.split("=")[0] in chosen for a in given)
+    if args.goals and custom:
+        p.error(f"--goals runs a fixed set of cells; drop {', '.join(chosen)}")
     if args.section is None:
-        args.section = (
-            "custom" if custom else "smoke" if args.smoke else "quick" if args.quick else "full"
-        )
+        args.section = "custom" if custom else mode
     if args.demo_reps is None:
         args.demo_reps = 0 if custom or args.render else defaults["demo"]
     if args.shards is None:

@@ -132,6 +132,35 @@ def test_each_program_s_runs_alternate_between_sizes_so_1m_brackets_10m() -> Non
     assert sorted(plan_runs(parse_args([]))) == sorted(plan_runs(parse_args(["--order", "size"])))
 
 
+def test_goals_mode_runs_exactly_the_cells_the_19_goals_are_judged_on() -> None:
+    from bench.run import parse_args, plan_runs
+
+    args = parse_args(["--goals"])
+    assert args.section == "goals" and args.demo_reps == 3
+    assert args.shards is None and not args.micro
+    runs = plan_runs(args)
+    count: dict[tuple[int, str, str], int] = {}
+    for rows, scenario, program, _rep, prefix in runs:
+        assert prefix is None  # the naive script runs in full, never extrapolated
+        count[(rows, scenario, program)] = count.get((rows, scenario, program), 0) + 1
+    assert count == {
+        (200_000, "latency20", "bulkbatch"): 3,
+        (200_000, "latency20", "naive"): 1,
+        (200_000, "latency20", "floor"): 3,
+        (1_000_000, "latency150", "bulkbatch"): 3,
+        (1_000_000, "none", "bulkbatch"): 3,
+        (10_000_000, "none", "bulkbatch"): 1,
+        (10_000_000, "none", "floor"): 1,
+    }
+    loadplan = [r[0] for r in runs if r[1] == "none" and r[2] == "bulkbatch"]
+    assert loadplan == [1_000_000, 10_000_000, 1_000_000, 1_000_000]
+    # every size and scenario it measures is one the report's tables walk
+    assert {r[0] for r in runs} <= set(args.sizes)
+    assert {r[1] for r in runs} <= set(args.scenarios)
+    with pytest.raises(SystemExit):
+        parse_args(["--goals", "--sizes", "1M"])
+
+
 def test_the_demo_is_timed_in_full_quick_and_smoke_runs_not_in_chosen_cells() -> None:
     from bench.run import parse_args
 

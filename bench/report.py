@@ -4,6 +4,7 @@ host's speed and the run log's line, all from the summarised cells (:mod:`record
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -492,6 +493,11 @@ def log_line(
             )
         else:
             cells.append(f"{human(rows)} {scen} {program} failed")
+    demo = getattr(args, "demo", None) or {}
+    if demo.get("walls") or demo.get("error"):
+        walls = demo.get("walls") or []
+        cells.append(f"demo failed: {demo['error']}" if demo.get("error") else
+                     f"demo {statistics.median(walls):.2f} s")  # fmt: skip
     when = time.strftime("%Y-%m-%d %H:%M %Z")
     line = f"{when}, git {args.measured_at}, `{args.cmdline}`: " + ("; ".join(cells) or "none")
     start = (speed or {}).get("start")

@@ -81,6 +81,7 @@ def test_smoke_run_writes_a_table_with_the_three_programs(tmp_path: Path) -> Non
     # the demo is timed in the same run and judged against #19's 5 s
     demo_row = rf"\| #19: the demo ≤ 5 s \| 2,000 people, `bulkbatch --quiet demo` \| {NUM} s "
     assert re.search(demo_row + rf"\({NUM}–{NUM}, 1 run\) \| (yes|\*\*no\*\*) \|", text), text
+    assert re.search(rf"; demo {NUM} s \(host speed", text), text  # and in the run log
 
 
 def test_help_lists_the_flags() -> None:

@@ -390,8 +390,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--section",
         help="the generated section of the report this run rewrites (default: full, quick, "
-        "smoke, or custom when cells, sizes, scenarios or programs are chosen); the rest of "
-        "the file is kept",
+        "goals, smoke, or custom when cells, sizes, scenarios or programs are chosen); the "
+        "rest of the file is kept",
     )
     p.add_argument(
         "--render",
@@ -565,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         None if args.render else log_line(args, records, speed),
     )
     log(f"wrote {args.out} ({minutes:.1f} min); raw data in {raw_path}")
-    return 1 if any(r.error for r in records) else 0
+    failed = any(r.error for r in records) or bool((args.demo or {}).get("error"))
+    return 1 if failed else 0
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -188,6 +188,21 @@ def test_the_demo_row_judges_the_median_and_reports_a_failure() -> None:
     assert goal_rows({}, None) == []
 
 
+def test_the_demo_cell_keeps_a_failed_run_s_last_line_and_stops() -> None:
+    from demo_cell import measure
+
+    fails = "import sys; print('Error: no port free', file=sys.stderr); sys.exit(3)"
+    assert measure([sys.executable, "-c", fails], 3, 30) == {
+        "walls": [],
+        "error": "exit 3: Error: no port free",
+    }
+    # a run that exits 0 without writing its results is no success either
+    assert measure([sys.executable, "-c", "pass"], 1, 30) == {
+        "walls": [],
+        "error": "exit 0 but no results.parquet",
+    }
+
+
 def test_reps_parse_per_size() -> None:
     from bench.run import parse_reps, reps_for
 

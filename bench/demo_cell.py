@@ -2,8 +2,9 @@
 
 Issue #19's last goal is that small runs feel instant: the demo in ≤ 5 s, excluding the
 install. Until round 31 that was timed by hand with ``time``; the bench now measures it in
-the same run as the other goals (``make bench`` and ``make bench-quick``: three runs, the
-median judged), so the Targets table judges every #19 goal from one run.
+the same run as the other goals (``make bench``, ``make bench-quick`` and
+``make bench-goals``: three runs, the median judged), so the Targets table judges every #19
+goal from one run.
 
 Each run is a fresh subprocess with its own run and data directories (the demo starts its
 emulator in-process, so there is no emulator to start here). Wall time covers the whole

@@ -145,7 +145,7 @@ def _demo(demo: dict[str, Any] | None) -> list[str]:
     where = "2,000 people, `bulkbatch --quiet demo`"
     walls = demo.get("walls") or []
     if demo.get("error"):
-        return [_row(target, where, f"failed after {len(walls)} run(s): {demo['error']}", False)]
+        return [_row(target, where, f"run {len(walls) + 1} failed: {demo['error']}", False)]
     if not walls:
         return []
     took = statistics.median(walls)

@@ -183,7 +183,7 @@ def test_the_demo_row_judges_the_median_and_reports_a_failure() -> None:
         f"{where} 5.10 s (4.00–5.20, 3 runs) | **no** |"
     ]
     assert goal_rows({}, {"walls": [3.0], "error": "exit 1: Error: port in use"}) == [
-        f"{where} failed after 1 run(s): exit 1: Error: port in use | **no** |"
+        f"{where} run 2 failed: exit 1: Error: port in use | **no** |"
     ]
     assert goal_rows({}, None) == []
 

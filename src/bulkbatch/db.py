@@ -230,10 +230,10 @@ def scratch_database(con: duckdb.DuckDBPyConnection, path: Path, name: str) -> I
     it, and a block read back is written again when next evicted. In a standalone results
     stage at 10M (round 24 of #19), ~2.6 s of CPU went to those ZSTD calls. The blocks of a
     database file are written once, then dropped and read back (from the OS's cache) with no
-    work: 12.6-12.8 s against 15.5-15.9, with its tables written uncompressed
+    work: 12.6-12.8 s against 15.5-15.9. How its tables are stored is the caller's choice
     (:func:`compressed_with`): DuckDB's own choice of encodings, analysed per row group, made
-    the pages join 5.7 s against 3.7 (the whole stage 14.6 s). The price is disk while the
-    stage runs: 830 MB at 10M.
+    the results stage's pages join 5.7 s against 3.7 uncompressed; that stage now writes ZSTD
+    (``results.SCRATCH_COMPRESSION``), ~200 MB at 10M, where uncompressed was 830 MB.
 
     :raises StateError: the file cannot be made there (the directory is not writable, the
         disk is full, something else sits at ``path``)

@@ -243,7 +243,9 @@ def machine() -> dict[str, str]:
 SPEED_TASKS = {
     "python": "a pure-Python loop of 3,000,000 steps",
     "duckdb": "a DuckDB aggregate over 2,000,000 rows with md5 (one thread)",
+    "fresh memory": "256 MiB written into a new file, once (the page cache takes new memory)",
 }
+FRESH_MIB = 256
 
 
 def host_speed(repeats: int = 3) -> dict[str, float]:
@@ -256,6 +258,14 @@ def host_speed(repeats: int = 3) -> dict[str, float]:
     and after a run's measurements, say how fast the host was while it measured. The plan's
     kind of work (DuckDB, md5) and the client's (the interpreter) are timed apart, since
     they need not slow together.
+
+    *fresh memory* is timed once, not the best of ``repeats`` (the repeats would reuse the
+    memory the first one freed). This VM's balloon takes back guest memory that stays free
+    (virtio-balloon free page reporting), and the first touch of such memory costs the
+    kernel 4-9 s per GiB, against 0.26 s for memory freed seconds before (round 32 of #19:
+    1,000 MiB written with ``pwrite``). Every stage that writes (the run database, spills,
+    scratch tables, Parquet files) pays that as system CPU, by an amount that depends on
+    what ran before it.
     """
     import duckdb
 
@@ -284,7 +294,22 @@ def host_speed(repeats: int = 3) -> dict[str, float]:
             out[name] = round(best * 1000, 1)
     finally:
         con.close()
+    out["fresh memory"] = round(_fresh_write(FRESH_MIB) * 1000, 1)
     return out
+
+
+def _fresh_write(mib: int) -> float:
+    """Seconds to write ``mib`` MiB into a new temporary file, a MiB per ``pwrite``."""
+    block = os.urandom(2**20)
+    with tempfile.TemporaryDirectory(prefix="bb-speed-") as tmp:
+        fd = os.open(Path(tmp) / "fresh.bin", os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            started = time.perf_counter()
+            for i in range(mib):
+                os.pwrite(fd, block, i * 2**20)
+            return time.perf_counter() - started
+        finally:
+            os.close(fd)
 
 
 def git_head() -> str:

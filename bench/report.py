@@ -468,7 +468,8 @@ def _speed_text(speed: dict[str, dict[str, float]]) -> str:
     ]
     tasks = "; ".join(f"*{name}*: {text}" for name, text in SPEED_TASKS.items())
     return (
-        f"**Host speed** (fixed single-thread tasks, best of 3, lower is faster; {tasks}): "
+        f"**Host speed** (fixed single-thread tasks, best of 3 but *fresh memory*, lower is "
+        f"faster; {tasks}): "
         + "; ".join(when)
         + ". The host's speed moves from hour to hour; compare runs of different hours "
         "through these, not through wall or CPU seconds alone."

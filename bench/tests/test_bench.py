@@ -52,12 +52,15 @@ def test_smoke_run_writes_a_table_with_the_three_programs(tmp_path: Path) -> Non
     assert "bench/run.py --smoke" in text
     # how fast the host was, before and after the runs, in the report and the run log
     speed = re.search(
-        rf"\*\*Host speed\*\*.*before the runs: python ({NUM}) ms, duckdb ({NUM}) ms;"
-        rf" after them: python {NUM} ms, duckdb {NUM} ms",
+        rf"\*\*Host speed\*\*.*before the runs: python ({NUM}) ms, duckdb ({NUM}) ms, "
+        rf"fresh memory ({NUM}) ms; after them: python {NUM} ms, duckdb {NUM} ms, "
+        rf"fresh memory {NUM} ms",
         text,
     )
     assert speed is not None and all(float(v.replace(",", "")) > 0 for v in speed.groups()), text
-    assert re.search(rf"\(host speed: python {NUM} ms, duckdb {NUM} ms\)", text), text
+    assert re.search(
+        rf"\(host speed: python {NUM} ms, duckdb {NUM} ms, fresh memory {NUM} ms\)", text
+    ), text
     # CPU per request and per person, whole and split at the network phase, for both
     for program in ("bulkbatch", "floor"):
         cpu_row = rf"\| 5,000 \| none \| {program} \| {NUM}" + rf" \| {NUM}" * 6 + r" \|"

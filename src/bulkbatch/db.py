@@ -298,6 +298,27 @@ def prefetched_batches(
         yield batch
 
 
+_OUT_OF_MEMORY = "Out of Memory Error"
+
+
+def _as_duckdb_error(exc: BaseException) -> BaseException:
+    """DuckDB's own exception for an error that reached us through pyarrow's stream reader.
+
+    A query that runs out of memory once its Arrow stream is being read (a join's hash table
+    built for a later batch) fails in pyarrow's reader, which raises a plain ``OSError`` with
+    DuckDB's text ("Out of Memory Error: failed to pin block …"). Callers catch
+    ``duckdb.OutOfMemoryException``: the results stage to retry with smaller ranges,
+    :func:`in_thread` to say which setting to raise, where the ``OSError`` ended as
+    "Unexpected OSError … please report it". Only that class is mapped: it is the one with a
+    remedy of its own.
+    """
+    if isinstance(exc, OSError) and str(exc).startswith(_OUT_OF_MEMORY):
+        error = duckdb.OutOfMemoryException(str(exc))
+        error.__cause__ = exc
+        return error
+    return exc
+
+
 def prefetched_queries(
     con: duckdb.DuckDBPyConnection, queries: Sequence[str], queued: int = 4
 ) -> Generator[tuple[int, pa.RecordBatch]]:
@@ -322,7 +343,7 @@ def prefetched_queries(
                     box.put((i, batch))
             box.put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-            box.put(exc)
+            box.put(_as_duckdb_error(exc))
 
     worker = threading.Thread(target=produce, name="bulkbatch-arrow", daemon=True)
     worker.start()

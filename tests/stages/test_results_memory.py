@@ -8,13 +8,16 @@ takes seconds. The same builder at 10M is how the results stage is timed (bench/
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
+import duckdb
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from bulkbatch.db import MEMORY_LIMIT_ENV
+from bulkbatch.stages import results
 from bulkbatch.stages.results import write_results
 from bulkbatch.state import JobState, RunState, ensure_ledger, open_run_db
 
@@ -92,6 +95,65 @@ def test_results_of_1m_rows_fit_a_small_budget(
     assert info.ingested == ROWS - ROWS // DUPLICATE_EVERY
     assert info.statuses == {"ENQUEUED": info.ingested}
     assert pq.read_metadata(info.path).num_rows == ROWS
+
+
+def _tight_share(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Under 112MB, a share of the cap that the default ranges (87,500 rows) run out of and
+    ranges half as large fit (measured: 0.25 needed three halvings, 0.30 one, 0.35 none).
+    Returns the range sizes the ranges are written with, in order."""
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "112MB")
+    monkeypatch.setattr(results, "RESULTS_FIXED", 0)
+    monkeypatch.setattr(results, "RESULTS_SHARE", 0.28)
+    tried: list[int] = []
+    real = results._write_ranges
+
+    def spy(cur, shape, tmp, rows):  # type: ignore[no-untyped-def]
+        tried.append(rows)
+        return real(cur, shape, tmp, rows)
+
+    monkeypatch.setattr(results, "_write_ranges", spy)
+    return tried
+
+
+def test_ranges_that_run_out_of_their_share_are_written_again_in_halves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a small cap the share's fixed part is tight, and a range could run out at random:
+    the chaos benchmark's 1M run directory under 96MB did in two results runs of eleven. The
+    ranges are then written again, each half as large, into a file started afresh: every
+    input row once, the accounting whole. (The error reached the stage as pyarrow's
+    ``OSError`` when the join ran out while its Arrow stream was read, so nothing retried.)"""
+    state = _build(tmp_path / "run")
+    tried = _tight_share(monkeypatch)
+    con = open_run_db(state.run_dir)
+    try:
+        info = write_results(con, state, strict=True)
+    finally:
+        con.close()
+    assert len(tried) >= 2, tried
+    assert all(smaller == larger // 2 for larger, smaller in itertools.pairwise(tried)), tried
+    assert info.accounting_ok and info.input_rows == ROWS
+    rows = pq.read_table(info.path, columns=["row_number"])["row_number"]
+    assert len(rows) == ROWS and pc.count_distinct(rows).as_py() == ROWS
+
+
+def test_ranges_that_never_fit_end_in_duckdb_s_memory_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no halvings left the error is DuckDB's ``OutOfMemoryException`` (which the
+    pipeline turns into its one line naming ``BULKBATCH_MEMORY_LIMIT``), not the ``OSError``
+    pyarrow's stream reader raised it as, and no partial file is left as the results."""
+    state = _build(tmp_path / "run")
+    tried = _tight_share(monkeypatch)
+    monkeypatch.setattr(results, "RANGE_HALVINGS", 0)
+    con = open_run_db(state.run_dir)
+    try:
+        with pytest.raises(duckdb.OutOfMemoryException, match="Out of Memory Error"):
+            write_results(con, state, strict=True)
+    finally:
+        con.close()
+    assert len(tried) == 1
+    assert not (state.run_dir / "results.parquet").exists()
 
 
 def _write(state: RunState) -> pq.ParquetFile:

@@ -129,6 +129,12 @@ PAGES_JOIN_ROWS = 1_500_000
 # fifth of the cap took 17.4 s against 13.9 (peak 307 against 390 MiB); sorting the keys by
 # row number first took 4.4-4.7 s of its own.
 RESULT_ROWS = 250_000
+# When a range runs out of DuckDB's share (RESULTS_SHARE, below) anyway, the ranges are written again, each half as large,
+# up to this many times. Under small caps the fixed part is tight: in the chaos benchmark's
+# 1M run directory (batches of 250) under 96MB, two results runs in eleven ran out at random
+# (DuckDB's two threads race for the share); with ranges under half as large, none in six.
+# At the default cap no 10M run has needed it.
+RANGE_HALVINGS = 3
 # DuckDB's share of its cap while the ranges are written: outside it live a few Arrow batches
 # on their way and the runs held until the rows before them come (up to a range's rows, see
 # row_order.in_row_order). Inside it, the keys table: the less of it DuckDB keeps, the more
@@ -397,17 +403,23 @@ def _copy(
     tmp = out.with_name(f".{out.name}.tmp")
     _drop_old_scratch(cur)
     with scratch_database(cur, state.run_dir / SCRATCH_FILE, SCRATCH_DB):
-        _write_ranges(cur, state, tmp, include_profile)
+        shape = _shape(cur, state, include_profile, _build_keys(cur))
+        rows = scaled_to_cap(cur, RESULT_ROWS)
+        for halving in range(RANGE_HALVINGS + 1):
+            try:
+                _write_ranges(cur, shape, tmp, rows)
+                break
+            except duckdb.OutOfMemoryException:
+                if halving == RANGE_HALVINGS or rows < 2:
+                    raise
+                rows //= 2  # the writer starts tmp again from its first row
     tmp.replace(out)
 
 
-def _write_ranges(
-    cur: duckdb.DuckDBPyConnection, state: RunState, tmp: Path, include_profile: bool
-) -> None:
-    """The pages joined into ``KEYS_TABLE``, then the results rows written to ``tmp``, a
-    row-number range at a time (see :func:`_copy`)."""
-    shape = _shape(cur, state, include_profile, _build_keys(cur))
-    ranges = key_ranges(cur, "inputs", "row_number", scaled_to_cap(cur, RESULT_ROWS))
+def _write_ranges(cur: duckdb.DuckDBPyConnection, shape: _Shape, tmp: Path, rows: int) -> None:
+    """The results rows written to ``tmp``, ``rows`` input rows at a time (see :func:`_copy`);
+    ``KEYS_TABLE`` is built."""
+    ranges = key_ranges(cur, "inputs", "row_number", rows)
     queries = [_select_sql(shape, f"row_number >= {lo} AND row_number < {hi}") for lo, hi in ranges]
     schema = cur.sql(f"SELECT * FROM ({_select_sql(shape, 'false')})").to_arrow_table().schema
     dictionary = [c for c in schema.names if c in _DICTIONARY_COLUMNS]

@@ -8,7 +8,7 @@
 * :func:`measure` — run one program as a subprocess; wall time and peak RSS of the whole
   process tree, polled with psutil every 50 ms.
 * :func:`machine` — cores, memory, CPU model and library versions for the RESULTS header.
-* :func:`host_speed` — how fast this host is right now, on two fixed single-thread tasks.
+* :func:`host_speed` — how fast this host is right now, on three fixed single-thread tasks.
 """
 
 from __future__ import annotations

@@ -111,8 +111,8 @@ PAGES_TABLE = f"{SCRATCH_DB}.pages"
 # How the scratch tables are stored. Round 32 of #19, 10M sends in process: written
 # uncompressed (783 MiB), the pages join took 9.0-11.5 s of the stage's 19.4-22.9 s, with
 # 15.5-20.3 s of system CPU (perf: copying into the page cache, and the second thread spinning
-# on the file's lock meanwhile); with ZSTD (~200 MiB) 5.9-6.2 s of 17.4-18.7, system CPU
-# 6.5-7.2 s. Run alone, where those writes were cheap, ZSTD cost 0.5-1.1 s more (16.2 and
+# on the file's lock meanwhile); with ZSTD (~200 MiB) 5.6-6.2 s of 17.4-18.7, system CPU
+# 6.5-8.0 s. Run alone, where those writes were cheap, ZSTD cost 0.5-1.1 s more (16.2 and
 # 17.3 s against 15.7 and 16.2), in compressing and reading the blocks back.
 SCRATCH_COMPRESSION = "zstd"
 # The scratch tables of older versions (TEMP, or in the run database before that).
@@ -129,11 +129,12 @@ PAGES_JOIN_ROWS = 1_500_000
 # fifth of the cap took 17.4 s against 13.9 (peak 307 against 390 MiB); sorting the keys by
 # row number first took 4.4-4.7 s of its own.
 RESULT_ROWS = 250_000
-# When a range runs out of DuckDB's share (RESULTS_SHARE, below) anyway, the ranges are written again, each half as large,
-# up to this many times. Under small caps the fixed part is tight: in the chaos benchmark's
-# 1M run directory (batches of 250) under 96MB, two results runs in eleven ran out at random
-# (DuckDB's two threads race for the share); with ranges under half as large, none in six.
-# At the default cap no 10M run has needed it.
+# When a range runs out of DuckDB's share (RESULTS_SHARE, below) anyway, the ranges are
+# written again, each half as large, up to this many times. Under small caps the fixed part
+# is tight: on the chaos benchmark's 1M run directory (batches of 250) under 96MB, two results
+# runs in eleven ran out at random (DuckDB's two threads race for the share); with ranges at
+# 0.4 of their size none of six did, and with the halvings none of eight. At the default cap
+# no 10M run has needed it.
 RANGE_HALVINGS = 3
 # DuckDB's share of its cap while the ranges are written: outside it live a few Arrow batches
 # on their way and the runs held until the rows before them come (up to a range's rows, see

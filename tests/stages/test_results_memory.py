@@ -120,7 +120,7 @@ def test_ranges_that_run_out_of_their_share_are_written_again_in_halves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under a small cap the share's fixed part is tight, and a range could run out at random:
-    the chaos benchmark's 1M run directory under 96MB did in two results runs of eleven. The
+    the chaos benchmark's 1M run directory under 96MB did in six results runs of 24. The
     ranges are then written again, each half as large, into a file started afresh: every
     input row once, the accounting whole. (The error reached the stage as pyarrow's
     ``OSError`` when the join ran out while its Arrow stream was read, so nothing retried.)"""

@@ -131,10 +131,10 @@ PAGES_JOIN_ROWS = 1_500_000
 RESULT_ROWS = 250_000
 # When a range runs out of DuckDB's share (RESULTS_SHARE, below) anyway, the ranges are
 # written again, each half as large, up to this many times. Under small caps the fixed part
-# is tight: on the chaos benchmark's 1M run directory (batches of 250) under 96MB, two results
-# runs in eleven ran out at random (DuckDB's two threads race for the share); with ranges at
-# 0.4 of their size none of six did, and with the halvings none of eight. At the default cap
-# no 10M run has needed it.
+# is tight: on the chaos benchmark's 1M run directory (batches of 250) under 96MB, six results
+# runs in 24 ran out at random (DuckDB's two threads race for the share); with ranges at 0.4
+# of their size none of six did, and with the halvings none of eight. At the default cap no
+# 10M run has needed it.
 RANGE_HALVINGS = 3
 # DuckDB's share of its cap while the ranges are written: outside it live a few Arrow batches
 # on their way and the runs held until the rows before them come (up to a range's rows, see

@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
+import pytest
 
 from bulkbatch.testing.process import DEFAULT_API_KEY
 from bulkbatch.testing.process import EmulatorProcess as _EmulatorProcess
@@ -75,3 +78,36 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> N
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+# A query that runs out of memory under 40MB on two threads: either before its first Arrow
+# batch (DuckDB raises its own error) or after the union's first part has streamed, where the
+# error surfaces in pyarrow's stream reader, about half the time each.
+OUT_OF_MEMORY_MID_STREAM = """
+    SELECT i::VARCHAR AS v FROM range(100000) t(i)
+    UNION ALL
+    SELECT max(v) FROM (SELECT i::VARCHAR || repeat('x', 40) AS v, count(*) AS c
+                        FROM range(3000000) t(i) GROUP BY 1)
+"""
+
+
+def out_of_memory_mid_stream(read: Callable[[duckdb.DuckDBPyConnection], Iterator[int]]) -> None:
+    """Run ``read`` (which streams :data:`OUT_OF_MEMORY_MID_STREAM` on the connection it is
+    given, yielding the rows of each batch) until it fails after a first batch; every failure
+    must be DuckDB's ``OutOfMemoryException``, with pyarrow's error as the cause of the
+    mid-stream one. Fails the test if no run failed mid-stream in 40."""
+    for _ in range(40):
+        con = duckdb.connect()
+        con.execute("SET memory_limit = '40MB'")
+        con.execute("SET threads = 2")
+        rows = 0
+        try:
+            with pytest.raises(duckdb.OutOfMemoryException, match=r"^Out of Memory Error") as e:
+                for n in read(con):
+                    rows += n
+        finally:
+            con.close()
+        if rows:  # failed mid-stream, where pyarrow raised it
+            assert isinstance(e.value.__cause__, OSError)
+            return
+    pytest.fail("the query never ran out of memory after its first batch")

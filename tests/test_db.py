@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -30,6 +30,7 @@ from bulkbatch.db import (
     scratch_database,
 )
 from bulkbatch.errors import StateError, UsageError
+from tests.support import OUT_OF_MEMORY_MID_STREAM, out_of_memory_mid_stream
 
 
 @settings(max_examples=60, deadline=None)
@@ -81,31 +82,13 @@ def test_prefetched_queries_name_the_query_of_each_batch() -> None:
 def test_a_query_out_of_memory_while_streamed_raises_duckdb_s_own_error() -> None:
     """A query that runs out of memory once its Arrow stream is being read fails in pyarrow's
     reader, which raises a plain ``OSError``; callers catch DuckDB's ``OutOfMemoryException``
-    (the results stage to retry with smaller ranges, ``in_thread`` for its one line).
+    (the results stage to retry with smaller ranges, ``in_thread`` for its one line)."""
 
-    On two threads this query runs out either before its first batch (DuckDB's own error) or
-    after the union's first part streamed (pyarrow's), about half the time each: it is run
-    until the second case has been seen, and every failure must be DuckDB's class."""
-    streamed_then_grouped = """
-        SELECT i::VARCHAR AS v FROM range(100000) t(i)
-        UNION ALL
-        SELECT max(v) FROM (SELECT i::VARCHAR || repeat('x', 40) AS v, count(*) AS c
-                            FROM range(3000000) t(i) GROUP BY 1)
-    """
-    for _ in range(40):
-        con = duckdb.connect()
-        con.execute("SET memory_limit = '40MB'")
-        con.execute("SET threads = 2")
-        rows = 0
-        with pytest.raises(duckdb.OutOfMemoryException, match=r"^Out of Memory Error") as raised:
-            for _, batch in prefetched_queries(con, [streamed_then_grouped]):
-                rows += batch.num_rows
-        con.close()
-        if rows:  # failed mid-stream, where pyarrow raised it
-            assert isinstance(raised.value.__cause__, OSError)
-            break
-    else:
-        pytest.fail("the query never ran out of memory after its first batch")
+    def read(con: duckdb.DuckDBPyConnection) -> Iterator[int]:
+        for _, batch in prefetched_queries(con, [OUT_OF_MEMORY_MID_STREAM]):
+            yield batch.num_rows
+
+    out_of_memory_mid_stream(read)
     assert not _arrow_threads()
 
 

@@ -319,6 +319,18 @@ def _as_duckdb_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def arrow_batches(relation: duckdb.DuckDBPyRelation, rows: int) -> Iterator[pa.RecordBatch]:
+    """The Arrow batches of ``relation``, ``rows`` at most each, with an error raised while the
+    stream is read given back as DuckDB's own class (:func:`_as_duckdb_error`)."""
+    try:
+        yield from relation.to_arrow_reader(rows)
+    except OSError as exc:
+        error = _as_duckdb_error(exc)
+        if error is exc:
+            raise
+        raise error from exc
+
+
 def prefetched_queries(
     con: duckdb.DuckDBPyConnection, queries: Sequence[str], queued: int = 4
 ) -> Generator[tuple[int, pa.RecordBatch]]:
@@ -337,13 +349,13 @@ def prefetched_queries(
     def produce() -> None:
         try:
             for i, sql in enumerate(queries):
-                for batch in con.sql(sql).to_arrow_reader(ARROW_BATCH_ROWS):
+                for batch in arrow_batches(con.sql(sql), ARROW_BATCH_ROWS):
                     if stop.is_set():
                         return
                     box.put((i, batch))
             box.put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-            box.put(_as_duckdb_error(exc))
+            box.put(exc)
 
     worker = threading.Thread(target=produce, name="bulkbatch-arrow", daemon=True)
     worker.start()

@@ -33,6 +33,7 @@ from bulkbatch.stages.once import (
     open_ledger,
     release,
 )
+from tests.support import OUT_OF_MEMORY_MID_STREAM, out_of_memory_mid_stream
 
 KEY = "welcome"
 
@@ -310,6 +311,18 @@ def test_large_plans_stream_in_chunks(ledger_path: Path, monkeypatch: pytest.Mon
     assert result == ClaimResult(claimed=75, already_own=0, skipped_sent=0, skipped_in_progress=25)
     assert_layout(con, original, batch_size=5, job_size=30)
     assert release(ledger, KEY, "camp-b", (f"u{i:06d}" for i in range(50, 100))) == 50
+
+
+def test_a_chunk_query_out_of_memory_raises_duckdb_s_own_error() -> None:
+    """The ledger's chunks stream from DuckDB through pyarrow's reader, which raises a plain
+    ``OSError`` for a query that runs out of memory mid-stream; the send's one line for
+    ``BULKBATCH_MEMORY_LIMIT`` needs DuckDB's own class (``db.arrow_batches``)."""
+
+    def read(con: duckdb.DuckDBPyConnection) -> Iterator[int]:
+        for chunk in once._chunks(con, OUT_OF_MEMORY_MID_STREAM, []):
+            yield len(chunk)
+
+    out_of_memory_mid_stream(read)
 
 
 # --------------------------------------------------------------------------- files and errors

@@ -53,6 +53,7 @@ import orjson
 import pyarrow as pa
 
 from bulkbatch.columns import strings
+from bulkbatch.db import arrow_batches
 from bulkbatch.errors import StateError, UsageError
 from bulkbatch.identity import DATA_DIR_ENV, data_dir
 from bulkbatch.stages.plan.recut import recut_plan
@@ -310,8 +311,7 @@ def _check_ids(key: str, campaign: str) -> None:
 
 def _chunks(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> Iterator[list[str]]:
     """Stream the single VARCHAR column of ``sql`` in lists of at most CHUNK_ROWS."""
-    reader = con.cursor().sql(sql, params=params).to_arrow_reader(CHUNK_ROWS)
-    for batch in reader:
+    for batch in arrow_batches(con.cursor().sql(sql, params=params), CHUNK_ROWS):
         if batch.num_rows:
             yield batch.column(0).to_pylist()
 

@@ -10,7 +10,7 @@ Audiences are generated once into bench/data/ (gitignored) with ``bulkbatch.synt
 database opened like a real run (``bulkbatch.state.open_run_db``: 384MB memory limit, spill
 directory in the run dir); peak RSS is polled with psutil (the child and its children) every
 20 ms. ``--jobs`` picks one job, jobs of 100k users, or the pipeline's automatic job size
-(``auto_job_size``: about 4 × ``concurrency`` jobs); medians are reported over ``--repeat`` runs.
+(``auto_job_size``: about 64 jobs); medians are reported over ``--repeat`` runs.
 ``--format csv`` benchmarks the same audience as CSV (text read, then column types inferred).
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from bulkbatch.config import Settings, auto_job_size
+from bulkbatch.config import auto_job_size
 from bulkbatch.synth import generate
 
 HERE = Path(__file__).resolve().parent
@@ -120,7 +120,7 @@ def job_size(mode: str, rows: int) -> int:
     if mode == "100k":
         return 100_000
     if mode == "auto":
-        return auto_job_size(rows, Settings().concurrency)
+        return auto_job_size(rows)
     return 0
 
 

@@ -140,9 +140,9 @@ def floor_jobs(rows: int, setting: str) -> int:
     """Jobs the floor spreads ``rows`` over: ``auto`` = as many as bulkbatch's default split."""
     if setting != "auto":
         return max(1, int(setting))
-    from bulkbatch.config import DEFAULT_CONCURRENCY, auto_job_size
+    from bulkbatch.config import auto_job_size
 
-    return -(-rows // auto_job_size(rows, DEFAULT_CONCURRENCY))
+    return -(-rows // auto_job_size(rows))
 
 
 def program_cmd(

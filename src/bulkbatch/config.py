@@ -18,6 +18,7 @@ from bulkbatch.errors import UsageError
 from bulkbatch.options import option
 
 __all__ = [
+    "CUT_PAGERS",
     "DEFAULT_BASE_URL",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_START_RATE",
@@ -30,11 +31,16 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.courier.com"
 MAX_BATCH_SIZE = 1000
 """Courier answers 502 above roughly this many users in one ingest call."""
-DEFAULT_CONCURRENCY = 16
-"""Requests in flight. Over the internet each page of per-user results costs a round trip,
-so pagers in parallel are what makes a 1M send take about a minute instead of ten: measured
-against the emulator with 50 ms latency, 1M users took 101 s at 8 and 68 s at 16. httpx's
-client cost per request stays flat up to about 16 (see the performance notes)."""
+DEFAULT_CONCURRENCY = 32
+"""Writes in flight (ingest calls and job creates), and the reads a run starts with (they
+widen to ``READ_FACTOR`` × this while the server keeps up: :mod:`bulkbatch.client.concurrency`).
+Over the internet each request costs a round trip: against the emulator with 50 ms latency,
+1M users took 101 s at 8 and 68 s at 16 (an early round). It was 16 until round 33 of #19,
+which measured 1M people at 150 ms per request in 42.2-42.7 s at 24 or 32 against 44.3-46.1 s
+at 16 (the emulator's one core became the bound of the ingest; against Courier, 32 halves
+the ingest's round trips), a 10M send at no latency within 9 s and 3 MiB of peak of 16's, and
+200k people at 20 ms with 3.5 s of client CPU in send and track at 32 against 4.0 s at 16.
+The default job cut does not follow it (:data:`CUT_PAGERS`)."""
 DEFAULT_START_RATE = 800.0
 """Requests per second a run starts at when no ``--rate`` is given; the limiter doubles it
 each second the limiter is what holds the run back, until the first 429 (then AIMD). It was
@@ -44,24 +50,30 @@ test started at 2,000 to avoid it. Courier documents no rate limit for these end
 requests in flight are bounded by ``--concurrency`` whatever the rate, and a 429 cuts the
 rate at once (to what Courier accepted once a quarter second of answers is in)."""
 MIN_AUTO_JOB_SIZE = 10_000
-"""With no ``max_job_size`` given, a run is cut into about ``JOBS_PER_PAGER * concurrency``
-jobs of at least this many users. Per-user results are paged 100 at a time, strictly one
-page after the next within a job, so one job of 1M users is 10,000 sequential round trips
-(minutes over the internet); jobs page side by side (``stages.track.tracked_at_once``)."""
+"""With no ``max_job_size`` given, a run is cut into about ``JOBS_PER_PAGER * CUT_PAGERS``
+(64) jobs of at least this many users. Per-user results are paged 100 at a time, strictly
+one page after the next within a job, so one job of 1M users is 10,000 sequential round
+trips (minutes over the internet); jobs page side by side (``stages.track.tracked_at_once``)."""
 JOBS_PER_PAGER = 4
 """Jobs are ingested a few at a time (``stages.send.ingest_lanes``) and each is paged once it
 has run, one page after the next, so the last job to finish ingesting is paged alone after
 all ingesting is done: the smaller the jobs, the shorter that tail. With 50 ms per request,
 1M users in 16 jobs spent ~38 s paging after the last ingest (625 sequential pages); in 64
-jobs the tail is ~156 pages. Frozen: the job
-size is part of the campaign id, so a retry after an upgrade must cut the same jobs (more
-jobs than read slots page faster against a distant API: README, *More jobs than read
-slots*)."""
+jobs the tail is ~156 pages. Frozen: the job size is part of the campaign id, so a retry
+after an upgrade must cut the same jobs (more jobs than read slots page faster against a
+distant API: README, *More jobs than read slots*)."""
+CUT_PAGERS = 16
+"""The pagers the default cut is sized for: the ``--concurrency`` default when the cut was
+chosen. Frozen with :data:`JOBS_PER_PAGER` (the campaign id), whatever ``--concurrency`` a
+run has or defaults to."""
 
 
-def auto_job_size(rows: int, concurrency: int) -> int:
-    """The job size used when none is given: ``rows`` over ``JOBS_PER_PAGER`` jobs per pager."""
-    return max(MIN_AUTO_JOB_SIZE, -(-rows // (JOBS_PER_PAGER * max(1, concurrency))))
+def auto_job_size(rows: int) -> int:
+    """The job size used when none is given: ``rows`` over about 64 jobs, at least
+    :data:`MIN_AUTO_JOB_SIZE`. The same for every ``--concurrency``: a retry with other tuning
+    (or after an upgrade that changed the default) must cut the same jobs and send the same
+    keys."""
+    return max(MIN_AUTO_JOB_SIZE, -(-rows // (JOBS_PER_PAGER * CUT_PAGERS)))
 
 
 def check_base_url(url: str) -> None:

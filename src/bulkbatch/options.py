@@ -238,10 +238,10 @@ OPTIONS: Mapping[str, Option] = _options(
         "max_job_size",
         "sending",
         "int",
-        "Users per bulk job; jobs are paged side by side. Default: about 64 jobs (4 per "
-        "default --concurrency slot; never the run's own, so a retry with other tuning sends "
-        "the same keys), of at least 10,000 users each. Against a distant API, about two jobs "
-        "per read slot page faster (1M at 150 ms: 10000). 0: one job for everyone.",
+        "Users per bulk job; jobs are paged side by side. Default: about 64 jobs of at least "
+        "10,000 users each, whatever --concurrency is (a retry with other tuning sends the "
+        "same keys). Against a distant API, smaller jobs page faster (1M at 150 ms: 10000). "
+        "0: one job for everyone.",
         minimum=0,
         outcome=True,
     ),
@@ -259,7 +259,8 @@ OPTIONS: Mapping[str, Option] = _options(
         "concurrency",
         "sending",
         "int",
-        "Most requests in flight at once (also how many jobs are paged side by side).",
+        "Most writes (ingest calls, job creates) in flight at once; reads (result pages) "
+        "start at this many and widen up to 4x while the server keeps up.",
         minimum=1,
         maximum=256,
     ),

@@ -368,7 +368,7 @@ class Sending:
     """None: sized from the rows once loaded; 0: one job for everyone."""
     rate: float | None = None
     """None here and below: the :class:`~bulkbatch.config.Settings` value applies (unknown
-    rate: adapt to 429s; 16 in flight; 30 s HTTP timeout; 1 s most between polls; 8 tries
+    rate: adapt to 429s; 32 writes in flight; 30 s HTTP timeout; 1 s most between polls; 8 tries
     per request, at most 30 s apart)."""
     concurrency: int | None = None
     http_timeout: float | None = None

@@ -93,8 +93,8 @@ def test_sigkill_mid_ingest_then_resume_matches_clean_run(audience: Path, tmp_pa
     assert _rows(run_dir) == _rows(tmp_path / "clean")
     # one job, run once, every unique user accepted exactly once
     jobs = summary["jobs"]
-    # 30k rows over --concurrency 2: jobs of auto_job_size users, each created once
-    size = auto_job_size(30_000, 2)
+    # 30k rows: jobs of auto_job_size users, each created once
+    size = auto_job_size(30_000)
     assert len(jobs) == -(-summary["counts"]["ingested"] // size) > 1
     assert stats["jobs_created"] == len(jobs) == len({j["job_id"] for j in jobs})
     assert stats["runs"] == len(jobs)

@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 import bulkbatch
+from bulkbatch.config import auto_job_size
 
 # What each row exercises: the address rules (trim, lower-case, E.164 and given phones, an
 # integer-looking id), the merge (global under per-user, nulls that must not delete, a
@@ -71,3 +72,19 @@ def test_a_fixed_campaign_keeps_its_id_and_its_cut(tmp_path: Path) -> None:
     rows = plan.select("row_number", "job_no", "batch_no", "recipient", "user_json").rows()
     digest = hashlib.sha256(repr(rows).encode()).hexdigest()
     assert (run.campaign, digest) == (CAMPAIGN, PLAN), rows
+
+
+def test_the_default_cut_of_large_audiences_is_pinned() -> None:
+    """With no ``max_job_size``, the job size comes from the row count alone (about 64 jobs,
+    at least 10,000 users), pinned at the values of round 32. It once followed the default
+    ``--concurrency`` (16); round 33 raised that default to 32, and a cut that followed it
+    would have halved every job: a retry after the upgrade would send under other keys."""
+    pins = {
+        2_000: 10_000,
+        200_000: 10_000,
+        640_001: 10_001,
+        1_000_000: 15_625,
+        10_000_000: 156_250,
+        100_000_000: 1_562_500,
+    }
+    assert {rows: auto_job_size(rows) for rows in pins} == pins

@@ -4,8 +4,9 @@ A run's writes (every ``POST``: creates and ingest batches) share ``--concurrenc
 Reads (``GET``: result pages, messages) are the latency-bound part of a run: each job's pages
 come one after the other, so with 150 ms per request a run is as fast as the number of reads
 in flight. :class:`ReadGate` lets them run wider than writes when the server shows no sign of
-strain, up to the *read limit*: ``READ_FACTOR`` (4) × ``--concurrency``, so 64 reads in flight
-with the default 16 (``CourierClient(read_limit=...)`` sets another).
+strain, up to the *read limit*: ``READ_FACTOR`` (4) × ``--concurrency``, so 128 reads in flight
+with the default 32 (``CourierClient(read_limit=...)`` sets another). A default run has
+about 64 jobs, each with one read in flight at a time, so it uses at most 64 of them.
 
 **The policy** (constants are class attributes):
 

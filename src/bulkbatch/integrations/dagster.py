@@ -115,7 +115,8 @@ class CourierResource(dg.ConfigurableResource["CourierResource"]):
         "account's limit (rate = limit / shards running at once).",
     )
     concurrency: int | None = Field(
-        default=None, description="Most requests in flight at once, per shard."
+        default=None,
+        description="Most writes in flight at once, per shard (reads widen up to 4x).",
     )
     http_timeout: float | None = Field(
         default=None, description="Seconds to wait for one HTTP response before retrying it."

@@ -22,7 +22,7 @@ import anyio
 import duckdb
 
 from bulkbatch.client.courier import CourierClient
-from bulkbatch.config import DEFAULT_CONCURRENCY, Settings, auto_job_size
+from bulkbatch.config import Settings, auto_job_size
 from bulkbatch.db import DB_FILE, in_thread, open_run_db
 from bulkbatch.errors import StateError
 from bulkbatch.identity import audience_fingerprint, campaign_id, shard_family
@@ -170,10 +170,10 @@ class Pipeline:
         shard = spec.shard_of
         if state.auto_job_size:
             rows = int(state.inputs.get("rows", 0)) // (shard[1] if shard else 1)
-            # Sized for the default concurrency, never the run's own: the layout is part of
-            # the campaign id, so a retry with other tuning (--concurrency, --rate) on a
-            # fresh worker must cut the same jobs and send the same keys.
-            max_job = auto_job_size(rows, DEFAULT_CONCURRENCY)
+            # Never from the run's tuning: the layout is part of the campaign id, so a
+            # retry with other tuning (--concurrency, --rate) on a fresh worker must cut
+            # the same jobs and send the same keys.
+            max_job = auto_job_size(rows)
         c, a = spec.campaign, spec.audience
         return PlanOptions(
             content=c.content,

@@ -9,6 +9,7 @@ import pytest
 
 from bulkbatch.config import Settings
 from bulkbatch.errors import UsageError
+from bulkbatch.options import option
 from tests.support import SAMPLE, bulkbatch
 
 
@@ -50,3 +51,15 @@ def test_the_cli_says_so_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "s3cretpw" not in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr and "Unexpected" not in proc.stderr
+
+
+def test_the_defaults_a_help_text_names_are_the_settings_defaults() -> None:
+    """``--help`` states these defaults in words; a changed default must change its help."""
+    settings = Settings()
+    stated = {
+        "concurrency": f"(default {settings.concurrency})",
+        "max_attempts": f"(default {settings.max_attempts})",
+        "max_backoff": f"(default {settings.max_backoff:g})",
+    }
+    for name, text in stated.items():
+        assert text in option(name).help, (name, option(name).help)

@@ -259,8 +259,8 @@ OPTIONS: Mapping[str, Option] = _options(
         "concurrency",
         "sending",
         "int",
-        "Most writes (ingest calls, job creates) in flight at once; reads (result pages) "
-        "start at this many and widen up to 4x while the server keeps up.",
+        "Most writes (ingest calls, job creates) in flight at once (default 32); reads "
+        "(result pages) start at this many and widen up to 4x while the server keeps up.",
         minimum=1,
         maximum=256,
     ),

@@ -40,8 +40,8 @@ which measured 1M people at 150 ms per request in 42.2-42.7 s at 32 (42.2-43.4 a
 against 44.3 and 45.3 s at 16 (the emulator's one core became the bound of the ingest;
 against Courier, 32 halves the ingest's round trips), 10M people at no latency in 259.8 and
 267.4 s (414-415 MiB) at 32 against 251.0 and 292.7 s (412-417 MiB) at 16, and 200k people
-at 20 ms with 3.5 s of client CPU in send and track at 32 against 4.0-4.1 s at 16. The default job cut does not follow it
-(:data:`CUT_PAGERS`)."""
+at 20 ms with 3.5 s of client CPU in send and track at 32 against 4.0-4.1 s at 16. The
+default job cut does not follow it (:data:`CUT_PAGERS`)."""
 DEFAULT_START_RATE = 800.0
 """Requests per second a run starts at when no ``--rate`` is given; the limiter doubles it
 each second the limiter is what holds the run back, until the first 429 (then AIMD). It was

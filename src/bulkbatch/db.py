@@ -301,34 +301,23 @@ def prefetched_batches(
 _OUT_OF_MEMORY = "Out of Memory Error"
 
 
-def _as_duckdb_error(exc: BaseException) -> BaseException:
-    """DuckDB's own exception for an error that reached us through pyarrow's stream reader.
+def arrow_batches(relation: duckdb.DuckDBPyRelation, rows: int) -> Iterator[pa.RecordBatch]:
+    """The Arrow batches of ``relation``, ``rows`` at most each.
 
     A query that runs out of memory once its Arrow stream is being read (a join's hash table
     built for a later batch) fails in pyarrow's reader, which raises a plain ``OSError`` with
-    DuckDB's text ("Out of Memory Error: failed to pin block …"). Callers catch
-    ``duckdb.OutOfMemoryException``: the results stage to retry with smaller ranges,
-    :func:`in_thread` to say which setting to raise, where the ``OSError`` ended as
-    "Unexpected OSError … please report it". Only that class is mapped: it is the one with a
-    remedy of its own.
+    DuckDB's text ("Out of Memory Error: failed to pin block …"). That one is raised again as
+    ``duckdb.OutOfMemoryException``, which callers catch: the results stage to retry with
+    smaller ranges, :func:`in_thread` to say which setting to raise (the ``OSError`` ended as
+    "Unexpected OSError … please report it"). Only that class is mapped: it is the one with a
+    remedy of its own; any other error is raised as it came.
     """
-    if isinstance(exc, OSError) and str(exc).startswith(_OUT_OF_MEMORY):
-        error = duckdb.OutOfMemoryException(str(exc))
-        error.__cause__ = exc
-        return error
-    return exc
-
-
-def arrow_batches(relation: duckdb.DuckDBPyRelation, rows: int) -> Iterator[pa.RecordBatch]:
-    """The Arrow batches of ``relation``, ``rows`` at most each, with an error raised while the
-    stream is read given back as DuckDB's own class (:func:`_as_duckdb_error`)."""
     try:
         yield from relation.to_arrow_reader(rows)
     except OSError as exc:
-        error = _as_duckdb_error(exc)
-        if error is exc:
+        if not str(exc).startswith(_OUT_OF_MEMORY):
             raise
-        raise error from exc
+        raise duckdb.OutOfMemoryException(str(exc)) from exc
 
 
 def prefetched_queries(

@@ -16,16 +16,15 @@ raise are the backend's own. A client whose transport is not httpx's plain conne
 
 The scan itself was quadratic: for every idle connection httpcore counts the pool again
 (``len([c.is_idle() for c in connections])``), and it checks every idle connection's socket
-whether or not a request needs one. With reads up to 64 wide the pool holds ~84 connections,
-and the scan (twice per request) was ~23 % of all CPU samples of a 1M-person run at 150 ms
-(py-spy, ``bench/RESULTS.md``). :class:`_Pool` makes the same decisions walking the pool at
-most once: a queued request gets the first connection that can take it, as in httpcore;
-surplus idle connections are closed when the pool holds more than
-``max_keepalive_connections`` (the count kept as it goes). Whether a connection was closed
-or has expired (its keep-alive ran out, or the server closed it) is checked when the scan
-meets it, not for all of them on every scan: an expired connection is still never used (it
-is closed when it comes up), and closed ones are dropped as they are met or when the pool is
-full.
+whether or not a request needs one. With reads up to 64 wide (the default then) the pool held
+~84 connections, and the scan (twice per request) was ~23 % of all CPU samples of a 1M-person
+run at 150 ms (py-spy, ``bench/RESULTS.md``). :class:`_Pool` makes the same decisions walking
+the pool at most once: a queued request gets the first connection that can take it, as in
+httpcore; surplus idle connections are closed when the pool holds more than
+``max_keepalive_connections`` (the count kept as it goes). Whether a connection was closed or
+has expired (its keep-alive ran out, or the server closed it) is checked when the scan meets
+it, not for all of them on every scan: an expired connection is still never used (it is closed
+when it comes up), and closed ones are dropped as they are met or when the pool is full.
 """
 
 from __future__ import annotations
